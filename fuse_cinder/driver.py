@@ -1,0 +1,353 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+"""Cinder volume driver: sparse files on a FUSE mount, exported by tgt.
+
+Select it with ``volume_driver = fuse_cinder.driver.FuseISCSIDriver``.
+Each volume is the file ``<volumes_home>/<volume.name>`` and each snapshot
+a sparse copy ``<volumes_home>/<snapshot.name>``; tgtd serves the files as
+LUN 1 of one target per volume.
+"""
+
+import math
+import os
+import threading
+
+from oslo_log import log as logging
+from oslo_utils import units
+
+from cinder.common import constants
+from cinder import exception
+from cinder.i18n import _
+from cinder.image import image_utils
+from cinder import interface
+from cinder.volume import driver
+from cinder.volume import volume_utils
+
+from fuse_cinder import fileops
+from fuse_cinder import mount as fuse_mount
+from fuse_cinder import options
+from fuse_cinder.target import tgt
+
+LOG = logging.getLogger(__name__)
+
+VERSION = '1.0.0'
+UNMANAGED_PREFIX = 'unmanaged-'
+_MANAGED_PREFIXES = ('volume-', 'snapshot-')
+
+
+@interface.volumedriver
+class FuseISCSIDriver(driver.ISCSIDriver):
+    """Volumes as sparse files on a FUSE mount, served over iSCSI by tgt."""
+
+    VERSION = VERSION
+    CI_WIKI_NAME = 'fuse_cinder_CI'
+    SUPPORTS_ACTIVE_ACTIVE = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.configuration.append_config_values(options.fuse_opts)
+        self.configuration.append_config_values(options.tgt_opts)
+        self.backend_name = (
+            self.configuration.safe_get('volume_backend_name') or 'FUSE')
+        self.mount = fuse_mount.FuseMount(
+            self.configuration.volumes_home, self._execute,
+            self.configuration.fuse_fs_call_timeout,
+            self.configuration.fuse_copy_timeout,
+            check_fuse=self.configuration.fuse_check_mount)
+        self.files = fileops.SparseFiles(
+            self.mount, sparse=self.configuration.fuse_sparse_volumes)
+        self.target_driver = tgt.TgtFileTarget(
+            configuration=self.configuration, db=self.db,
+            executor=self._execute)
+        self._provisioned_bytes = 0
+        self._provisioned_lock = threading.Lock()
+
+    @staticmethod
+    def get_driver_options():
+        return options.fuse_opts + options.tgt_opts
+
+    # -- setup ---------------------------------------------------------
+
+    def do_setup(self, context):
+        """Check the mount and count what is provisioned on it, once.
+
+        The count is kept up to date by every operation afterwards, so
+        statistics never have to list the directory again.
+        """
+        entry = self.mount.check()
+        sizes = self.files.list_sizes()
+        self._provisioned_bytes = sum(
+            size for name, size in sizes.items()
+            if name.startswith(_MANAGED_PREFIXES))
+        LOG.info("FUSE backend %(backend)s ready on %(home)s (%(fs)s), "
+                 "%(count)d backing files, %(gb).1f GiB provisioned",
+                 {'backend': self.backend_name,
+                  'home': self.mount.volumes_home,
+                  'fs': entry.fs_type if entry else 'unchecked',
+                  'count': len(sizes),
+                  'gb': self._provisioned_bytes / units.Gi})
+
+    def check_for_setup_error(self):
+        self.mount.check()
+
+    def _account(self, delta_bytes):
+        with self._provisioned_lock:
+            self._provisioned_bytes = max(0,
+                                          self._provisioned_bytes +
+                                          delta_bytes)
+
+    # -- volume and snapshot life cycle --------------------------------
+
+    def local_path(self, volume):
+        return self.mount.path(volume.name)
+
+    @staticmethod
+    def _check_size(size_gb, what):
+        if size_gb is None or int(size_gb) <= 0:
+            raise exception.InvalidInput(
+                reason=_("%(what)s size must be a positive number of GiB, "
+                         "not %(size)s") % {'what': what, 'size': size_gb})
+        return int(size_gb)
+
+    def create_volume(self, volume):
+        size = self._check_size(volume.size, 'volume')
+        LOG.debug("Creating %(name)s (%(size)d GiB)",
+                  {'name': volume.name, 'size': size})
+        self.files.create(volume.name, size)
+        self._account(size * units.Gi)
+
+    def delete_volume(self, volume):
+        """Remove the backing file; deleting twice is harmless."""
+        old = self.files.size(volume.name)
+        if old is None:
+            LOG.info("Volume %s has no backing file, nothing to delete",
+                     volume.name)
+            return
+        self.files.delete(volume.name)
+        self._account(-old)
+
+    def extend_volume(self, volume, new_size):
+        size = self._check_size(new_size, 'new')
+        old = self.files.size(volume.name)
+        if old is None:
+            raise exception.VolumeBackendAPIException(
+                data=_("backing file of %s is missing") % volume.name)
+        self.files.extend(volume.name, size)
+        self._account(size * units.Gi - old)
+        if volume.volume_attachment or volume.provider_location:
+            self.target_driver.extend_target(volume)
+
+    def create_snapshot(self, snapshot):
+        """Take a sparse copy of the volume's file.
+
+        A volume in use is copied while it may be written to: the copy is
+        crash-consistent only, as for any snapshot taken with --force.
+        """
+        source = snapshot.volume
+        if not self.files.exists(source.name):
+            raise exception.InvalidVolume(
+                reason=_("cannot snapshot %s: its backing file does not "
+                         "exist") % source.name)
+        self.files.copy(source.name, snapshot.name)
+        self._account(source.size * units.Gi)
+
+    def delete_snapshot(self, snapshot):
+        old = self.files.size(snapshot.name)
+        if old is None:
+            return
+        self.files.delete(snapshot.name)
+        self._account(-old)
+
+    def create_volume_from_snapshot(self, volume, snapshot):
+        size = self._check_size(volume.size, 'volume')
+        if not self.files.exists(snapshot.name):
+            raise exception.InvalidSnapshot(
+                reason=_("backing file of %s is missing") % snapshot.name)
+        self.files.copy(snapshot.name, volume.name, size)
+        self._account(size * units.Gi)
+
+    def create_cloned_volume(self, volume, src_vref):
+        size = self._check_size(volume.size, 'volume')
+        if not self.files.exists(src_vref.name):
+            raise exception.InvalidVolume(
+                reason=_("cannot clone %s: its backing file does not "
+                         "exist") % src_vref.name)
+        self.files.copy(src_vref.name, volume.name, size)
+        self._account(size * units.Gi)
+
+    def revert_to_snapshot(self, context, volume, snapshot):
+        """Put the snapshot's content back, keeping the old until done."""
+        self.files.replace(snapshot.name, volume.name)
+        if volume.size > snapshot.volume_size:
+            self.files.extend(volume.name, volume.size)
+
+    # -- images: straight to and from the local file --------------------
+
+    def copy_image_to_volume(self, context, volume, image_service, image_id,
+                             disable_sparse=False):
+        """Write the image into the file directly, never over iSCSI."""
+        image_utils.fetch_to_raw(context, image_service, image_id,
+                                 self.local_path(volume),
+                                 self.configuration.volume_dd_blocksize,
+                                 size=volume.size,
+                                 disable_sparse=disable_sparse,
+                                 run_as_root=True)
+        # qemu-img writes the image's own size; give the volume its size.
+        self.files.extend(volume.name, volume.size)
+
+    def copy_volume_to_image(self, context, volume, image_service,
+                             image_meta):
+        image_utils.upload_volume(context, image_service, image_meta,
+                                  self.local_path(volume),
+                                  run_as_root=True)
+
+    # -- statistics ----------------------------------------------------
+
+    def _update_volume_stats(self):
+        """Capacity from one statvfs, provisioned from the running count.
+
+        A dead or hung mount reports the backend down with no free space,
+        so the scheduler sends nothing here until it is back.
+        """
+        conf = self.configuration
+        data = {
+            'volume_backend_name': self.backend_name,
+            'vendor_name': 'Open Source',
+            'driver_version': self.VERSION,
+            'storage_protocol': constants.ISCSI,
+            'reserved_percentage': conf.reserved_percentage,
+            'thin_provisioning_support': conf.fuse_sparse_volumes,
+            'thick_provisioning_support': not conf.fuse_sparse_volumes,
+            'max_over_subscription_ratio':
+                volume_utils.get_max_over_subscription_ratio(
+                    conf.max_over_subscription_ratio, supports_auto=False),
+            'provisioned_capacity_gb':
+                round(self._provisioned_bytes / units.Gi, 2),
+            'sparse_copy_volume': True,
+            'multiattach': False,
+            'QoS_support': False,
+            'shared_targets': False,
+        }
+        try:
+            total, avail = self.mount.capacity()
+        except exception.VolumeBackendAPIException as exc:
+            LOG.error("Reporting backend %(backend)s down: %(err)s",
+                      {'backend': self.backend_name, 'err': exc})
+            data.update(total_capacity_gb=0, free_capacity_gb=0,
+                        backend_state='down')
+        else:
+            data.update(total_capacity_gb=round(total / units.Gi, 2),
+                        free_capacity_gb=round(avail / units.Gi, 2),
+                        backend_state='up')
+        self._stats = data
+
+    # -- manage / unmanage ---------------------------------------------
+
+    def _managed_name(self, existing_ref):
+        """The file an existing_ref names, if it is safely ours to take.
+
+        Only a plain file directly inside volumes_home qualifies: no
+        directories, no '..', no absolute path, no symlink that could point
+        anywhere else on the host.
+        """
+        name = existing_ref.get('source-name') if existing_ref else None
+        if not name or not isinstance(name, str):
+            raise exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('source-name, a file name inside volumes_home, '
+                         'is required'))
+        if (os.path.isabs(name) or '/' in name or name in ('.', '..') or
+                name.startswith((fileops.TEMP_PREFIX,
+                                 fuse_mount.PROBE_PREFIX))):
+            raise exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('source-name must be a plain file name inside '
+                         'volumes_home, without directories'))
+        kind = self.files.file_type(name)
+        if kind != 'regular file' and kind != 'regular empty file':
+            raise exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=(_('%(name)s is a %(kind)s, not a regular file') %
+                        {'name': name, 'kind': kind}) if kind else
+                _('no file %s in volumes_home') % name)
+        return name
+
+    def manage_existing(self, volume, existing_ref):
+        name = self._managed_name(existing_ref)
+        size = self.files.size(name)
+        if name != volume.name:
+            self.files.rename(name, volume.name)
+        wanted = volume.size * units.Gi
+        if size < wanted:
+            self.files.extend(volume.name, volume.size)
+        self._account(max(size, wanted))
+
+    def manage_existing_get_size(self, volume, existing_ref):
+        size = self.files.size(self._managed_name(existing_ref))
+        return max(1, int(math.ceil(size / units.Gi)))
+
+    def unmanage(self, volume):
+        """Rename the file so it is visibly no longer Cinder's."""
+        size = self.files.size(volume.name)
+        if size is None:
+            return
+        self.files.rename(volume.name, UNMANAGED_PREFIX + volume.name)
+        self._account(-size)
+
+    def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
+                               sort_keys, sort_dirs):
+        managed = {vol.name for vol in cinder_volumes}
+        entries = []
+        for name, size in sorted(self.files.list_sizes().items()):
+            if name.startswith((fileops.TEMP_PREFIX,
+                                fuse_mount.PROBE_PREFIX, 'snapshot-')):
+                continue
+            safe = name not in managed
+            entries.append({
+                'reference': {'source-name': name},
+                'size': max(1, int(math.ceil(size / units.Gi))),
+                'safe_to_manage': safe,
+                'reason_not_safe': None if safe else _('already managed'),
+                'cinder_id': (name[len('volume-'):] if not safe else None),
+                'extra_info': None,
+            })
+        return volume_utils.paginate_entries_list(
+            entries, marker, limit, offset, sort_keys, sort_dirs)
+
+    def get_manageable_snapshots(self, cinder_snapshots, marker, limit,
+                                 offset, sort_keys, sort_dirs):
+        return []
+
+    # -- iSCSI export: delegated to the tgt helper ---------------------
+
+    def create_export(self, context, volume, connector):
+        data = self.target_driver.create_export(context, volume,
+                                                self.local_path(volume))
+        return {'provider_location': data['location'],
+                'provider_auth': data['auth']}
+
+    def ensure_export(self, context, volume):
+        self.target_driver.ensure_export(context, volume,
+                                         self.local_path(volume))
+
+    def remove_export(self, context, volume):
+        self.target_driver.remove_export(context, volume)
+
+    def initialize_connection(self, volume, connector, initiator_data=None):
+        return self.target_driver.initialize_connection(volume, connector)
+
+    def terminate_connection(self, volume, connector, **kwargs):
+        return self.target_driver.terminate_connection(volume, connector,
+                                                       **kwargs)
+
+    def validate_connector(self, connector):
+        return self.target_driver.validate_connector(connector)

@@ -1,0 +1,224 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+"""The FUSE mount under volumes_home: inspection and bounded commands.
+
+Nothing in this module touches the mount from the cinder-volume process
+itself. A dead FUSE daemon answers ENOTCONN, but a hung one blocks every
+caller for ever, and a blocked system call in cinder-volume would freeze
+its whole eventlet loop. So every call on the mount is a child process run
+through the driver's executor under ``timeout -s KILL``: the loop keeps
+running, and the child is killed (as root, by ``timeout`` itself) when the
+daemon does not answer.
+"""
+
+import dataclasses
+import os
+import uuid
+
+from oslo_concurrency import processutils
+from oslo_log import log as logging
+
+from cinder import exception
+from cinder.i18n import _
+
+LOG = logging.getLogger(__name__)
+
+# Exit status of ``timeout -s KILL`` when it had to kill the command.
+_KILLED_BY_TIMEOUT = 128 + 9
+_ENOTCONN_TEXT = 'Transport endpoint is not connected'
+_ENOSPC_TEXT = 'No space left on device'
+PROBE_PREFIX = '.fuse_cinder_probe-'
+
+
+class FuseMountUnavailable(exception.VolumeBackendAPIException):
+    """The mount is missing, dead or hung: the backend is down."""
+
+    message = _("FUSE mount %(mount)s is unavailable: %(reason)s")
+
+
+class FuseNoSpace(exception.VolumeBackendAPIException):
+    message = _("No space left on FUSE mount %(mount)s: %(reason)s")
+
+
+@dataclasses.dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mounts."""
+
+    source: str
+    mount_point: str
+    fs_type: str
+    options: tuple
+
+    @property
+    def is_fuse(self):
+        return self.fs_type in ('fuse', 'fuseblk') or \
+            self.fs_type.startswith('fuse.')
+
+    def option(self, name):
+        for opt in self.options:
+            key, _sep, value = opt.partition('=')
+            if key == name:
+                return value
+        return None
+
+    @property
+    def reachable_by_root(self):
+        """Whether root (cinder's root helper, tgtd) may open its files.
+
+        FUSE hides a mount from every user but its owner unless it was
+        mounted with allow_other or allow_root.
+        """
+        return ('allow_other' in self.options or
+                'allow_root' in self.options or
+                self.option('user_id') == '0')
+
+
+def _unescape(field):
+    """Undo the octal escapes the kernel uses for blanks in mount paths."""
+    return field.encode().decode('unicode_escape')
+
+
+def parse_mounts(text):
+    entries = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        entries.append(MountEntry(_unescape(fields[0]), _unescape(fields[1]),
+                                  fields[2], tuple(fields[3].split(','))))
+    return entries
+
+
+def find_mount(path, entries):
+    """The mount holding ``path``: the longest matching mount point.
+
+    ``path`` is not resolved with realpath, which would stat every component
+    on a possibly hung mount; volumes_home must be given without symlinks.
+    The last matching entry wins, as the kernel stacks later mounts on top.
+    """
+    path = os.path.normpath(path)
+    best = None
+    for entry in entries:
+        mp = entry.mount_point
+        inside = path == mp or path.startswith(mp.rstrip('/') + '/')
+        if inside and (best is None or
+                       len(mp) >= len(best.mount_point)):
+            best = entry
+    return best
+
+
+class FuseMount:
+    """volumes_home on its FUSE mount, driven through an executor."""
+
+    def __init__(self, volumes_home, execute, fs_call_timeout, copy_timeout,
+                 check_fuse=True, mounts_file='/proc/self/mounts'):
+        self.volumes_home = os.path.normpath(volumes_home)
+        self._execute = execute
+        self.fs_call_timeout = fs_call_timeout
+        self.copy_timeout = copy_timeout
+        self.check_fuse = check_fuse
+        self.mounts_file = mounts_file
+
+    def path(self, name):
+        return os.path.join(self.volumes_home, name)
+
+    def entry(self):
+        """The mount entry for volumes_home, read from the kernel's table.
+
+        The mount table lives in procfs, so reading it never blocks on the
+        FUSE daemon.
+        """
+        with open(self.mounts_file) as f:
+            return find_mount(self.volumes_home, parse_mounts(f.read()))
+
+    def run(self, *cmd, timeout=None, **kwargs):
+        """Run one command on the mount as root, bounded in time.
+
+        Failures a FUSE mount is known for become Cinder exceptions that
+        name the mount; others propagate as ProcessExecutionError.
+        """
+        timeout = timeout or self.fs_call_timeout
+        try:
+            return self._execute('timeout', '-s', 'KILL', str(timeout),
+                                 *cmd, run_as_root=True, **kwargs)
+        except processutils.ProcessExecutionError as exc:
+            self._translate(exc, cmd, timeout)
+            raise
+
+    def _translate(self, exc, cmd, timeout):
+        stderr = exc.stderr or ''
+        if exc.exit_code == _KILLED_BY_TIMEOUT:
+            reason = (_("'%(cmd)s' got no answer within %(timeout)s s; the "
+                        "FUSE daemon is hung") %
+                      {'cmd': cmd[0], 'timeout': timeout})
+            LOG.error("FUSE mount of %(home)s is hung: %(reason)s",
+                      {'home': self.volumes_home, 'reason': reason})
+            raise FuseMountUnavailable(mount=self.volumes_home,
+                                       reason=reason)
+        if _ENOTCONN_TEXT in stderr:
+            reason = _("the FUSE daemon is gone (ENOTCONN); restart it and "
+                       "remount %s") % self.volumes_home
+            LOG.error("FUSE mount of %(home)s is dead: %(stderr)s",
+                      {'home': self.volumes_home, 'stderr': stderr})
+            raise FuseMountUnavailable(mount=self.volumes_home,
+                                       reason=reason)
+        if _ENOSPC_TEXT in stderr:
+            raise FuseNoSpace(mount=self.volumes_home, reason=stderr.strip())
+
+    def check(self):
+        """Refuse a volumes_home that root or tgtd could not really use."""
+        entry = self.entry()
+        if self.check_fuse:
+            if entry is None or not entry.is_fuse:
+                raise FuseMountUnavailable(
+                    mount=self.volumes_home,
+                    reason=_("it is not on a FUSE filesystem (found %s); "
+                             "mount the FUSE client first or set "
+                             "fuse_check_mount = False") %
+                    (entry.fs_type if entry else 'no mount'))
+            if not entry.reachable_by_root:
+                raise FuseMountUnavailable(
+                    mount=self.volumes_home,
+                    reason=_("%s is mounted without allow_other or "
+                             "allow_root, so root and tgtd cannot open "
+                             "its files") % entry.mount_point)
+        try:
+            out, _err = self.run('stat', '-c', '%F', self.volumes_home)
+        except processutils.ProcessExecutionError as exc:
+            raise FuseMountUnavailable(mount=self.volumes_home,
+                                       reason=(exc.stderr or '').strip())
+        if out.strip() != 'directory':
+            raise FuseMountUnavailable(
+                mount=self.volumes_home,
+                reason=_("volumes_home is a %s, not a directory") %
+                out.strip())
+        self._check_writable()
+        return entry
+
+    def _check_writable(self):
+        probe = self.path(PROBE_PREFIX + uuid.uuid4().hex)
+        try:
+            self.run('truncate', '-s', '0', probe)
+        except processutils.ProcessExecutionError as exc:
+            raise FuseMountUnavailable(
+                mount=self.volumes_home,
+                reason=_("cannot create files there: %s") %
+                (exc.stderr or '').strip())
+        finally:
+            self.run('rm', '-f', probe, check_exit_code=False)
+
+    def capacity(self):
+        """(total, available) bytes of the filesystem, from statvfs."""
+        out, _err = self.run('stat', '-f', '-c', '%S %b %a',
+                             self.volumes_home)
+        block, total, avail = (int(v) for v in out.split())
+        return total * block, avail * block

@@ -1,0 +1,84 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+"""Configuration options of the FUSE iSCSI driver.
+
+They are registered once, in Cinder's shared ``backend_defaults`` group, so
+that every backend section may override them, as Cinder's own drivers do.
+"""
+
+from oslo_config import cfg
+
+from cinder.volume import configuration
+
+fuse_opts = [
+    cfg.StrOpt('volumes_home',
+               default='/mnt/fuse/volumes',
+               help='Directory on the FUSE mount that holds one sparse '
+                    'file per volume and per snapshot. It must already '
+                    'exist; the driver never mounts anything itself.'),
+    cfg.BoolOpt('fuse_check_mount',
+                default=True,
+                help='Refuse to start unless volumes_home lies on a live '
+                     'FUSE filesystem mounted with allow_other or '
+                     'allow_root, so that root and tgtd can reach the '
+                     'files. Disable only to run on a plain local '
+                     'directory for testing.'),
+    cfg.BoolOpt('fuse_sparse_volumes',
+                default=True,
+                help='Create volumes as sparse files (thin provisioning). '
+                     'When False every byte is allocated at creation time '
+                     '(thick provisioning), which is slow on FUSE.'),
+    cfg.IntOpt('fuse_fs_call_timeout',
+               default=30,
+               min=1,
+               help='Seconds any metadata call on the mount (stat, '
+                    'statvfs, truncate, rename, unlink) may take before '
+                    'the driver gives up. A hung FUSE daemon otherwise '
+                    'blocks cinder-volume forever.'),
+    cfg.IntOpt('fuse_copy_timeout',
+               default=6 * 3600,
+               min=1,
+               help='Seconds a data copy on the mount (snapshot, clone, '
+                    'revert) may take before the driver gives up.'),
+]
+
+tgt_opts = [
+    cfg.IntOpt('fuse_tgt_control_port',
+               default=0,
+               min=0,
+               max=65535,
+               help='tgtd management control port (tgtd -C) to drive. 0 '
+                    'means the default tgtd instance.'),
+    cfg.BoolOpt('fuse_tgt_write_cache',
+                default=True,
+                help='Enable the write cache of exported LUNs. With it '
+                     'off tgtd issues an fdatasync after every write, '
+                     'which costs a FUSE round trip per write; with it on '
+                     'the initiator must issue SYNCHRONIZE CACHE (all '
+                     'file systems and hypervisors do) for durability. '
+                     'See BENCHMARKS.rst.'),
+    cfg.StrOpt('fuse_tgt_bsoflags',
+               default='',
+               choices=['', 'direct', 'sync', 'direct,sync'],
+               help='Open flags for the LUN backing file in tgtd '
+                    '(bsoflags). "direct" bypasses the page cache of the '
+                    'cinder-volume host; empty keeps buffered I/O.'),
+]
+
+CONF = cfg.CONF
+CONF.register_opts(fuse_opts, group=configuration.SHARED_CONF_GROUP)
+CONF.register_opts(tgt_opts, group=configuration.SHARED_CONF_GROUP)
+
+
+def list_opts():
+    """Entry point for oslo-config-generator."""
+    return [(configuration.SHARED_CONF_GROUP, fuse_opts + tgt_opts)]

@@ -1,0 +1,77 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+import pytest
+
+from cinder.volume import configuration
+from cinder.volume import driver as cinder_driver
+from oslo_config import cfg
+
+from fuse_cinder import driver
+from fuse_cinder import options
+from tests.unit import fake_executor
+
+GROUP = 'fuse_unit'
+HOME = '/mnt/cdmi/volumes'
+FUSE_LINE = ('cdmifuse /mnt/cdmi fuse.cdmifuse rw,nosuid,nodev,'
+             'user_id=1000,group_id=1000,allow_other 0 0\n')
+
+
+@pytest.fixture
+def backend_conf():
+    """A backend section of our own, cleared after the test."""
+    conf = configuration.Configuration(cinder_driver.volume_opts,
+                                       config_group=GROUP)
+    conf.append_config_values(options.fuse_opts + options.tgt_opts)
+    touched = []
+
+    def set_opts(**values):
+        for name, value in values.items():
+            cfg.CONF.set_override(name, value, group=GROUP)
+            touched.append(name)
+        return conf
+
+    set_opts(volumes_home=HOME, volume_backend_name='fuse-unit')
+    yield set_opts
+    for name in touched:
+        cfg.CONF.clear_override(name, group=GROUP)
+
+
+@pytest.fixture
+def fake_fs():
+    return fake_executor.FakeFS(HOME)
+
+
+@pytest.fixture
+def mounts_file(tmp_path):
+    path = tmp_path / 'mounts'
+    path.write_text('proc /proc proc rw 0 0\n/dev/vda / ext4 rw 0 0\n' +
+                    FUSE_LINE)
+    return path
+
+
+@pytest.fixture
+def make_driver(backend_conf, fake_fs, mounts_file):
+    def make(**opts):
+        conf = backend_conf(**opts)
+        drv = driver.FuseISCSIDriver(configuration=conf,
+                                     execute=fake_fs)
+        drv.mount.mounts_file = str(mounts_file)
+        return drv
+    return make
+
+
+@pytest.fixture
+def drv(make_driver):
+    d = make_driver()
+    d.do_setup(None)
+    return d

@@ -1,0 +1,411 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+"""The driver's volume life cycle against the fake executor."""
+
+from unittest import mock
+
+import pytest
+
+from cinder import context
+from cinder import exception
+from cinder.tests.unit import fake_snapshot
+from cinder.tests.unit import fake_volume
+
+from fuse_cinder import mount
+from tests.unit import conftest
+from tests.unit import fake_executor
+
+GiB = 1 << 30
+CTX = context.get_admin_context()
+VOL_ID = '11111111-2222-3333-4444-555555555555'
+VOL2_ID = '66666666-2222-3333-4444-555555555555'
+SNAP_ID = '77777777-2222-3333-4444-555555555555'
+
+
+def volume(size=1, vol_id=VOL_ID, **kw):
+    return fake_volume.fake_volume_obj(CTX, id=vol_id, size=size, **kw)
+
+
+def snapshot(vol, snap_id=SNAP_ID):
+    snap = fake_snapshot.fake_snapshot_obj(CTX, id=snap_id,
+                                           volume_id=vol.id,
+                                           volume_size=vol.size)
+    snap.volume = vol
+    return snap
+
+
+def path(name):
+    return '%s/%s' % (conftest.HOME, name)
+
+
+def leftovers(fake_fs):
+    """Files that are neither volumes nor snapshots (temps, probes)."""
+    return [n for n in fake_fs.names()
+            if not n.startswith(('volume-', 'snapshot-'))]
+
+
+# -- setup -------------------------------------------------------------
+
+def test_setup_counts_existing_files_once(make_driver, fake_fs):
+    fake_fs.add('volume-a', 2 * GiB)
+    fake_fs.add('snapshot-b', 1 * GiB)
+    fake_fs.add('notes.txt', 5)
+    drv = make_driver()
+    drv.do_setup(CTX)
+    assert fake_fs.programs().count('find') == 1
+    assert drv._provisioned_bytes == 3 * GiB
+    assert leftovers(fake_fs) == ['notes.txt']   # the probe was removed
+
+
+def test_setup_refuses_non_fuse_mount(make_driver, mounts_file):
+    mounts_file.write_text('/dev/vda / ext4 rw 0 0\n')
+    drv = make_driver()
+    with pytest.raises(mount.FuseMountUnavailable) as err:
+        drv.do_setup(CTX)
+    assert conftest.HOME in str(err.value)
+    assert 'not on a FUSE filesystem' in str(err.value)
+
+
+def test_setup_allows_plain_dir_when_check_disabled(make_driver,
+                                                    mounts_file):
+    mounts_file.write_text('/dev/vda / ext4 rw 0 0\n')
+    drv = make_driver(fuse_check_mount=False)
+    drv.do_setup(CTX)
+
+
+def test_setup_refuses_mount_hidden_from_root(make_driver, mounts_file):
+    mounts_file.write_text(conftest.FUSE_LINE.replace(',allow_other', ''))
+    drv = make_driver()
+    with pytest.raises(mount.FuseMountUnavailable) as err:
+        drv.do_setup(CTX)
+    assert 'allow_other' in str(err.value)
+
+
+def test_setup_names_dead_mount(make_driver, fake_fs):
+    fake_fs.fail('stat', "stat: cannot statx '%s': %s" %
+                 (conftest.HOME, fake_executor.ENOTCONN))
+    drv = make_driver()
+    with pytest.raises(mount.FuseMountUnavailable) as err:
+        drv.do_setup(CTX)
+    assert conftest.HOME in str(err.value)
+    assert 'ENOTCONN' in str(err.value)
+
+
+def test_setup_names_hung_mount(make_driver, fake_fs):
+    fake_fs.fail('stat', '', exit_code=137)
+    drv = make_driver(fuse_fs_call_timeout=7)
+    with pytest.raises(mount.FuseMountUnavailable) as err:
+        drv.do_setup(CTX)
+    assert 'within 7 s' in str(err.value)
+
+
+def test_setup_refuses_read_only_mount(make_driver, fake_fs):
+    fake_fs.fail('truncate', 'truncate: Read-only file system')
+    drv = make_driver()
+    with pytest.raises(mount.FuseMountUnavailable) as err:
+        drv.do_setup(CTX)
+    assert 'cannot create files' in str(err.value)
+
+
+def test_every_mount_command_is_bounded_and_root(drv, fake_fs):
+    seen = []
+
+    def spy(*cmd, **kwargs):
+        seen.append((cmd, kwargs))
+        return fake_fs(*cmd, **kwargs)
+    drv.mount._execute = spy
+    vol = volume()
+    drv.create_volume(vol)
+    drv.extend_volume(vol, 2)
+    drv.create_snapshot(snapshot(vol))
+    drv.delete_volume(vol)
+    assert seen
+    for cmd, kwargs in seen:
+        assert cmd[:3] == ('timeout', '-s', 'KILL'), cmd
+        assert kwargs['run_as_root'] is True
+
+
+# -- create / delete / extend --------------------------------------------
+
+def test_create_volume_is_one_sparse_truncate(drv, fake_fs):
+    vol = volume(size=1024)
+    fake_fs.calls.clear()
+    drv.create_volume(vol)
+    assert fake_fs.files[path(vol.name)] == 1024 * GiB
+    assert 'truncate' in fake_fs.programs()
+    assert 'dd' not in fake_fs.programs()
+    assert 'fallocate' not in fake_fs.programs()
+    assert leftovers(fake_fs) == []
+    assert drv._provisioned_bytes == 1024 * GiB
+
+
+def test_create_thick_volume_allocates(make_driver, fake_fs):
+    drv = make_driver(fuse_sparse_volumes=False)
+    drv.do_setup(CTX)
+    drv.create_volume(volume())
+    assert 'fallocate' in fake_fs.programs()
+
+
+def test_thick_falls_back_to_zero_writes(make_driver, fake_fs):
+    drv = make_driver(fuse_sparse_volumes=False)
+    drv.do_setup(CTX)
+    fake_fs.fail('fallocate', 'fallocate: fallocate failed: Operation '
+                 'not supported')
+    drv.create_volume(volume(size=2))
+    dd = [c for c in fake_fs.calls if c[0] == 'dd'][0]
+    assert 'count=2048' in dd and 'conv=notrunc,fsync' in dd
+
+
+@pytest.mark.parametrize('size', [0, -1, None])
+def test_create_refuses_bad_size(drv, fake_fs, size):
+    vol = volume()
+    vol.size = size
+    fake_fs.calls.clear()
+    with pytest.raises(exception.InvalidInput):
+        drv.create_volume(vol)
+    assert fake_fs.calls == []
+
+
+def test_create_refuses_existing_file(drv, fake_fs):
+    vol = volume()
+    fake_fs.add(vol.name, 5 * GiB)
+    with pytest.raises(exception.VolumeBackendAPIException) as err:
+        drv.create_volume(vol)
+    assert 'already exists' in str(err.value)
+    assert fake_fs.files[path(vol.name)] == 5 * GiB
+
+
+def test_create_enospc_leaves_nothing(drv, fake_fs):
+    fake_fs.fail('truncate', 'truncate: cannot open: %s' %
+                 fake_executor.ENOSPC)
+    with pytest.raises(mount.FuseNoSpace):
+        drv.create_volume(volume())
+    assert fake_fs.names() == []
+    assert drv._provisioned_bytes == 0
+
+
+def test_delete_is_idempotent(drv, fake_fs):
+    vol = volume(size=3)
+    drv.create_volume(vol)
+    drv.delete_volume(vol)
+    drv.delete_volume(vol)
+    assert fake_fs.names() == []
+    assert drv._provisioned_bytes == 0
+
+
+def test_extend_grows_and_refuses_shrink(drv, fake_fs):
+    vol = volume(size=2)
+    drv.create_volume(vol)
+    drv.extend_volume(vol, 5)
+    assert fake_fs.files[path(vol.name)] == 5 * GiB
+    assert drv._provisioned_bytes == 5 * GiB
+    with pytest.raises(exception.InvalidInput):
+        drv.extend_volume(vol, 3)
+    assert fake_fs.files[path(vol.name)] == 5 * GiB
+
+
+def test_extend_missing_volume(drv):
+    with pytest.raises(exception.VolumeBackendAPIException):
+        drv.extend_volume(volume(), 2)
+
+
+def test_extend_of_exported_volume_refreshes_target(drv):
+    vol = volume(size=1, provider_location='127.0.0.1:3260,1 iqn.x 1')
+    drv.create_volume(vol)
+    with mock.patch.object(drv.target_driver, 'extend_target') as ext:
+        drv.extend_volume(vol, 2)
+    ext.assert_called_once_with(vol)
+
+
+# -- snapshots and clones ------------------------------------------------
+
+def test_snapshot_is_sparse_copy_without_temp_leftovers(drv, fake_fs):
+    vol = volume(size=10)
+    drv.create_volume(vol)
+    snap = snapshot(vol)
+    drv.create_snapshot(snap)
+    assert fake_fs.files[path(snap.name)] == 10 * GiB
+    cp = [c for c in fake_fs.calls if c[0] == 'cp'][0]
+    assert '--sparse=always' in cp and '--reflink=auto' in cp
+    assert leftovers(fake_fs) == []
+
+
+def test_snapshot_of_missing_volume(drv, fake_fs):
+    vol = volume()
+    with pytest.raises(exception.InvalidVolume):
+        drv.create_snapshot(snapshot(vol))
+    assert fake_fs.names() == []
+
+
+def test_clone_enospc_leaves_no_partial_file(drv, fake_fs):
+    src = volume(size=1)
+    drv.create_volume(src)
+    fake_fs.fail('cp', 'cp: error writing: %s' % fake_executor.ENOSPC)
+    with pytest.raises(mount.FuseNoSpace):
+        drv.create_cloned_volume(volume(vol_id=VOL2_ID), src)
+    assert fake_fs.names() == [src.name]
+    assert drv._provisioned_bytes == 1 * GiB
+
+
+def test_clone_to_larger_size(drv, fake_fs):
+    src = volume(size=1)
+    drv.create_volume(src)
+    dst = volume(size=4, vol_id=VOL2_ID)
+    drv.create_cloned_volume(dst, src)
+    assert fake_fs.files[path(dst.name)] == 4 * GiB
+    assert drv._provisioned_bytes == 5 * GiB
+
+
+def test_volume_from_snapshot(drv, fake_fs):
+    src = volume(size=2)
+    drv.create_volume(src)
+    snap = snapshot(src)
+    drv.create_snapshot(snap)
+    dst = volume(size=2, vol_id=VOL2_ID)
+    drv.create_volume_from_snapshot(dst, snap)
+    assert fake_fs.files[path(dst.name)] == 2 * GiB
+    drv.delete_snapshot(snap)
+    drv.delete_snapshot(snap)
+    assert path(snap.name) not in fake_fs.files
+
+
+def test_volume_from_missing_snapshot(drv, fake_fs):
+    src = volume(size=2)
+    with pytest.raises(exception.InvalidSnapshot):
+        drv.create_volume_from_snapshot(volume(vol_id=VOL2_ID),
+                                        snapshot(src))
+
+
+def test_revert_keeps_old_content_on_failure(drv, fake_fs):
+    vol = volume(size=2)
+    drv.create_volume(vol)
+    snap = snapshot(vol)
+    drv.create_snapshot(snap)
+    fake_fs.fail('cp', 'cp: error writing: %s' % fake_executor.ENOSPC)
+    with pytest.raises(mount.FuseNoSpace):
+        drv.revert_to_snapshot(CTX, vol, snap)
+    assert sorted(fake_fs.names()) == sorted([vol.name, snap.name])
+
+
+def test_revert_replaces_by_rename(drv, fake_fs):
+    vol = volume(size=2)
+    drv.create_volume(vol)
+    snap = snapshot(vol)
+    drv.create_snapshot(snap)
+    fake_fs.calls.clear()
+    drv.revert_to_snapshot(CTX, vol, snap)
+    assert fake_fs.programs()[:2] == ['cp', 'mv']
+    assert leftovers(fake_fs) == []
+
+
+# -- statistics ------------------------------------------------------------
+
+def test_stats_report_capacity_and_provisioning(drv, fake_fs):
+    drv.create_volume(volume(size=30))
+    stats = drv.get_volume_stats(refresh=True)
+    assert stats['total_capacity_gb'] == 100
+    assert stats['free_capacity_gb'] == 80
+    assert stats['provisioned_capacity_gb'] == 30
+    assert stats['thin_provisioning_support'] is True
+    assert stats['backend_state'] == 'up'
+    assert stats['storage_protocol'] == 'iSCSI'
+    assert stats['volume_backend_name'] == 'fuse-unit'
+
+
+def test_stats_cost_does_not_grow_with_volumes(drv, fake_fs):
+    for i in range(50):
+        fake_fs.add('volume-%04d' % i, GiB)
+    fake_fs.calls.clear()
+    drv.get_volume_stats(refresh=True)
+    assert len(fake_fs.calls) == 1
+
+
+def test_stats_report_dead_mount_as_down(drv, fake_fs):
+    fake_fs.fail('stat', fake_executor.ENOTCONN)
+    stats = drv.get_volume_stats(refresh=True)
+    assert stats['backend_state'] == 'down'
+    assert stats['free_capacity_gb'] == 0
+
+
+# -- manage / unmanage ----------------------------------------------------
+
+@pytest.mark.parametrize('ref', [
+    {}, {'source-name': ''}, {'source-name': '../etc/passwd'},
+    {'source-name': '/etc/passwd'}, {'source-name': 'sub/file'},
+    {'source-name': '..'}, {'source-name': 'link'}, {'source-name': 'dir'},
+    {'source-name': 'missing'}, {'source-id': 'x'},
+])
+def test_manage_refuses_unsafe_references(drv, fake_fs, ref):
+    fake_fs.add('link', kind='symbolic link')
+    fake_fs.add('dir', kind='directory')
+    with pytest.raises(exception.ManageExistingInvalidReference):
+        drv.manage_existing_get_size(volume(), ref)
+    with pytest.raises(exception.ManageExistingInvalidReference):
+        drv.manage_existing(volume(), ref)
+
+
+def test_manage_renames_and_rounds_size_up(drv, fake_fs):
+    fake_fs.add('legacy.img', GiB + 1)
+    vol = volume(size=2)
+    ref = {'source-name': 'legacy.img'}
+    assert drv.manage_existing_get_size(vol, ref) == 2
+    drv.manage_existing(vol, ref)
+    assert fake_fs.names() == [vol.name]
+    assert fake_fs.files[path(vol.name)] == 2 * GiB
+    assert drv._provisioned_bytes == 2 * GiB
+
+
+def test_unmanage_keeps_the_data(drv, fake_fs):
+    vol = volume(size=1)
+    drv.create_volume(vol)
+    drv.unmanage(vol)
+    assert fake_fs.names() == ['unmanaged-' + vol.name]
+    assert drv._provisioned_bytes == 0
+
+
+def test_manageable_listing(drv, fake_fs):
+    managed = volume(size=1)
+    drv.create_volume(managed)
+    fake_fs.add('legacy.img', 3 * GiB)
+    fake_fs.add('snapshot-x', GiB)
+    listing = drv.get_manageable_volumes([managed], None, 10, 0,
+                                         ['size'], ['asc'])
+    by_name = {e['reference']['source-name']: e for e in listing}
+    assert set(by_name) == {managed.name, 'legacy.img'}
+    assert by_name['legacy.img']['safe_to_manage'] is True
+    assert by_name['legacy.img']['size'] == 3
+    assert by_name[managed.name]['safe_to_manage'] is False
+    assert by_name[managed.name]['cinder_id'] == managed.id
+
+
+# -- names never go through a shell ---------------------------------------
+
+def test_hostile_names_are_single_arguments(drv, fake_fs):
+    fake_fs.add('a b;rm -rf $(x)', GiB)
+    assert drv.manage_existing_get_size(
+        volume(), {'source-name': 'a b;rm -rf $(x)'}) == 1
+    stat = [c for c in fake_fs.calls if c[0] == 'stat'][-1]
+    assert stat[-1] == path('a b;rm -rf $(x)')
+
+
+# -- images go to the local file ---------------------------------------------
+
+def test_image_copies_use_the_local_file(drv, fake_fs):
+    vol = volume(size=3)
+    drv.create_volume(vol)
+    with mock.patch('cinder.image.image_utils.fetch_to_raw') as fetch:
+        drv.copy_image_to_volume(CTX, vol, mock.sentinel.svc, 'img-1')
+    assert fetch.call_args[0][3] == path(vol.name)
+    assert fetch.call_args[1]['size'] == 3
+    with mock.patch('cinder.image.image_utils.upload_volume') as upload:
+        drv.copy_volume_to_image(CTX, vol, mock.sentinel.svc, {'id': 'i'})
+    assert upload.call_args[0][3] == path(vol.name)
