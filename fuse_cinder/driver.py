@@ -186,9 +186,11 @@ class FuseISCSIDriver(driver.ISCSIDriver):
 
     def revert_to_snapshot(self, context, volume, snapshot):
         """Put the snapshot's content back, keeping the old until done."""
+        old = self.files.size(volume.name) or 0
         self.files.replace(snapshot.name, volume.name)
         if volume.size > snapshot.volume_size:
             self.files.extend(volume.name, volume.size)
+        self._account(self.files.size(volume.name) - old)
 
     # -- images: straight to and from the local file --------------------
 

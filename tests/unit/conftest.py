@@ -12,38 +12,12 @@
 
 import pytest
 
-from cinder.volume import configuration
-from cinder.volume import driver as cinder_driver
-from oslo_config import cfg
-
 from fuse_cinder import driver
-from fuse_cinder import options
 from tests.unit import fake_executor
 
-GROUP = 'fuse_unit'
 HOME = '/mnt/cdmi/volumes'
 FUSE_LINE = ('cdmifuse /mnt/cdmi fuse.cdmifuse rw,nosuid,nodev,'
              'user_id=1000,group_id=1000,allow_other 0 0\n')
-
-
-@pytest.fixture
-def backend_conf():
-    """A backend section of our own, cleared after the test."""
-    conf = configuration.Configuration(cinder_driver.volume_opts,
-                                       config_group=GROUP)
-    conf.append_config_values(options.fuse_opts + options.tgt_opts)
-    touched = []
-
-    def set_opts(**values):
-        for name, value in values.items():
-            cfg.CONF.set_override(name, value, group=GROUP)
-            touched.append(name)
-        return conf
-
-    set_opts(volumes_home=HOME, volume_backend_name='fuse-unit')
-    yield set_opts
-    for name in touched:
-        cfg.CONF.clear_override(name, group=GROUP)
 
 
 @pytest.fixture
@@ -62,7 +36,7 @@ def mounts_file(tmp_path):
 @pytest.fixture
 def make_driver(backend_conf, fake_fs, mounts_file):
     def make(**opts):
-        conf = backend_conf(**opts)
+        conf = backend_conf(volumes_home=HOME, **opts)
         drv = driver.FuseISCSIDriver(configuration=conf,
                                      execute=fake_fs)
         drv.mount.mounts_file = str(mounts_file)

@@ -301,10 +301,15 @@ def test_revert_replaces_by_rename(drv, fake_fs):
     drv.create_volume(vol)
     snap = snapshot(vol)
     drv.create_snapshot(snap)
+    fake_fs.files[path(vol.name)] = 3 * GiB     # grown since the snapshot
+    drv._provisioned_bytes += GiB
     fake_fs.calls.clear()
     drv.revert_to_snapshot(CTX, vol, snap)
-    assert fake_fs.programs()[:2] == ['cp', 'mv']
+    copies = [p for p in fake_fs.programs() if p in ('cp', 'mv')]
+    assert copies == ['cp', 'mv']
     assert leftovers(fake_fs) == []
+    assert fake_fs.files[path(vol.name)] == 2 * GiB
+    assert drv._provisioned_bytes == 4 * GiB
 
 
 # -- statistics ------------------------------------------------------------
@@ -318,7 +323,7 @@ def test_stats_report_capacity_and_provisioning(drv, fake_fs):
     assert stats['thin_provisioning_support'] is True
     assert stats['backend_state'] == 'up'
     assert stats['storage_protocol'] == 'iSCSI'
-    assert stats['volume_backend_name'] == 'fuse-unit'
+    assert stats['volume_backend_name'] == 'fuse-test'
 
 
 def test_stats_cost_does_not_grow_with_volumes(drv, fake_fs):

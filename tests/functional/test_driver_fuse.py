@@ -1,0 +1,200 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+"""The volume life cycle on a real FUSE mount with real commands."""
+
+import os
+
+from oslo_concurrency import processutils
+import pytest
+
+from cinder import context
+from cinder import exception
+from cinder.tests.unit import fake_snapshot
+from cinder.tests.unit import fake_volume
+
+from fuse_cinder import driver
+from fuse_cinder import mount
+from tests.functional import fusemount
+
+GiB = 1 << 30
+MiB = 1 << 20
+CTX = context.get_admin_context()
+IDS = ['%08d-0000-4000-8000-000000000000' % i for i in range(10)]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason='needs root for FUSE and tgtd')
+
+
+def volume(n, size=1):
+    return fake_volume.fake_volume_obj(CTX, id=IDS[n], size=size)
+
+
+def snapshot(vol, n=9):
+    snap = fake_snapshot.fake_snapshot_obj(CTX, id=IDS[n], volume_id=vol.id,
+                                           volume_size=vol.size)
+    snap.volume = vol
+    return snap
+
+
+def write_at(path, offset, data):
+    with open(path, 'r+b') as f:
+        f.seek(offset)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_at(path, offset, length):
+    with open(path, 'rb') as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+@pytest.fixture
+def fuse(tmp_path):
+    with fusemount.BindfsMount(tmp_path) as m:
+        yield m
+
+
+@pytest.fixture
+def small_fuse(tmp_path):
+    with fusemount.BindfsMount(tmp_path, tmpfs_size='48m') as m:
+        yield m
+
+
+def make(backend_conf, fuse_mount, **opts):
+    conf = backend_conf(volumes_home=fuse_mount.volumes_home,
+                        fuse_fs_call_timeout=10, **opts)
+    drv = driver.FuseISCSIDriver(configuration=conf,
+                                 execute=processutils.execute)
+    drv.do_setup(CTX)
+    drv.check_for_setup_error()
+    return drv
+
+
+def test_life_cycle_keeps_data_and_sparseness(backend_conf, fuse):
+    drv = make(backend_conf, fuse)
+    vol = volume(0, size=1)
+    drv.create_volume(vol)
+    path = drv.local_path(vol)
+    backing = fuse.backing_path(vol.name)
+    assert os.path.getsize(backing) == GiB
+    assert allocated(backing) == 0
+
+    data = os.urandom(4 * MiB)
+    write_at(path, 512 * MiB, data)
+    assert read_at(backing, 512 * MiB, len(data)) == data
+
+    snap = snapshot(vol)
+    drv.create_snapshot(snap)
+    snap_path = fuse.backing_path(snap.name)
+    assert read_at(snap_path, 512 * MiB, len(data)) == data
+    assert allocated(snap_path) < 16 * MiB
+
+    drv.extend_volume(vol, 2)
+    assert os.path.getsize(backing) == 2 * GiB
+    assert read_at(backing, 512 * MiB, len(data)) == data
+
+    clone = volume(1, size=3)
+    drv.create_volume_from_snapshot(clone, snap)
+    clone_path = fuse.backing_path(clone.name)
+    assert os.path.getsize(clone_path) == 3 * GiB
+    assert read_at(clone_path, 512 * MiB, len(data)) == data
+    assert allocated(clone_path) < 16 * MiB
+
+    clone2 = volume(2, size=2)
+    drv.create_cloned_volume(clone2, vol)
+    assert read_at(fuse.backing_path(clone2.name), 512 * MiB,
+                   len(data)) == data
+
+    write_at(path, 512 * MiB, b'\xff' * len(data))
+    vol.size = 1
+    drv.revert_to_snapshot(CTX, vol, snap)
+    assert read_at(backing, 512 * MiB, len(data)) == data
+
+    stats = drv.get_volume_stats(refresh=True)
+    st = os.statvfs(fuse.backing)
+    assert stats['backend_state'] == 'up'
+    assert stats['total_capacity_gb'] == round(
+        st.f_blocks * st.f_frsize / GiB, 2)
+    assert stats['provisioned_capacity_gb'] == 1 + 1 + 3 + 2
+
+    for v in (vol, clone, clone2):
+        drv.delete_volume(v)
+        drv.delete_volume(v)
+    drv.delete_snapshot(snap)
+    assert os.listdir(os.path.join(fuse.backing, 'volumes')) == []
+    assert drv.get_volume_stats(refresh=True)[
+        'provisioned_capacity_gb'] == 0
+
+
+def test_full_filesystem_leaves_no_partial_clone(backend_conf, small_fuse):
+    drv = make(backend_conf, small_fuse)
+    src = volume(0)
+    drv.create_volume(src)
+    data = os.urandom(MiB)
+    for i in range(30):
+        write_at(drv.local_path(src), i * MiB, data)
+
+    clone = volume(1)
+    with pytest.raises(mount.FuseNoSpace) as err:
+        drv.create_cloned_volume(clone, src)
+    assert small_fuse.volumes_home in str(err.value)
+    assert os.listdir(os.path.join(small_fuse.backing, 'volumes')) == [
+        src.name]
+    assert read_at(drv.local_path(src), 29 * MiB, MiB) == data
+
+    # The failed copy gave its space back: a small volume still fits.
+    drv.create_volume(volume(2))
+
+
+def test_dead_mount_gives_clear_errors(backend_conf, fuse):
+    drv = make(backend_conf, fuse)
+    vol = volume(0)
+    drv.create_volume(vol)
+    fuse.kill()
+    with pytest.raises(mount.FuseMountUnavailable) as err:
+        drv.create_volume(volume(1))
+    assert fuse.volumes_home in str(err.value)
+    assert 'ENOTCONN' in str(err.value)
+    with pytest.raises(mount.FuseMountUnavailable):
+        drv.check_for_setup_error()
+    stats = drv.get_volume_stats(refresh=True)
+    assert stats['backend_state'] == 'down'
+    assert stats['free_capacity_gb'] == 0
+
+
+def test_manage_refuses_symlink_out_of_volumes_home(backend_conf, fuse,
+                                                    tmp_path):
+    drv = make(backend_conf, fuse)
+    secret = tmp_path / 'outside.img'
+    secret.write_bytes(b'x' * 4096)
+    os.symlink(str(secret), fuse.backing_path('escape'))
+    os.mkdir(fuse.backing_path('subdir'))
+    for name in ('escape', 'subdir', '../backing', str(secret)):
+        with pytest.raises(exception.ManageExistingInvalidReference):
+            drv.manage_existing(volume(0), {'source-name': name})
+    assert secret.read_bytes() == b'x' * 4096
+
+    with open(fuse.backing_path('legacy.img'), 'wb') as f:
+        f.truncate(GiB + 1)
+    vol = volume(1, size=2)
+    ref = {'source-name': 'legacy.img'}
+    assert drv.manage_existing_get_size(vol, ref) == 2
+    drv.manage_existing(vol, ref)
+    assert os.path.getsize(fuse.backing_path(vol.name)) == 2 * GiB
+    drv.unmanage(vol)
+    assert os.path.exists(fuse.backing_path('unmanaged-' + vol.name))
