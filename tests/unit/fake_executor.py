@@ -32,7 +32,8 @@ class FakeFS:
         self.kinds = {root: 'directory'}   # non-regular entries
         self.total = total
         self.avail = avail
-        self.calls = []
+        self.calls = []          # commands as run on the mount
+        self.raw_calls = []      # the same with their timeout prefix
         self.failures = {}       # program -> (exit_code, stderr)
 
     # -- test helpers --------------------------------------------------
@@ -57,6 +58,7 @@ class FakeFS:
     def __call__(self, *cmd, **kwargs):
         cmd = [str(c) for c in cmd]
         assert kwargs.get('run_as_root') is True, cmd
+        self.raw_calls.append(cmd)
         if cmd[:3] == ['timeout', '-s', 'KILL']:
             cmd = cmd[4:]
         self.calls.append(cmd)
