@@ -135,8 +135,8 @@ def run(volumes_home):
         if got != expected:
             print('DATA MISMATCH in the %s' % label)
             return 1
-        print('    %-22s data intact, %s' % (label,
-                                               _usage(drv.local_path(obj))))
+        usage = _usage(drv.local_path(obj))
+        print('    %-22s data intact, %s' % (label, usage))
 
     stats = drv.get_volume_stats(refresh=True)
     print('stats: %(total_capacity_gb)s GiB total, %(free_capacity_gb)s '
