@@ -22,6 +22,7 @@ daemon does not answer.
 
 import dataclasses
 import os
+import subprocess
 import uuid
 
 from oslo_concurrency import processutils
@@ -34,6 +35,8 @@ LOG = logging.getLogger(__name__)
 
 # Exit status of ``timeout -s KILL`` when it had to kill the command.
 _KILLED_BY_TIMEOUT = 128 + 9
+# How long past its own deadline a killed command may take to exit.
+_REAP_GRACE = 5
 _ENOTCONN_TEXT = 'Transport endpoint is not connected'
 _ENOSPC_TEXT = 'No space left on device'
 PROBE_PREFIX = '.fuse_cinder_probe-'
@@ -148,8 +151,20 @@ class FuseMount:
         """
         timeout = timeout or self.fs_call_timeout
         try:
+            # A process blocked in a FUSE request ignores even SIGKILL until
+            # the daemon answers, and then 'timeout' waits for it in vain:
+            # the executor's own deadline stops waiting for it regardless.
             return self._execute('timeout', '-s', 'KILL', str(timeout),
-                                 *cmd, run_as_root=True, **kwargs)
+                                 *cmd, run_as_root=True,
+                                 timeout=timeout + _REAP_GRACE, **kwargs)
+        except subprocess.TimeoutExpired:
+            reason = (_("'%(cmd)s' is stuck in the FUSE daemon and could "
+                        "not be killed after %(timeout)s s") %
+                      {'cmd': cmd[0], 'timeout': timeout})
+            LOG.error("FUSE mount of %(home)s is hung: %(reason)s",
+                      {'home': self.volumes_home, 'reason': reason})
+            raise FuseMountUnavailable(mount=self.volumes_home,
+                                       reason=reason)
         except processutils.ProcessExecutionError as exc:
             self._translate(exc, cmd, timeout)
             raise

@@ -11,15 +11,19 @@
 #    under the License.
 """The volume life cycle on a real FUSE mount with real commands."""
 
+import io
 import os
 
 from oslo_concurrency import processutils
+from oslo_config import cfg
 import pytest
 
 from cinder import context
 from cinder import exception
+from cinder import privsep as cinder_privsep
 from cinder.tests.unit import fake_snapshot
 from cinder.tests.unit import fake_volume
+from cinder.tests.unit.image import fake as fake_image
 
 from fuse_cinder import driver
 from fuse_cinder import mount
@@ -198,3 +202,59 @@ def test_manage_refuses_symlink_out_of_volumes_home(backend_conf, fuse,
     assert os.path.getsize(fuse.backing_path(vol.name)) == 2 * GiB
     drv.unmanage(vol)
     assert os.path.exists(fuse.backing_path('unmanaged-' + vol.name))
+
+
+class _ImageStore(fake_image._FakeImageService):
+    """Cinder's in-memory image service, keeping uploaded data too."""
+
+    def __init__(self):
+        super().__init__()
+        self.temp_images = None   # the parent's is a MagicMock
+
+    def update(self, context, image_id, metadata, data=None, **kwargs):
+        if data is not None:
+            self._imagedata[image_id] = data.read()
+        return super().update(context, image_id, metadata, **kwargs)
+
+
+@pytest.fixture
+def privsep_in_process():
+    """Run Cinder's privileged helpers in this (root) process.
+
+    Otherwise the first one spawns 'sudo privsep-helper', which a test
+    machine need not have.
+    """
+    cinder_privsep.sys_admin_pctxt.set_client_mode(False)
+    yield
+    cinder_privsep.sys_admin_pctxt.set_client_mode(True)
+
+
+def test_images_are_copied_on_the_local_file(backend_conf, fuse, tmp_path,
+                                             privsep_in_process):
+    cfg.CONF.set_override('image_conversion_dir', str(tmp_path / 'conv'))
+    try:
+        drv = make(backend_conf, fuse)
+        store = _ImageStore()
+        payload = os.urandom(MiB) + b'\0' * (3 * MiB) + os.urandom(MiB)
+        image = store.create(CTX, {'name': 'raw', 'disk_format': 'raw',
+                                   'container_format': 'bare',
+                                   'size': len(payload), 'status': 'active'},
+                             data=io.BytesIO(payload))
+        vol = volume(0, size=1)
+        drv.create_volume(vol)
+        drv.copy_image_to_volume(CTX, vol, store, image['id'])
+        backing = fuse.backing_path(vol.name)
+        assert os.path.getsize(backing) == GiB
+        assert read_at(backing, 0, len(payload)) == payload
+        assert allocated(backing) < 4 * MiB
+
+        out = store.create(CTX, {'name': 'up', 'disk_format': 'raw',
+                                 'container_format': 'bare'})
+        drv.copy_volume_to_image(CTX, vol, store,
+                                 {'id': out['id'], 'disk_format': 'raw',
+                                  'container_format': 'bare'})
+        uploaded = store._imagedata[out['id']]
+        assert len(uploaded) == GiB
+        assert uploaded[:len(payload)] == payload
+    finally:
+        cfg.CONF.clear_override('image_conversion_dir')

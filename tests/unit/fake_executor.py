@@ -18,6 +18,7 @@ left on the "filesystem", not which strings were run.
 """
 
 import os
+import subprocess
 
 from oslo_concurrency import processutils
 
@@ -35,6 +36,7 @@ class FakeFS:
         self.calls = []          # commands as run on the mount
         self.raw_calls = []      # the same with their timeout prefix
         self.failures = {}       # program -> (exit_code, stderr)
+        self.unkillable = False  # every call stuck beyond SIGKILL
 
     # -- test helpers --------------------------------------------------
     def add(self, name, size=0, kind=None):
@@ -58,7 +60,10 @@ class FakeFS:
     def __call__(self, *cmd, **kwargs):
         cmd = [str(c) for c in cmd]
         assert kwargs.get('run_as_root') is True, cmd
+        assert kwargs.get('timeout', 0) > int(cmd[3]), cmd
         self.raw_calls.append(cmd)
+        if self.unkillable:
+            raise subprocess.TimeoutExpired(cmd, kwargs['timeout'])
         if cmd[:3] == ['timeout', '-s', 'KILL']:
             cmd = cmd[4:]
         self.calls.append(cmd)

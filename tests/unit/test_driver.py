@@ -108,6 +108,15 @@ def test_setup_names_hung_mount(make_driver, fake_fs):
     assert 'within 7 s' in str(err.value)
 
 
+def test_unkillable_call_is_abandoned(drv, fake_fs):
+    fake_fs.unkillable = True
+    with pytest.raises(mount.FuseMountUnavailable) as err:
+        drv.create_volume(volume())
+    assert 'could not be killed' in str(err.value)
+    stats = drv.get_volume_stats(refresh=True)
+    assert stats['backend_state'] == 'down'
+
+
 def test_setup_refuses_read_only_mount(make_driver, fake_fs):
     fake_fs.fail('truncate', 'truncate: Read-only file system')
     drv = make_driver()
