@@ -22,7 +22,6 @@ daemon does not answer.
 
 import dataclasses
 import os
-import subprocess
 import uuid
 
 from oslo_concurrency import processutils
@@ -83,6 +82,16 @@ class MountEntry:
         return ('allow_other' in self.options or
                 'allow_root' in self.options or
                 self.option('user_id') == '0')
+
+
+def _is_timeout_expired(exc):
+    """Whether exc is subprocess's TimeoutExpired, from any copy of it.
+
+    Under eventlet, the green subprocess raises it from eventlet's private
+    copy of the subprocess module, a class unrelated to subprocess's own.
+    """
+    return any(cls.__name__ == 'TimeoutExpired'
+               for cls in type(exc).__mro__)
 
 
 def _unescape(field):
@@ -157,7 +166,12 @@ class FuseMount:
             return self._execute('timeout', '-s', 'KILL', str(timeout),
                                  *cmd, run_as_root=True,
                                  timeout=timeout + _REAP_GRACE, **kwargs)
-        except subprocess.TimeoutExpired:
+        except processutils.ProcessExecutionError as exc:
+            self._translate(exc, cmd, timeout)
+            raise
+        except Exception as exc:
+            if not _is_timeout_expired(exc):
+                raise
             reason = (_("'%(cmd)s' is stuck in the FUSE daemon and could "
                         "not be killed after %(timeout)s s") %
                       {'cmd': cmd[0], 'timeout': timeout})
@@ -165,9 +179,6 @@ class FuseMount:
                       {'home': self.volumes_home, 'reason': reason})
             raise FuseMountUnavailable(mount=self.volumes_home,
                                        reason=reason)
-        except processutils.ProcessExecutionError as exc:
-            self._translate(exc, cmd, timeout)
-            raise
 
     def _translate(self, exc, cmd, timeout):
         stderr = exc.stderr or ''

@@ -95,26 +95,6 @@ def errno_of(func, *args):
     return None
 
 
-@pytest.fixture
-def make_fs(tmp_path, request):
-    """Mount a FaultFS over tmp_path/backing; unmounted whatever happens."""
-    def make(**kwargs):
-        backing = tmp_path / 'backing'
-        backing.mkdir()
-        handle = faultfs.FaultFS(str(backing), str(tmp_path / 'mnt'),
-                                 log_path=str(tmp_path / 'faultfs.log'),
-                                 **kwargs)
-        request.addfinalizer(handle.stop)  # before start: a failed start too
-        handle.start()
-        return handle
-    return make
-
-
-@pytest.fixture
-def fs(make_fs):
-    return make_fs()
-
-
 def mnt(fs, name):
     return os.path.join(fs.mountpoint, name)
 
