@@ -1,0 +1,89 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+"""Patches adding explicit export actions to an installed Cinder.
+
+A volume driver cannot add REST actions, so the ``os-export`` and
+``os-delete-export`` volume actions ship as unified diffs against the
+pristine Cinder release named in ``CINDER_VERSION``, applied in the order
+of the ``series`` file with ``patch -p1`` (or ``git apply``) from the
+directory that holds the ``cinder`` package (site-packages).
+``fuse-cinder-patch check|apply|revert`` does that safely.
+
+What they change:
+
+0001
+    ``fields.VolumeStatus`` gains ``exporting``, ``exported``,
+    ``delete_exporting`` and ``error_exporting`` (so ``reset-state``
+    accepts them), and ``db.volume_detached`` leaves those statuses alone.
+0002
+    Policy rules ``volume_extension:volume_actions:export`` and
+    ``...:delete_export``, default admin or a member of the owning project.
+0003
+    JSON schemas, the controller actions (HTTP 202; ``os-export`` returns
+    ``{"connection_info": ...}``) and ``volume.API.export`` /
+    ``delete_export``, which move the status by compare-and-swap; attach
+    and detach refuse an exported volume.
+0004
+    Volume RPC API 3.21: ``export_volume`` and ``delete_volume_export``,
+    both synchronous calls guarded by ``assert_min_rpc_version``.  Until
+    every cinder-volume of the deployment runs the patched code, the API
+    answers 400 (ServiceTooOld) and leaves the volume as it was.
+0005
+    The volume manager side: ``create_export``/``initialize_connection``
+    on export and ``remove_export`` on delete-export, ``error_exporting``
+    on any failure; ``init_host`` re-creates the targets of exported
+    volumes and rolls back interrupted requests; detach never removes the
+    target of an exported volume.
+0006
+    ``MAPPING`` entry so ``cinder.volume.drivers.fuse.FuseISCSIDriver``
+    (the driver's original class path) still loads.
+
+No new API microversion gates the actions: python-cinderclient 9.x only
+knows microversions up to 3.71, so a gate at 3.72 would be unreachable
+from the ``cinder`` command.  Clients discover the feature by trying it:
+an unpatched API answers 400 "no such action".
+
+To rebase onto another Cinder release: copy the touched files (listed in
+each patch's ``+++`` lines) of the pristine release into two trees, edit
+one, regenerate each patch with ``diff -u --label a/PATH --label b/PATH``
+keeping its header, and update ``CINDER_VERSION``.
+"""
+
+import os
+
+CINDER_VERSION = '29.0.0'
+PATCH_DIR = os.path.dirname(os.path.abspath(__file__))
+SERIES_FILE = os.path.join(PATCH_DIR, 'series')
+
+
+def series():
+    """Absolute paths of the patches, in the order they apply."""
+    paths = []
+    with open(SERIES_FILE) as f:
+        for line in f:
+            name = line.split('#', 1)[0].strip()
+            if name:
+                paths.append(os.path.join(PATCH_DIR, name))
+    return paths
+
+
+def touched_files(patch_path):
+    """Paths (relative to site-packages) that a patch modifies."""
+    files = []
+    with open(patch_path) as f:
+        for line in f:
+            if line.startswith('+++ '):
+                path = line[4:].split('\t', 1)[0].strip()
+                path = path.split('/', 1)[1] if '/' in path else path
+                if path not in files:
+                    files.append(path)
+    return files
