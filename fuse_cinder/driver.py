@@ -332,14 +332,17 @@ class FuseISCSIDriver(driver.ISCSIDriver):
     # -- iSCSI export: delegated to the tgt helper ---------------------
 
     def create_export(self, context, volume, connector):
+        """Export with the connector so the target is never open to all."""
         data = self.target_driver.create_export(context, volume,
-                                                self.local_path(volume))
+                                                self.local_path(volume),
+                                                connector=connector)
         return {'provider_location': data['location'],
                 'provider_auth': data['auth']}
 
     def ensure_export(self, context, volume):
-        self.target_driver.ensure_export(context, volume,
-                                         self.local_path(volume))
+        """Re-create a lost target; may return new CHAP to persist."""
+        return self.target_driver.ensure_export(context, volume,
+                                                self.local_path(volume))
 
     def remove_export(self, context, volume):
         self.target_driver.remove_export(context, volume)

@@ -423,3 +423,20 @@ def test_image_copies_use_the_local_file(drv, fake_fs):
     with mock.patch('cinder.image.image_utils.upload_volume') as upload:
         drv.copy_volume_to_image(CTX, vol, mock.sentinel.svc, {'id': 'i'})
     assert upload.call_args[0][3] == path(vol.name)
+
+
+# -- export delegation ---------------------------------------------------------
+
+def test_export_model_update_and_connector(drv):
+    vol = volume()
+    connector = {'initiator': 'iqn.1993-08.org.debian:01:abc'}
+    with mock.patch.object(drv.target_driver, 'create_export',
+                           return_value={'location': 'loc', 'auth': 'CHAP u p'}
+                           ) as create:
+        update = drv.create_export(CTX, vol, connector)
+    assert update == {'provider_location': 'loc', 'provider_auth': 'CHAP u p'}
+    create.assert_called_once_with(CTX, vol, path(vol.name),
+                                   connector=connector)
+    with mock.patch.object(drv.target_driver, 'ensure_export',
+                           return_value={'provider_auth': 'CHAP a b'}):
+        assert drv.ensure_export(CTX, vol) == {'provider_auth': 'CHAP a b'}
