@@ -425,7 +425,7 @@ def test_image_copies_use_the_local_file(drv, fake_fs):
     assert upload.call_args[0][3] == path(vol.name)
 
 
-# -- export delegation ---------------------------------------------------------
+# -- export delegation -----------------------------------------------
 
 def test_export_model_update_and_connector(drv):
     vol = volume()
