@@ -39,16 +39,24 @@ class SparseFiles:
         self.mount = mount
         self.sparse = sparse
 
-    def size(self, name):
-        """Apparent size in bytes, or None when there is no such file."""
+    def _stat(self, name, fmt):
+        """stat's ``fmt`` of ``name`` (not following a final symlink).
+
+        None when there is no such file.
+        """
         try:
-            out, _err = self.mount.run('stat', '-c', '%s',
+            out, _err = self.mount.run('stat', '-c', fmt,
                                        self.mount.path(name))
         except processutils.ProcessExecutionError as exc:
             if 'No such file' in (exc.stderr or ''):
                 return None
             raise
-        return int(out)
+        return out.strip()
+
+    def size(self, name):
+        """Apparent size in bytes, or None when there is no such file."""
+        out = self._stat(name, '%s')
+        return None if out is None else int(out)
 
     def exists(self, name):
         return self.size(name) is not None
@@ -184,12 +192,5 @@ class SparseFiles:
         return sizes
 
     def file_type(self, name):
-        """stat's %F of ``name`` without following a final symlink."""
-        try:
-            out, _err = self.mount.run('stat', '-c', '%F',
-                                       self.mount.path(name))
-        except processutils.ProcessExecutionError as exc:
-            if 'No such file' in (exc.stderr or ''):
-                return None
-            raise
-        return out.strip()
+        """'regular file', 'symbolic link', ... or None if missing."""
+        return self._stat(name, '%F')

@@ -172,24 +172,21 @@ class FuseMount:
         except Exception as exc:
             if not _is_timeout_expired(exc):
                 raise
-            reason = (_("'%(cmd)s' is stuck in the FUSE daemon and could "
-                        "not be killed after %(timeout)s s") %
-                      {'cmd': cmd[0], 'timeout': timeout})
-            LOG.error("FUSE mount of %(home)s is hung: %(reason)s",
-                      {'home': self.volumes_home, 'reason': reason})
-            raise FuseMountUnavailable(mount=self.volumes_home,
-                                       reason=reason)
+            self._hung(_("'%(cmd)s' is stuck in the FUSE daemon and could "
+                         "not be killed after %(timeout)s s") %
+                       {'cmd': cmd[0], 'timeout': timeout})
+
+    def _hung(self, reason):
+        LOG.error("FUSE mount of %(home)s is hung: %(reason)s",
+                  {'home': self.volumes_home, 'reason': reason})
+        raise FuseMountUnavailable(mount=self.volumes_home, reason=reason)
 
     def _translate(self, exc, cmd, timeout):
         stderr = exc.stderr or ''
         if exc.exit_code == _KILLED_BY_TIMEOUT:
-            reason = (_("'%(cmd)s' got no answer within %(timeout)s s; the "
-                        "FUSE daemon is hung") %
-                      {'cmd': cmd[0], 'timeout': timeout})
-            LOG.error("FUSE mount of %(home)s is hung: %(reason)s",
-                      {'home': self.volumes_home, 'reason': reason})
-            raise FuseMountUnavailable(mount=self.volumes_home,
-                                       reason=reason)
+            self._hung(_("'%(cmd)s' got no answer within %(timeout)s s; "
+                         "the FUSE daemon is hung") %
+                       {'cmd': cmd[0], 'timeout': timeout})
         if _ENOTCONN_TEXT in stderr:
             reason = _("the FUSE daemon is gone (ENOTCONN); restart it and "
                        "remount %s") % self.volumes_home
