@@ -25,7 +25,6 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 
 from cinder import context
-from cinder import exception
 from cinder.tests.unit import fake_volume
 from cinder import utils
 
@@ -53,18 +52,7 @@ EXCLUDED_SUITES = {
     'ALL.iSCSIcmdsn',
 }
 
-_missing = tgtd.missing_binaries('bindfs', 'iscsi-test-cu')
-pytestmark = [
-    pytest.mark.skipif(bool(_missing), reason='not installed: %s'
-                       % ', '.join(_missing)),
-    pytest.mark.skipif(os.geteuid() != 0,
-                       reason='needs root for FUSE and tgtd'),
-]
-
-
-class NoDB:
-    def volume_get(self, ctxt, volume_id):
-        raise exception.VolumeNotFound(volume_id=volume_id)
+pytestmark = tgtd.requirements('bindfs', 'iscsi-test-cu')
 
 
 def selection():
@@ -115,7 +103,7 @@ def luns(tmp_path, make_tgtd, backend_conf):
                         fuse_tgt_control_port=daemon.control_port,
                         target_ip_address='127.0.0.1',
                         target_port=daemon.portal_port)
-    target = tgt.TgtFileTarget(configuration=conf, db=NoDB(),
+    target = tgt.TgtFileTarget(configuration=conf, db=tgtd.NoDB(),
                                executor=utils.execute)
     local_dir = tmp_path / 'local'
     local_dir.mkdir()

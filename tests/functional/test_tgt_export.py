@@ -40,21 +40,8 @@ STRANGER = 'iqn.1994-05.com.redhat:stranger'
 objects.register_all()
 make_tgtd = tgtd.make_tgtd
 
-_missing = tgtd.missing_binaries('bindfs', 'qemu-img', 'iscsi-inq',
-                                 'iscsi-ls', 'iscsi-readcapacity16')
-pytestmark = [
-    pytest.mark.skipif(bool(_missing), reason='not installed: %s'
-                       % ', '.join(_missing)),
-    pytest.mark.skipif(os.geteuid() != 0,
-                       reason='needs root for FUSE and tgtd'),
-]
-
-
-class NoDB:
-    """The volumes here are not in a database; CHAP is on the volume."""
-
-    def volume_get(self, ctxt, volume_id):
-        raise exception.VolumeNotFound(volume_id=volume_id)
+pytestmark = tgtd.requirements('bindfs', 'qemu-img', 'iscsi-inq',
+                               'iscsi-ls', 'iscsi-readcapacity16')
 
 
 class Initiator:
@@ -153,7 +140,7 @@ def make_target(backend_conf, tmp_path, daemon):
                       target_port=daemon.portal_port)
         values.update(opts)
         return tgt.TgtFileTarget(configuration=backend_conf(**values),
-                                 db=NoDB(), executor=utils.execute)
+                                 db=tgtd.NoDB(), executor=utils.execute)
     return make
 
 

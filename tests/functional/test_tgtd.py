@@ -11,7 +11,6 @@
 #    under the License.
 """The private tgtd helper other functional suites build on."""
 
-import os
 import socket
 
 import pytest
@@ -19,12 +18,7 @@ import pytest
 from tests.functional import tgtd
 
 make_tgtd = tgtd.make_tgtd
-_missing = tgtd.missing_binaries()
-pytestmark = [
-    pytest.mark.skipif(bool(_missing), reason='not installed: %s'
-                       % ', '.join(_missing)),
-    pytest.mark.skipif(os.geteuid() != 0, reason='needs root for tgtd'),
-]
+pytestmark = tgtd.requirements()
 
 
 def test_two_daemons_get_their_own_ports_and_stop(tmp_path):

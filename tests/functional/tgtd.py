@@ -32,6 +32,8 @@ import time
 
 import pytest
 
+from cinder import exception
+
 CONTROL_PORTS = range(21, 30)
 PORTAL_PORTS = range(13261, 13270)
 BINARIES = ('tgtd', 'tgtadm', 'tgt-admin')
@@ -42,11 +44,37 @@ def missing_binaries(*extra):
     return [b for b in BINARIES + extra if shutil.which(b) is None]
 
 
+def requirements(*extra):
+    """pytest marks skipping a module that lacks root or programs.
+
+    CI installs every program (bindep.txt), so these only skip on a
+    developer machine that has not run tools/run.
+    """
+    missing = missing_binaries(*extra)
+    return [
+        pytest.mark.skipif(bool(missing), reason='not installed: %s'
+                           % ', '.join(missing)),
+        pytest.mark.skipif(os.geteuid() != 0,
+                           reason='needs root for FUSE and tgtd'),
+    ]
+
+
+class NoDB:
+    """Cinder's db for volumes that are in none: CHAP is on the volume."""
+
+    def volume_get(self, ctxt, volume_id):
+        raise exception.VolumeNotFound(volume_id=volume_id)
+
+
 def _answers(control_port):
     res = subprocess.run(['tgtadm', '-C', str(control_port), '--mode',
                           'system', '--op', 'show'],
                          capture_output=True, timeout=10)
     return res.returncode == 0
+
+
+def _span(ports):
+    return '%d-%d' % (ports[0], ports[-1])
 
 
 def _portal_free(port):
@@ -61,13 +89,23 @@ def _portal_free(port):
 
 
 class Tgtd:
-    """``tgtd -f -C PORT --iscsi portal=127.0.0.1:PORT`` owned by a test."""
+    """``tgtd -f -C PORT --iscsi portal=127.0.0.1:PORT`` owned by a test.
+
+    A subclass may claim other port ranges (the benchmark does), so that
+    it never competes with the test suites for ports.
+    """
+
+    control_ports = CONTROL_PORTS
+    portal_ports = PORTAL_PORTS
 
     def __init__(self, control_port=None, portal_port=None, log_path=None):
-        if control_port is not None and control_port not in CONTROL_PORTS:
-            raise ValueError('tests use tgtd control ports 21-29 only')
-        if portal_port is not None and portal_port not in PORTAL_PORTS:
-            raise ValueError('tests use iSCSI portal ports 13261-13269 only')
+        if (control_port is not None
+                and control_port not in self.control_ports):
+            raise ValueError('tgtd control port must be in %s'
+                             % _span(self.control_ports))
+        if portal_port is not None and portal_port not in self.portal_ports:
+            raise ValueError('iSCSI portal port must be in %s'
+                             % _span(self.portal_ports))
         self._want = (control_port, portal_port)
         self.control_port = control_port
         self.portal_port = portal_port
@@ -158,11 +196,11 @@ class Tgtd:
             raise RuntimeError('not installed: %s' % ', '.join(missing))
         want_control, want_portal = self._want
         for control_port in ([want_control] if want_control
-                             else CONTROL_PORTS):
+                             else self.control_ports):
             if _answers(control_port):
                 continue
             for portal_port in ([want_portal] if want_portal
-                                else PORTAL_PORTS):
+                                else self.portal_ports):
                 if _portal_free(portal_port) and self._try(
                         control_port, portal_port, timeout):
                     return self
@@ -170,8 +208,9 @@ class Tgtd:
                     break   # someone else took the control port meanwhile
         raise RuntimeError('no tgtd could start on control port %s and '
                            'portal port %s (see %s)'
-                           % (want_control or '21-29',
-                              want_portal or '13261-13269', self.log_path))
+                           % (want_control or _span(self.control_ports),
+                              want_portal or _span(self.portal_ports),
+                              self.log_path))
 
     def kill(self):
         """SIGKILL tgtd: targets and sessions vanish as in a crash."""
