@@ -30,6 +30,8 @@ from oslo_log import log as logging
 from cinder import exception
 from cinder.i18n import _
 
+from fuse_cinder import processes
+
 LOG = logging.getLogger(__name__)
 
 # Exit status of ``timeout -s KILL`` when it had to kill the command.
@@ -82,16 +84,6 @@ class MountEntry:
         return ('allow_other' in self.options or
                 'allow_root' in self.options or
                 self.option('user_id') == '0')
-
-
-def _is_timeout_expired(exc):
-    """Whether exc is subprocess's TimeoutExpired, from any copy of it.
-
-    Under eventlet, the green subprocess raises it from eventlet's private
-    copy of the subprocess module, a class unrelated to subprocess's own.
-    """
-    return any(cls.__name__ == 'TimeoutExpired'
-               for cls in type(exc).__mro__)
 
 
 def _unescape(field):
@@ -170,7 +162,7 @@ class FuseMount:
             self._translate(exc, cmd, timeout)
             raise
         except Exception as exc:
-            if not _is_timeout_expired(exc):
+            if not processes.is_timeout_expired(exc):
                 raise
             self._hung(_("'%(cmd)s' is stuck in the FUSE daemon and could "
                          "not be killed after %(timeout)s s") %

@@ -33,7 +33,6 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
 import tempfile
 import threading
 import time
@@ -51,6 +50,7 @@ from cinder.volume.targets import iscsi
 from cinder.volume import volume_utils
 
 from fuse_cinder import options
+from fuse_cinder import processes
 
 LOG = logging.getLogger(__name__)
 
@@ -325,14 +325,16 @@ class TgtFileTarget(iscsi.ISCSITarget):
             msg = (_('%(cmd)s failed with exit code %(code)s: %(detail)s')
                    % {'cmd': ' '.join(cmd[:1] + _op_words(cmd)),
                       'code': err.exit_code, 'detail': detail.strip()})
-        except subprocess.TimeoutExpired:
+        except OSError as err:
+            msg = (_('Could not run %(cmd)s: %(err)s')
+                   % {'cmd': cmd[0], 'err': err.strerror})
+        except Exception as err:
+            if not processes.is_timeout_expired(err):
+                raise
             msg = (_('%(cmd)s did not finish within %(timeout)s s; is tgtd '
                      'or the FUSE mount hung?')
                    % {'cmd': ' '.join(cmd[:1] + _op_words(cmd)),
                       'timeout': timeout})
-        except OSError as err:
-            msg = (_('Could not run %(cmd)s: %(err)s')
-                   % {'cmd': cmd[0], 'err': err.strerror})
         raise exception.ISCSITargetHelperCommandFailed(error_message=msg)
 
     def _show(self) -> dict:
