@@ -9,11 +9,33 @@
 #    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 #    License for the specific language governing permissions and limitations
 #    under the License.
-"""Fixtures for the functional suites: real FUSE mounts."""
+"""Fixtures for the functional suites: real FUSE mounts, fault figures."""
 
+import collections
+
+from eventlet import patcher
 import pytest
 
 from tests.functional import faultfs
+
+
+@pytest.fixture(autouse=True, scope='session')
+def real_threads():
+    """Fail the run if anything monkey-patched this process with eventlet.
+
+    Tests run calls that may block on a FUSE mount in threads; green
+    threads would let one blocked call stall the whole run. Importing
+    cinder.tests.unit does such patching.
+    """
+    yield
+    assert not patcher.is_monkey_patched('thread'), (
+        'the functional suite must not import cinder.tests.unit')
+
+
+# (test name, Counter) of every test that used the ``figures`` fixture.
+_FIGURES = []
+# The figures that add up across tests; others (peaks, seconds) do not.
+_SUMMED = ('faults', 'ops', 'verified_bytes')
 
 
 @pytest.fixture
@@ -34,3 +56,32 @@ def make_fs(tmp_path, request):
 @pytest.fixture
 def fs(make_fs):
     return make_fs()
+
+
+@pytest.fixture
+def figures(request):
+    """Counters of a fault test (faults, ops, verified_bytes, ...).
+
+    They are printed as one ``RELIABILITY`` line per test and summed at
+    the end of the run, so CI output shows what was actually tried.
+    """
+    counts = collections.Counter()
+    yield counts
+    _FIGURES.append((request.node.name, counts))
+
+
+def _figures_line(counts):
+    return ', '.join('%s=%d' % item for item in sorted(counts.items()))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _FIGURES:
+        return
+    terminalreporter.section('reliability figures')
+    total = collections.Counter()
+    for name, counts in _FIGURES:
+        total.update({key: counts[key] for key in _SUMMED})
+        terminalreporter.write_line('RELIABILITY %s: %s'
+                                    % (name, _figures_line(counts)))
+    terminalreporter.write_line('RELIABILITY total (%d tests): %s'
+                                % (len(_FIGURES), _figures_line(total)))

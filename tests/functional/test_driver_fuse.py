@@ -11,7 +11,6 @@
 #    under the License.
 """The volume life cycle on a real FUSE mount with real commands."""
 
-import io
 import os
 
 from oslo_concurrency import processutils
@@ -21,13 +20,11 @@ import pytest
 from cinder import context
 from cinder import exception
 from cinder import privsep as cinder_privsep
-from cinder.tests.unit import fake_snapshot
-from cinder.tests.unit import fake_volume
-from cinder.tests.unit.image import fake as fake_image
 
 from fuse_cinder import driver
 from fuse_cinder import mount
 from tests.functional import fusemount
+from tests.functional import volumes
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -39,14 +36,11 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0,
 
 
 def volume(n, size=1):
-    return fake_volume.fake_volume_obj(CTX, id=IDS[n], size=size)
+    return volumes.volume(IDS[n], size=size)
 
 
 def snapshot(vol, n=9):
-    snap = fake_snapshot.fake_snapshot_obj(CTX, id=IDS[n], volume_id=vol.id,
-                                           volume_size=vol.size)
-    snap.volume = vol
-    return snap
+    return volumes.snapshot(vol, IDS[n])
 
 
 def write_at(path, offset, data):
@@ -204,19 +198,6 @@ def test_manage_refuses_symlink_out_of_volumes_home(backend_conf, fuse,
     assert os.path.exists(fuse.backing_path('unmanaged-' + vol.name))
 
 
-class _ImageStore(fake_image._FakeImageService):
-    """Cinder's in-memory image service, keeping uploaded data too."""
-
-    def __init__(self):
-        super().__init__()
-        self.temp_images = None   # the parent's is a MagicMock
-
-    def update(self, context, image_id, metadata, data=None, **kwargs):
-        if data is not None:
-            self._imagedata[image_id] = data.read()
-        return super().update(context, image_id, metadata, **kwargs)
-
-
 @pytest.fixture
 def privsep_in_process():
     """Run Cinder's privileged helpers in this (root) process.
@@ -234,26 +215,23 @@ def test_images_are_copied_on_the_local_file(backend_conf, fuse, tmp_path,
     cfg.CONF.set_override('image_conversion_dir', str(tmp_path / 'conv'))
     try:
         drv = make(backend_conf, fuse)
-        store = _ImageStore()
+        store = volumes.ImageStore()
         payload = os.urandom(MiB) + b'\0' * (3 * MiB) + os.urandom(MiB)
-        image = store.create(CTX, {'name': 'raw', 'disk_format': 'raw',
-                                   'container_format': 'bare',
-                                   'size': len(payload), 'status': 'active'},
-                             data=io.BytesIO(payload))
+        image_id = store.add(payload)
         vol = volume(0, size=1)
         drv.create_volume(vol)
-        drv.copy_image_to_volume(CTX, vol, store, image['id'])
+        drv.copy_image_to_volume(CTX, vol, store, image_id)
         backing = fuse.backing_path(vol.name)
         assert os.path.getsize(backing) == GiB
         assert read_at(backing, 0, len(payload)) == payload
         assert allocated(backing) < 4 * MiB
 
-        out = store.create(CTX, {'name': 'up', 'disk_format': 'raw',
+        out = store.create(CTX, {'disk_format': 'raw',
                                  'container_format': 'bare'})
         drv.copy_volume_to_image(CTX, vol, store,
                                  {'id': out['id'], 'disk_format': 'raw',
                                   'container_format': 'bare'})
-        uploaded = store._imagedata[out['id']]
+        uploaded = store.data[out['id']]
         assert len(uploaded) == GiB
         assert uploaded[:len(payload)] == payload
     finally:

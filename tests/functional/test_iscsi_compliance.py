@@ -25,12 +25,12 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 
 from cinder import context
-from cinder.tests.unit import fake_volume
 from cinder import utils
 
 from fuse_cinder.target import tgt
 from tests.functional import fusemount
 from tests.functional import tgtd
+from tests.functional import volumes
 
 MiB = 1 << 20
 LUN_SIZE = 16 * MiB
@@ -112,9 +112,7 @@ def luns(tmp_path, make_tgtd, backend_conf):
         urls, vols = {}, []
         for n, (kind, home) in enumerate([('fuse', fuse.volumes_home),
                                           ('local', str(local_dir))]):
-            vol = fake_volume.fake_volume_obj(
-                CTX, id='%08d-0000-4000-8000-000000000000' % n,
-                provider_auth=None, provider_location=None)
+            vol = volumes.volume('%08d-0000-4000-8000-000000000000' % n)
             path = os.path.join(home, vol.name)
             with open(path, 'wb') as f:
                 f.truncate(LUN_SIZE)

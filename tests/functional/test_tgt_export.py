@@ -23,12 +23,12 @@ import pytest
 from cinder import context
 from cinder import exception
 from cinder import objects
-from cinder.tests.unit import fake_volume
 from cinder import utils
 
 from fuse_cinder.target import tgt
 from tests.functional import fusemount
 from tests.functional import tgtd
+from tests.functional import volumes
 
 MiB = 1 << 20
 CTX = context.get_admin_context()
@@ -152,10 +152,7 @@ def target(make_target):
 @pytest.fixture
 def new_volume(fuse):
     def make(n=0, size=64 * MiB):
-        vol = fake_volume.fake_volume_obj(CTX, id=IDS[n], size=1,
-                                          provider_auth=None,
-                                          provider_location=None,
-                                          status='in-use')
+        vol = volumes.volume(IDS[n], size=1, status='in-use')
         os.makedirs(fuse.volumes_home, exist_ok=True)
         with open(os.path.join(fuse.volumes_home, vol.name), 'wb') as f:
             f.truncate(size)
