@@ -70,6 +70,9 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             executor=self._execute)
         self._provisioned_bytes = 0
         self._provisioned_lock = threading.Lock()
+        # The mount the exported LUNs were opened on (see _heal_luns).
+        self._luns_mount_id = None
+        self._backend_down = False
 
     @staticmethod
     def get_driver_options():
@@ -84,6 +87,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         statistics never have to list the directory again.
         """
         entry = self.mount.check()
+        self._luns_mount_id = self.mount.identity()
         sizes = self.files.list_sizes()
         self._provisioned_bytes = sum(
             size for name, size in sizes.items()
@@ -217,8 +221,9 @@ class FuseISCSIDriver(driver.ISCSIDriver):
     def _update_volume_stats(self):
         """Capacity from one statvfs, provisioned from the running count.
 
-        A dead or hung mount reports the backend down with no free space,
-        so the scheduler sends nothing here until it is back.
+        A dead, hung or missing mount reports the backend down with no
+        free space, so the scheduler sends nothing here until it is back;
+        once it is, the LUNs are healed (see _heal_luns).
         """
         conf = self.configuration
         data = {
@@ -246,11 +251,48 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                       {'backend': self.backend_name, 'err': exc})
             data.update(total_capacity_gb=0, free_capacity_gb=0,
                         backend_state='down')
+            self._backend_down = True
         else:
             data.update(total_capacity_gb=round(total / units.Gi, 2),
                         free_capacity_gb=round(avail / units.Gi, 2),
                         backend_state='up')
+            if self._backend_down:
+                LOG.info("FUSE mount of backend %s answers again.",
+                         self.backend_name)
+                self._backend_down = False
+            self._heal_luns()
         self._stats = data
+
+    def _heal_luns(self):
+        """Re-open the LUNs in tgtd once the mount was replaced.
+
+        tgtd keeps the file handles it opened on a FUSE mount whose daemon
+        died, and they fail every I/O even after the filesystem is mounted
+        again. A remount gives the mount a new id in the kernel, so a
+        changed id (read from procfs, free) is what triggers the re-open,
+        also when the remount was too quick for a statistics update to see
+        the backend down; a daemon that was only slow keeps its mount and
+        its LUNs are left alone. A failure is retried at the next update.
+        """
+        current = self.mount.identity()
+        if self._luns_mount_id is None:     # no baseline before do_setup
+            self._luns_mount_id = current
+        if current == self._luns_mount_id:
+            return
+        LOG.warning("FUSE mount of %(home)s was replaced (mount id %(old)s "
+                    "-> %(new)s); re-opening its LUNs in tgtd.",
+                    {'home': self.mount.volumes_home,
+                     'old': self._luns_mount_id, 'new': current})
+        try:
+            count = self.target_driver.reopen_all(self.mount.volumes_home)
+        except exception.CinderException as exc:
+            LOG.error("Re-opening the LUNs on %(home)s failed; retrying at "
+                      "the next statistics update: %(err)s",
+                      {'home': self.mount.volumes_home, 'err': exc})
+            return
+        self._luns_mount_id = current
+        LOG.info("Re-opened %(count)d LUNs on %(home)s.",
+                 {'count': count, 'home': self.mount.volumes_home})
 
     # -- manage / unmanage ---------------------------------------------
 

@@ -102,6 +102,25 @@ def parse_mounts(text):
     return entries
 
 
+@dataclasses.dataclass(frozen=True)
+class MountId:
+    """One line of /proc/self/mountinfo, as far as identity goes."""
+
+    mount_id: int
+    mount_point: str
+
+
+def parse_mountinfo(text):
+    """[MountId] of /proc/self/mountinfo, in the kernel's order."""
+    entries = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5 or not fields[0].isdigit():
+            continue
+        entries.append(MountId(int(fields[0]), _unescape(fields[4])))
+    return entries
+
+
 def find_mount(path, entries):
     """The mount holding ``path``: the longest matching mount point.
 
@@ -124,13 +143,15 @@ class FuseMount:
     """volumes_home on its FUSE mount, driven through an executor."""
 
     def __init__(self, volumes_home, execute, fs_call_timeout, copy_timeout,
-                 check_fuse=True, mounts_file='/proc/self/mounts'):
+                 check_fuse=True, mounts_file='/proc/self/mounts',
+                 mountinfo_file='/proc/self/mountinfo'):
         self.volumes_home = os.path.normpath(volumes_home)
         self._execute = execute
         self.fs_call_timeout = fs_call_timeout
         self.copy_timeout = copy_timeout
         self.check_fuse = check_fuse
         self.mounts_file = mounts_file
+        self.mountinfo_file = mountinfo_file
 
     def path(self, name):
         return os.path.join(self.volumes_home, name)
@@ -143,6 +164,17 @@ class FuseMount:
         """
         with open(self.mounts_file) as f:
             return find_mount(self.volumes_home, parse_mounts(f.read()))
+
+    def identity(self):
+        """The kernel's id of the mount holding volumes_home (procfs).
+
+        A remount gets a new id, and a detached mount keeps its id for as
+        long as a file opened on it (by tgtd) is open; so an unchanged id
+        means that no handle points into a replaced mount.
+        """
+        with open(self.mountinfo_file) as f:
+            found = find_mount(self.volumes_home, parse_mountinfo(f.read()))
+        return found.mount_id if found else None
 
     def run(self, *cmd, timeout=None, **kwargs):
         """Run one command on the mount as root, bounded in time.
@@ -189,17 +221,26 @@ class FuseMount:
         if _ENOSPC_TEXT in stderr:
             raise FuseNoSpace(mount=self.volumes_home, reason=stderr.strip())
 
+    def check_mounted(self):
+        """Refuse a volumes_home whose FUSE filesystem is not mounted.
+
+        Without its mount, volumes_home is a plain directory of the host:
+        volumes must not go there. Reads procfs only; never blocks.
+        """
+        entry = self.entry()
+        if self.check_fuse and (entry is None or not entry.is_fuse):
+            raise FuseMountUnavailable(
+                mount=self.volumes_home,
+                reason=_("it is not on a FUSE filesystem (found %s); "
+                         "mount the FUSE client first or set "
+                         "fuse_check_mount = False") %
+                (entry.fs_type if entry else 'no mount'))
+        return entry
+
     def check(self):
         """Refuse a volumes_home that root or tgtd could not really use."""
-        entry = self.entry()
+        entry = self.check_mounted()
         if self.check_fuse:
-            if entry is None or not entry.is_fuse:
-                raise FuseMountUnavailable(
-                    mount=self.volumes_home,
-                    reason=_("it is not on a FUSE filesystem (found %s); "
-                             "mount the FUSE client first or set "
-                             "fuse_check_mount = False") %
-                    (entry.fs_type if entry else 'no mount'))
             if not entry.reachable_by_root:
                 raise FuseMountUnavailable(
                     mount=self.volumes_home,
@@ -233,6 +274,7 @@ class FuseMount:
 
     def capacity(self):
         """(total, available) bytes of the filesystem, from statvfs."""
+        self.check_mounted()
         out, _err = self.run('stat', '-f', '-c', '%S %b %a',
                              self.volumes_home)
         block, total, avail = (int(v) for v in out.split())

@@ -766,6 +766,49 @@ class TgtFileTarget(iscsi.ISCSITarget):
             self._reopen(state, path, volume['id'])
         return True
 
+    def reopen_all(self, directory: str) -> int:
+        """Re-open every LUN that tgtd serves from a file in ``directory``.
+
+        For a FUSE mount that came back: no volume object is needed, the
+        targets come from tgtd and their volume ids from our config files
+        (a target without one is not ours and is left alone). A target
+        whose LUN a failed attempt removed is found by its config file.
+        Every LUN is tried; then the first failure is raised so that the
+        caller retries. Returns the number of LUNs re-opened.
+        """
+        prefix = os.path.normpath(directory) + os.sep
+        reopened = 0
+        failures = []
+        with _TGT_LOCK:
+            self._show_cache = None
+            for state in sorted(self._show().values(), key=lambda t: t.tid):
+                spec = self._read_spec(state.iqn)
+                path = state.luns.get(LUN) or (spec.path if spec else None)
+                if not path or not path.startswith(prefix):
+                    continue
+                if spec is None:
+                    LOG.warning('Target %(iqn)s serves %(path)s but has no '
+                                'config file in %(dir)s; leaving it alone.',
+                                {'iqn': state.iqn, 'path': path,
+                                 'dir': self.volumes_dir})
+                    continue
+                try:
+                    self._reopen(state, path, spec.volume_id)
+                    reopened += 1
+                except exception.CinderException as err:
+                    failures.append((spec.volume_id, err))
+        if failures:
+            volume_id, err = failures[0]
+            msg = (_('%(failed)d of %(total)d LUNs in %(dir)s could not be '
+                     're-opened, first %(vol)s: %(err)s')
+                   % {'failed': len(failures),
+                      'total': len(failures) + reopened, 'dir': directory,
+                      'vol': volume_id, 'err': err})
+            LOG.error(msg)
+            raise exception.TargetUpdateFailed(volume_id=volume_id,
+                                               message=msg)
+        return reopened
+
     # ------------------------------------------------------------------
     # ISCSITarget's abstract hooks, for callers that use them directly
 

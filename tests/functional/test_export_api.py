@@ -161,7 +161,7 @@ class AllInOne(object):
     # -- clients ---------------------------------------------------------
 
     def http(self, method, path, body=None, user='admin', project='admin',
-             microversion='3.0'):
+             microversion='3.0', timeout=60):
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
             self.url + path, data=data, method=method,
@@ -170,7 +170,7 @@ class AllInOne(object):
                      'Accept': 'application/json',
                      'OpenStack-API-Version': 'volume %s' % microversion})
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
                 return resp.status, json.loads(raw) if raw else None
         except urllib.error.HTTPError as err:

@@ -350,6 +350,90 @@ def test_stats_report_dead_mount_as_down(drv, fake_fs):
     assert stats['free_capacity_gb'] == 0
 
 
+def test_stats_report_unmounted_fuse_as_down(drv, fake_fs, mounts_file):
+    # The daemon was stopped and unmounted: volumes_home is now a plain
+    # directory of the root filesystem, which statvfs would happily size.
+    mounts_file.write_text('/dev/vda / ext4 rw 0 0\n')
+    fake_fs.calls.clear()
+    stats = drv.get_volume_stats(refresh=True)
+    assert stats['backend_state'] == 'down'
+    assert stats['total_capacity_gb'] == 0
+    assert fake_fs.calls == []
+
+
+# -- recovery: LUNs re-opened when the mount comes back ------------------
+
+MOUNTINFO = ('27 1 254:1 / / rw - ext4 /dev/vda rw\n'
+             '%d 27 0:41 / /mnt/cdmi rw,nosuid - fuse.cdmifuse cdmifuse '
+             'rw,user_id=1000,allow_other\n')
+
+
+@pytest.fixture
+def healing(make_driver, tmp_path):
+    """A driver with its own mountinfo; remount() plays a new mount."""
+    info = tmp_path / 'mountinfo'
+    info.write_text(MOUNTINFO % 40)
+    d = make_driver()
+    d.mount.mountinfo_file = str(info)
+    d.do_setup(CTX)
+    ids = iter(range(41, 100))
+
+    def remount():
+        info.write_text(MOUNTINFO % next(ids))
+    with mock.patch.object(d.target_driver, 'reopen_all',
+                           return_value=3) as reopen:
+        yield d, remount, reopen
+
+
+def test_mount_identity_is_the_innermost_mount(healing):
+    drv, remount, _reopen = healing
+    assert drv.mount.identity() == 40
+    remount()
+    assert drv.mount.identity() == 41
+
+
+def test_luns_are_reopened_once_after_a_remount(healing):
+    drv, remount, reopen = healing
+    drv.get_volume_stats(refresh=True)
+    reopen.assert_not_called()
+    remount()
+    assert drv.get_volume_stats(refresh=True)['backend_state'] == 'up'
+    reopen.assert_called_once_with(conftest.HOME)
+    drv.get_volume_stats(refresh=True)
+    assert reopen.call_count == 1
+
+
+def test_dead_then_remounted_mount_reopens_luns(healing, fake_fs):
+    drv, remount, reopen = healing
+    fake_fs.fail('stat', fake_executor.ENOTCONN)
+    assert drv.get_volume_stats(refresh=True)['backend_state'] == 'down'
+    reopen.assert_not_called()          # nothing to open the files on
+    remount()
+    fake_fs.failures.clear()
+    assert drv.get_volume_stats(refresh=True)['backend_state'] == 'up'
+    reopen.assert_called_once_with(conftest.HOME)
+
+
+def test_a_slow_daemon_keeps_its_luns(healing, fake_fs):
+    """Same mount after a hang: tgtd's handles are fine, no re-open."""
+    drv, _remount, reopen = healing
+    fake_fs.fail('stat', '', exit_code=137)
+    assert drv.get_volume_stats(refresh=True)['backend_state'] == 'down'
+    fake_fs.failures.clear()
+    assert drv.get_volume_stats(refresh=True)['backend_state'] == 'up'
+    reopen.assert_not_called()
+
+
+def test_failed_reopen_is_retried_at_the_next_update(healing):
+    drv, remount, reopen = healing
+    remount()
+    reopen.side_effect = [exception.TargetUpdateFailed(volume_id='v'), 2]
+    assert drv.get_volume_stats(refresh=True)['backend_state'] == 'up'
+    drv.get_volume_stats(refresh=True)
+    drv.get_volume_stats(refresh=True)
+    assert reopen.call_count == 2
+
+
 # -- manage / unmanage ----------------------------------------------------
 
 @pytest.mark.parametrize('ref', [

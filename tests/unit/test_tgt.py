@@ -631,6 +631,57 @@ def test_reopen_or_extend_without_target_is_a_noop(target, tgtd):
     assert tgtd.count('tgtadm') == 2 and tgtd.count('tgt-admin') == 0
 
 
+def test_reopen_all_reopens_our_luns_in_the_directory(target, tgtd,
+                                                      targets_dir):
+    ours = [volume(n, provider_auth=AUTH) for n in range(2)]
+    for vol in ours:
+        export(target, vol)
+    elsewhere = volume(2, provider_auth=AUTH)
+    target.create_export(CTX, elsewhere, '/srv/other/' + elsewhere.name)
+    tgtd.by_iqn(PREFIX + ours[0].name).sessions.append(HOST1)
+    # A target of someone else on the same directory: no config of ours.
+    stranger = volume(3, provider_auth=AUTH)
+    export(target, stranger)
+    os.unlink(conf_file(targets_dir, stranger))
+    n = len(tgtd.calls)
+
+    assert target.reopen_all(HOME + '/') == 2
+
+    reopened = [c[c.index('--tid') + 1] for c in tgtd.calls[n:]
+                if 'logicalunit' in c and 'new' in c]
+    assert sorted(reopened) == sorted(
+        str(tgtd.by_iqn(PREFIX + v.name).tid) for v in ours)
+    for vol in ours:
+        t = tgtd.by_iqn(PREFIX + vol.name)
+        assert t.luns == {1: path_of(vol)}
+        assert t.lun_params[1]['scsi_id'] == vol.id.replace('-', '')
+    assert tgtd.by_iqn(PREFIX + ours[0].name).sessions == [HOST1]
+    assert tgtd.count('tgt-admin') == 4          # the exports only
+
+
+def test_reopen_all_tries_every_lun_and_a_retry_finishes(target, tgtd):
+    vols = [volume(n, provider_auth=AUTH) for n in range(3)]
+    for vol in vols:
+        export(target, vol)
+    tgtd.missing.add(path_of(vols[0]))      # the file is not back yet
+
+    with pytest.raises(exception.TargetUpdateFailed) as err:
+        target.reopen_all(HOME)
+    assert '1 of 3 LUNs' in str(err.value) and vols[0].id in str(err.value)
+    assert tgtd.by_iqn(PREFIX + vols[0].name).luns == {}
+    assert tgtd.by_iqn(PREFIX + vols[2].name).luns == {1: path_of(vols[2])}
+
+    # The LUN the failed attempt removed is found again by its config.
+    tgtd.missing.clear()
+    assert target.reopen_all(HOME) == 3
+    assert tgtd.by_iqn(PREFIX + vols[0].name).luns == {1: path_of(vols[0])}
+
+
+def test_reopen_all_without_targets_is_one_show(target, tgtd):
+    assert target.reopen_all(HOME) == 0
+    assert len(tgtd.calls) == 1 and 'show' in tgtd.calls[0]
+
+
 # -- logs -----------------------------------------------------------------
 
 def test_no_secret_in_logs_over_a_life_cycle(target, tgtd, caplog):
