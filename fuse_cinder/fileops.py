@@ -11,11 +11,11 @@
 #    under the License.
 """Sparse backing files on the mount.
 
-Every file that takes time or space to produce is built under a temporary
-name in the same directory and renamed into place only once complete: a
-full filesystem, a dead daemon or a timeout leaves no half-written file
-under a volume's name, and an existing file is never overwritten by
-accident.
+Every copy is built under a temporary name in the same directory and
+renamed into place only once complete, and a new volume is created with
+O_EXCL and removed on any failure: a full filesystem, a dead daemon or a
+timeout leaves no half-written file under a volume's name, and an
+existing file is never overwritten by accident.
 """
 
 import uuid
@@ -84,12 +84,34 @@ class SparseFiles:
             raise
 
     def create(self, name, size_gb):
-        """A new file of ``size_gb``: a hole, or zeros when thick."""
-        def steps(temp):
-            self.mount.run('truncate', '-s', '%dG' % size_gb, temp)
-            if not self.sparse:
-                self._allocate(temp, 0, size_gb * units.Gi)
-        self._build(name, steps)
+        """A new file of ``size_gb``: a hole, or zeros when thick.
+
+        One command: dd opens the file with O_EXCL (conv=excl), so an
+        existing file is refused rather than resized, and gives it its
+        size with ftruncate (seek, count=0). The file is ours from the
+        moment it exists, so any later failure removes it.
+        """
+        path = self.mount.path(name)
+        try:
+            self.mount.run('dd', 'if=/dev/null', 'of=%s' % path, 'bs=1',
+                           'count=0', 'seek=%d' % (size_gb * units.Gi),
+                           'conv=excl', 'status=none')
+        except processutils.ProcessExecutionError as exc:
+            if 'File exists' in (exc.stderr or ''):
+                raise exception.VolumeBackendAPIException(
+                    data=_("%(path)s already exists; refusing to overwrite "
+                           "it") % {'path': path})
+            self.mount.run('rm', '-f', path, check_exit_code=False)
+            raise
+        except Exception:
+            self.mount.run('rm', '-f', path, check_exit_code=False)
+            raise
+        if not self.sparse:
+            try:
+                self._allocate(path, 0, size_gb * units.Gi)
+            except Exception:
+                self.mount.run('rm', '-f', path, check_exit_code=False)
+                raise
 
     def _allocate(self, path, offset, length):
         """Back [offset, offset+length) with real blocks (thick volumes).

@@ -136,4 +136,10 @@ class FakeFS:
         pass
 
     def _dd(self, args):
-        pass
+        opts = dict(a.split('=', 1) for a in args)
+        if opts.get('if') != '/dev/null':
+            return            # writing zeros: sizes do not change
+        path = opts['of']
+        if 'excl' in opts.get('conv', '').split(',') and path in self.files:
+            self._err(['dd'], "dd: failed to open '%s': File exists" % path)
+        self.files[path] = int(opts['seek']) * int(opts.get('bs', '512'))

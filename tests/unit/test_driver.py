@@ -145,14 +145,14 @@ def test_every_mount_command_is_bounded_and_root(drv, fake_fs):
 
 # -- create / delete / extend --------------------------------------------
 
-def test_create_volume_is_one_sparse_truncate(drv, fake_fs):
+def test_create_volume_is_one_exclusive_sparse_create(drv, fake_fs):
     vol = volume(size=1024)
     fake_fs.calls.clear()
     drv.create_volume(vol)
     assert fake_fs.files[path(vol.name)] == 1024 * GiB
-    assert 'truncate' in fake_fs.programs()
-    assert 'dd' not in fake_fs.programs()
-    assert 'fallocate' not in fake_fs.programs()
+    assert fake_fs.calls == [['dd', 'if=/dev/null', 'of=' + path(vol.name),
+                              'bs=1', 'count=0', 'seek=%d' % (1024 * GiB),
+                              'conv=excl', 'status=none']]
     assert leftovers(fake_fs) == []
     assert drv._provisioned_bytes == 1024 * GiB
 
@@ -170,7 +170,7 @@ def test_thick_falls_back_to_zero_writes(make_driver, fake_fs):
     fake_fs.fail('fallocate', 'fallocate: fallocate failed: Operation '
                  'not supported')
     drv.create_volume(volume(size=2))
-    dd = [c for c in fake_fs.calls if c[0] == 'dd'][0]
+    dd = [c for c in fake_fs.calls if 'if=/dev/zero' in c][0]
     assert 'count=2048' in dd and 'conv=notrunc,fsync' in dd
 
 
@@ -194,8 +194,7 @@ def test_create_refuses_existing_file(drv, fake_fs):
 
 
 def test_create_enospc_leaves_nothing(drv, fake_fs):
-    fake_fs.fail('truncate', 'truncate: cannot open: %s' %
-                 fake_executor.ENOSPC)
+    fake_fs.fail('dd', "dd: failed to truncate: %s" % fake_executor.ENOSPC)
     with pytest.raises(mount.FuseNoSpace):
         drv.create_volume(volume())
     assert fake_fs.names() == []
