@@ -29,6 +29,7 @@ decides - in tgtd now and whenever tgtd re-reads the file. CHAP is
 required in every case.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,7 +39,9 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Optional
 
+from oslo_concurrency import lockutils
 from oslo_concurrency import processutils
+from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import fileutils
 
@@ -99,7 +102,8 @@ _TARGET_LINE_RE = re.compile(r'^Target (\d+): (\S+)\s*$')
 _HEADER_RE = re.compile(r'^# fuse_cinder target of volume (\S+);')
 
 # One lock for every instance in the process: all of them drive the same
-# tgtd and tgt-admin picks tids by reading the current maximum.
+# tgtd and tgt-admin picks tids by reading the current maximum. Processes
+# (one cinder-volume per backend) also share a file lock, see _locked().
 _TGT_LOCK = threading.Lock()
 
 
@@ -295,6 +299,22 @@ class TgtFileTarget(iscsi.ISCSITarget):
             self.configuration.safe_get('fuse_tgt_control_port') or 0)
         self._show_cache: Optional[tuple] = None
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """Serialise changes to this tgtd across threads and processes.
+
+        tgt-admin gives a new target the highest tid in use plus one, so two
+        cinder-volume processes (one per backend) driving the same tgtd
+        would otherwise create two targets with one tid. The file lock is
+        named after the control port: one per tgtd on the host.
+        """
+        lock_path = (cfg.CONF.oslo_concurrency.lock_path or
+                     tempfile.gettempdir())
+        with _TGT_LOCK, lockutils.lock('tgt-%d' % self.control_port,
+                                       lock_file_prefix='fuse-cinder-',
+                                       external=True, lock_path=lock_path):
+            yield
+
     # ------------------------------------------------------------------
     # command plumbing
 
@@ -430,7 +450,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         return names
 
     # ------------------------------------------------------------------
-    # tgtd state changes (callers hold _TGT_LOCK)
+    # tgtd state changes (callers hold self._locked())
 
     def _apply(self, spec: ExportSpec) -> TargetState:
         """Make tgtd export ``spec`` and prove that it does."""
@@ -605,7 +625,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         chap = self._chap_for(context, volume) or (
             volume_utils.generate_username(),
             volume_utils.generate_password())
-        with _TGT_LOCK:
+        with self._locked():
             self._show_cache = None
             old = self._read_spec(iqn)
             initiators = set(old.initiators) if old else set()
@@ -632,7 +652,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         start-up burst and a comparison of the config file.
         """
         iqn = self._iqn(volume)
-        with _TGT_LOCK:
+        with self._locked():
             spec = self._read_spec(iqn)
             chap = self._chap_for(context, volume)
             if chap is None and spec is not None:
@@ -671,7 +691,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         Idempotent: a target or file that is already gone is fine.
         """
         iqn = self._iqn(volume)
-        with _TGT_LOCK:
+        with self._locked():
             self._show_cache = None
             self._delete_target(iqn, volume['id'])
 
@@ -681,7 +701,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         if initiator:
             _check_initiator(initiator)
             iqn = self._iqn(volume)
-            with _TGT_LOCK:
+            with self._locked():
                 self._show_cache = None
                 spec = self._read_spec(iqn)
                 if spec is None:
@@ -718,7 +738,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
                        'vol': volume['id']})
             return
         iqn = self._iqn(volume)
-        with _TGT_LOCK:
+        with self._locked():
             self._show_cache = None
             spec = self._read_spec(iqn)
             if spec is None or initiator not in spec.initiators:
@@ -748,7 +768,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         new size. Returns False when the volume has no target.
         """
         iqn = self._iqn(volume)
-        with _TGT_LOCK:
+        with self._locked():
             self._show_cache = None
             state = self._show().get(iqn)
             if state is None:
@@ -779,7 +799,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         prefix = os.path.normpath(directory) + os.sep
         reopened = 0
         failures = []
-        with _TGT_LOCK:
+        with self._locked():
             self._show_cache = None
             for state in sorted(self._show().values(), key=lambda t: t.tid):
                 spec = self._read_spec(state.iqn)
@@ -830,13 +850,13 @@ class TgtFileTarget(iscsi.ISCSITarget):
         volume_id = kwargs.get('volume_id') or name.rsplit(':', 1)[-1]
         spec = ExportSpec(iqn=name, volume_id=volume_id, path=path,
                           chap_user=chap_auth[0], chap_secret=chap_auth[1])
-        with _TGT_LOCK:
+        with self._locked():
             self._show_cache = None
             return self._apply(spec).tid
 
     def remove_iscsi_target(self, tid, lun, vol_id, vol_name, **kwargs):
         iqn = '%s%s' % (self.configuration.target_prefix, vol_name)
-        with _TGT_LOCK:
+        with self._locked():
             self._show_cache = None
             self._delete_target(iqn, vol_id)
 

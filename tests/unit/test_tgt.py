@@ -16,8 +16,10 @@ import logging
 import os
 import stat
 import subprocess
+import sys
 from unittest import mock
 
+from oslo_config import cfg
 import pytest
 
 from cinder import context
@@ -815,3 +817,29 @@ def test_every_command_is_admitted_by_rootwrap(make_target, tgtd, filters):
                    ('tgtadm', 'update')}
     for cmd in tgtd.calls:
         assert test_rootwrap.admitted(filters, cmd), cmd
+
+
+def test_tgtd_changes_are_serialised_across_processes(target, tmp_path):
+    """Two cinder-volume processes on one tgtd must not interleave."""
+    marker = tmp_path / 'done'
+    cfg.CONF.set_override('lock_path', str(tmp_path), 'oslo_concurrency')
+    holder = subprocess.Popen(
+        [sys.executable, '-c',
+         'import pathlib, sys, time\n'
+         'from oslo_concurrency import lockutils\n'
+         'with lockutils.lock("tgt-%d", lock_file_prefix="fuse-cinder-",'
+         ' external=True, lock_path=sys.argv[1]):\n'
+         '    print("held", flush=True)\n'
+         '    time.sleep(1)\n'
+         '    pathlib.Path(sys.argv[2]).touch()\n' % target.control_port,
+         str(tmp_path), str(marker)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        with target._locked():
+            # The other process marks its work done before it lets go.
+            assert marker.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        cfg.CONF.clear_override('lock_path', 'oslo_concurrency')
