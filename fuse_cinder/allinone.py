@@ -14,26 +14,47 @@
 For trying the driver and for functional tests: no message broker
 (``transport_url = fake:/``, which only works inside one process), a
 SQLite database, ``noauth`` and one backend.  It is not a production
-deployment: run the three services separately, with a real broker and
-database, for that.
+deployment: README.rst "Multi-process deployment" runs the three services
+separately, on RabbitMQ and MariaDB.
 
-Usage::
+Two ways to run it:
 
-    fuse-cinder-allinone --state-dir /var/lib/fuse-cinder-aio \\
-        --api-port 8776 --volumes-home /mnt/fuse/volumes \\
-        [--config-file extra.conf ...] [--write-config-only]
+``fuse-cinder-allinone [--work-dir DIR] [--volumes-home DIR] [--self-check]``
+    The whole deployment on this machine, as root: applies the export
+    patches to the Cinder this Python imports (if not applied yet),
+    starts a private tgtd on a loopback portal, mounts bindfs over a
+    local directory unless ``--volumes-home`` names a directory of an
+    existing FUSE mount, runs the Cinder services in a child process,
+    prints the ``cinder`` CLI environment and waits.  SIGINT (Ctrl-C) or
+    SIGTERM stops everything: no target, mount or process is left.
 
-A ``cinder.conf`` is generated in the state directory from the options;
-``--config-file`` files given after it override any of its values.  The
-database schema is created or upgraded at every start.  SIGTERM or SIGINT
-stops all three services.
+``fuse-cinder-allinone --state-dir DIR --api-port 8776 --volumes-home ...``
+    Only the Cinder services, in this process; tgtd and the mount are the
+    caller's.  This is what the whole deployment runs as its child.
+    A ``cinder.conf`` is generated in the state directory from the
+    options; ``--config-file`` files given after it override any of its
+    values.  The database schema is created or upgraded at every start.
+    SIGTERM or SIGINT stops all three services.
 """
 
 import argparse
 import configparser
+import importlib.util
+import json
 import os
+import shlex
+import shutil
 import signal
+import site
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+from fuse_cinder import sandbox
 
 DEFAULT_DRIVER = 'fuse_cinder.driver.FuseISCSIDriver'
 BACKEND = 'fuse'
@@ -305,8 +326,9 @@ def parse_args(argv):
     return args, rest
 
 
-def main(argv=None):
-    args, rest = parse_args(sys.argv[1:] if argv is None else argv)
+def run_services(argv):
+    """Only the Cinder services, in this process (``--state-dir``)."""
+    args, rest = parse_args(argv)
     paste = args.api_paste_config or find_api_paste()
     if not paste:
         sys.stderr.write('Cannot find the api-paste.ini of the installed '
@@ -324,6 +346,505 @@ def main(argv=None):
         print(path)
         return 0
     return run(['--config-file', path] + rest)
+
+
+# -- the whole deployment: tgtd, FUSE mount, services, clean stop ----------
+
+#: API ports the whole deployment picks from unless --api-port is given.
+API_PORTS = range(18780, 18790)
+#: Seconds the services get to come up (schema creation included).
+READY_TIMEOUT = 300
+#: Seconds the service process gets to stop before it is killed.
+SERVICES_STOP_TIMEOUT = 30
+MiB = 1 << 20
+
+
+class Stop(Exception):
+    """SIGINT or SIGTERM arrived: unwind and clean up."""
+
+
+class LaunchError(Exception):
+    """A step of the deployment failed; the message says which."""
+
+
+class Api(object):
+    """Minimal client of the noauth Cinder API, for readiness and checks.
+
+    The launcher must not import Cinder or cinderclient: it may have
+    just patched Cinder, and the check must see the API as users do.
+    """
+
+    def __init__(self, url, user='admin', project='admin'):
+        self.url = url
+        self.token = '%s:%s' % (user, project)
+
+    def call(self, method, path, body=None, microversion='3.0',
+             timeout=120):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={'X-Auth-Token': self.token,
+                     'Content-Type': 'application/json',
+                     'Accept': 'application/json',
+                     'OpenStack-API-Version': 'volume %s' % microversion})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            try:
+                return err.code, json.loads(raw)
+            except ValueError:
+                return err.code, raw.decode(errors='replace')
+
+    def services_up(self):
+        """Whether the scheduler and a volume backend report up.
+
+        backend_state (3.49) comes from the capabilities a volume service
+        publishes at the end of init_host, so unlike its heartbeat it
+        cannot be left over from an earlier run with the same database.
+        """
+        try:
+            status, body = self.call('GET', '/os-services',
+                                     microversion='3.49', timeout=10)
+        except OSError:
+            return False
+        if status != 200:
+            return False
+        up = {(s['binary'], s.get('backend_state', 'up'))
+              for s in body['services'] if s['state'] == 'up'}
+        return (('cinder-volume', 'up') in up and
+                any(b == 'cinder-scheduler' for b, _s in up))
+
+    def volume_status(self, vol_id):
+        status, body = self.call('GET', '/volumes/%s' % vol_id)
+        if status == 404:
+            return None
+        if status != 200:
+            raise LaunchError('GET volume %s: HTTP %s %s'
+                              % (vol_id, status, body))
+        return body['volume']['status']
+
+    def wait_status(self, vol_id, wanted, timeout=120):
+        seen = []
+
+        def reached():
+            seen[:] = [self.volume_status(vol_id)]
+            if seen[0] != wanted and seen[0] and seen[0].startswith(
+                    'error'):
+                raise LaunchError('volume %s went %s' % (vol_id, seen[0]))
+            return seen[0] == wanted
+
+        if not sandbox.wait_for(reached, timeout, interval=0.5):
+            raise LaunchError('volume %s is still %s after %d s, not %s'
+                              % (vol_id, seen[0] if seen else '?',
+                                 timeout, wanted))
+
+    def action(self, vol_id, body):
+        return self.call('POST', '/volumes/%s/action' % vol_id, body)
+
+
+def _expect(what, status, body, codes=(200, 202)):
+    if status not in codes:
+        raise LaunchError('%s: HTTP %s %s' % (what, status, body))
+    return body
+
+
+def qemu_io_url(data):
+    """libiscsi URL of an exported LUN, with its CHAP login."""
+    return 'iscsi://%s%%%s@%s/%s/%s' % (
+        data['auth_username'], data['auth_password'], data['target_portal'],
+        data['target_iqn'], data['target_lun'])
+
+
+def self_check(api, volumes_home, out):
+    """Create, export, write and read over iSCSI, unexport, delete.
+
+    The data written through the target must appear in the volume's file
+    on the FUSE mount: that proves the whole path, API to tgtd to FUSE.
+    """
+    name = 'self-check-%s' % uuid.uuid4().hex[:8]
+    pattern = 0x5a
+    body = _expect('create', *api.call(
+        'POST', '/volumes', {'volume': {'size': 1, 'name': name}}))
+    vol_id = body['volume']['id']
+    exported = False
+    try:
+        api.wait_status(vol_id, 'available')
+        out('self-check: created 1 GiB volume %s' % vol_id)
+        body = _expect('os-export', *api.action(vol_id, {'os-export': {}}))
+        exported = True
+        data = body['connection_info']['data']
+        out('self-check: exported as %s on %s (CHAP user %s)'
+            % (data['target_iqn'], data['target_portal'],
+               data['auth_username']))
+        res = subprocess.run(
+            ['qemu-io', '-f', 'raw', '-c', 'write -P %d 1M 1M' % pattern,
+             '-c', 'read -P %d 1M 1M' % pattern, qemu_io_url(data)],
+            capture_output=True, text=True, timeout=300)
+        if res.returncode != 0 or 'verification failed' in res.stdout:
+            raise LaunchError('iSCSI write/read failed: %s%s'
+                              % (res.stdout, res.stderr))
+        with open(os.path.join(volumes_home, 'volume-%s' % vol_id),
+                  'rb') as f:
+            f.seek(MiB)
+            if f.read(MiB) != bytes([pattern]) * MiB:
+                raise LaunchError('the data written over iSCSI is not in '
+                                  'the volume file on the FUSE mount')
+        out('self-check: wrote and read back 1 MiB over iSCSI; the data '
+            'is in the file on the FUSE mount')
+        _expect('os-delete-export',
+                *api.action(vol_id, {'os-delete-export': {}}))
+        exported = False
+        api.wait_status(vol_id, 'available')
+        out('self-check: export removed')
+    finally:
+        if exported:
+            api.action(vol_id, {'os-delete-export': {}})
+            sandbox.wait_for(
+                lambda: api.volume_status(vol_id) != 'deleting_export',
+                60, interval=0.5)
+        api.call('DELETE', '/volumes/%s' % vol_id)
+    if not sandbox.wait_for(lambda: api.volume_status(vol_id) is None,
+                            120, interval=0.5):
+        raise LaunchError('volume %s was not deleted' % vol_id)
+    out('self-check: volume deleted')
+
+
+def client_extension_dir():
+    """Directory the cinder CLI needs on PYTHONPATH, or None.
+
+    python-cinderclient finds ``*cinderclient_ext`` modules with pkgutil,
+    which sees plain directories on sys.path only, not the import hook of
+    an editable (PEP 660) install such as tox's: there ``cinder export``
+    is missing unless the checkout is on PYTHONPATH.
+    """
+    spec = importlib.util.find_spec('fuse_cinderclient_ext')
+    if spec is None or not spec.origin:
+        return None
+    where = os.path.dirname(os.path.abspath(spec.origin))
+    plain = set(site.getsitepackages()) | {site.getusersitepackages()}
+    return None if where in {os.path.abspath(p) for p in plain} else where
+
+
+def cli_environment(url, ext_dir=None):
+    """Shell line that points the cinder CLI at the deployment."""
+    words = ['export',
+             'PATH=%s:$PATH' % shlex.quote(
+                 os.path.dirname(os.path.abspath(sys.executable)))]
+    if ext_dir:
+        words.append('PYTHONPATH=%s${PYTHONPATH:+:$PYTHONPATH}'
+                     % shlex.quote(ext_dir))
+    words += ['OS_AUTH_TYPE=noauth', 'CINDER_ENDPOINT=%s' % url,
+              'OS_USER_ID=admin', 'OS_PROJECT_ID=admin',
+              'OS_VOLUME_API_VERSION=3.71']
+    return ' '.join(words)
+
+
+class Deployment(object):
+    """What the launcher starts, stopped in the reverse order.
+
+    Every daemon runs in a session of its own, so a Ctrl-C reaches only
+    the launcher, and cleanup can go in order: the services first (they
+    may be writing), then the targets and tgtd (they hold the volume
+    files open), then the mount.
+    """
+
+    def __init__(self, args, cinder_args, out):
+        self.args = args
+        self.cinder_args = cinder_args
+        self.out = out
+        self.temp_work_dir = args.work_dir is None
+        self.work_dir = os.path.abspath(
+            args.work_dir or tempfile.mkdtemp(prefix='fuse-cinder-aio-',
+                                              dir='/var/tmp'))
+        self.state_dir = os.path.join(self.work_dir, 'cinder')
+        self.tgtd = None
+        self.mount = None
+        self.volumes_home = None
+        self.services = None
+        self.api = None
+
+    @property
+    def log(self):
+        return os.path.join(self.state_dir, 'cinder.log')
+
+    def log_tail(self, lines=40):
+        text = ''
+        for path in (os.path.join(self.state_dir, 'console.log'), self.log):
+            try:
+                with open(path, errors='replace') as f:
+                    text += ''.join(f.readlines()[-lines:])
+            except OSError:
+                pass
+        return text or '(no log)'
+
+    def start(self):
+        os.makedirs(self.state_dir, exist_ok=True)
+        self._check_host()
+        self._patch_cinder()
+        self._start_tgtd()
+        self._prepare_volumes_home()
+        self._start_services()
+
+    def _check_host(self):
+        if os.geteuid() != 0:
+            raise LaunchError('run as root: tgtd, the FUSE mount and the '
+                              'volume service need it')
+        needed = list(sandbox.TGT_BINARIES) + ['patch']
+        if not self.args.volumes_home:
+            needed.append('bindfs')
+        if self.args.self_check:
+            needed.append('qemu-io')
+        missing = sandbox.missing_programs(*needed)
+        if missing:
+            raise LaunchError('not installed: %s (see bindep.txt)'
+                              % ', '.join(missing))
+        if self.args.volumes_home:
+            home = os.path.abspath(self.args.volumes_home)
+            if not sandbox.is_fuse(home):
+                raise LaunchError('%s is not on a FUSE mount (%s is %s)'
+                                  % ((home,) + sandbox.mount_of(home)))
+
+    def _patch_cinder(self):
+        """fuse-cinder-patch apply on the Cinder the services will import.
+
+        Idempotent: patches already applied are skipped.  A child process
+        finds Cinder on the same path as the services will.
+        """
+        res = subprocess.run(
+            [sys.executable, '-m', 'fuse_cinder.cmd.patch_cinder', 'apply'],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=600)
+        for line in (res.stdout + res.stderr).splitlines():
+            self.out('patch: %s' % line)
+        if res.returncode != 0:
+            raise LaunchError('fuse-cinder-patch apply failed (exit %d)'
+                              % res.returncode)
+
+    def _start_tgtd(self):
+        self.tgtd = sandbox.Tgtd(
+            control_port=self.args.tgt_control_port,
+            portal_port=self.args.target_port,
+            log_path=os.path.join(self.work_dir, 'tgtd.log'))
+        try:
+            self.tgtd.start()
+        except sandbox.SandboxError as err:
+            raise LaunchError(str(err))
+        self.out('tgtd: control port %d, portal %s'
+                 % (self.tgtd.control_port, self.tgtd.portal))
+
+    def _prepare_volumes_home(self):
+        if self.args.volumes_home:
+            self.volumes_home = os.path.abspath(self.args.volumes_home)
+            os.makedirs(self.volumes_home, exist_ok=True)
+            point, fs_type = sandbox.mount_of(self.volumes_home)
+            self.out('volumes: %s (on %s, %s)'
+                     % (self.volumes_home, point, fs_type))
+            return
+        self.mount = sandbox.BindfsMount(
+            os.path.join(self.work_dir, 'backing'),
+            os.path.join(self.work_dir, 'mnt'),
+            log_path=os.path.join(self.work_dir, 'bindfs.log'))
+        try:
+            self.mount.start()
+        except sandbox.SandboxError as err:
+            raise LaunchError(str(err))
+        self.volumes_home = os.path.join(self.mount.mountpoint, 'volumes')
+        os.makedirs(self.volumes_home, exist_ok=True)
+        self.out('volumes: %s (bindfs over %s)'
+                 % (self.volumes_home, self.mount.backing))
+
+    def _start_services(self):
+        port = self.args.api_port or sandbox.free_port(API_PORTS)
+        if port is None or not sandbox.tcp_port_free(port):
+            raise LaunchError('API port %s is busy; pass --api-port'
+                              % (port or '18780-18789'))
+        url = 'http://127.0.0.1:%d/v3' % port
+        cmd = [sys.executable, '-m', 'fuse_cinder.allinone',
+               '--state-dir', self.state_dir, '--api-port', str(port),
+               '--volumes-home', self.volumes_home,
+               '--tgt-control-port', str(self.tgtd.control_port),
+               '--target-ip', self.tgtd.ip,
+               '--target-port', str(self.tgtd.portal_port)]
+        if self.args.debug:
+            cmd.append('--debug')
+        with open(os.path.join(self.state_dir, 'console.log'), 'ab') as log:
+            self.services = subprocess.Popen(
+                cmd + self.cinder_args, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        self.out('cinder: API, scheduler and volume service starting '
+                 '(log %s)' % self.log)
+        self.api = Api(url)
+        ready = sandbox.wait_for(
+            lambda: self.services.poll() is not None or
+            self.api.services_up(), READY_TIMEOUT, interval=0.5)
+        if self.services.poll() is not None:
+            raise LaunchError('the Cinder services exited with %s:\n%s'
+                              % (self.services.returncode, self.log_tail()))
+        if not ready:
+            raise LaunchError('the Cinder services were not up after %d s:'
+                              '\n%s' % (READY_TIMEOUT, self.log_tail()))
+
+    def print_environment(self):
+        env_file = os.path.join(self.work_dir, 'cinderrc')
+        line = cli_environment(self.api.url, client_extension_dir())
+        with open(env_file, 'w') as f:
+            f.write(line + '\n')
+        client = 'cinder' if sys.version_info < (3, 12) else 'fuse-cinder'
+        self.out('')
+        self.out('Cinder is up at %s (noauth). Use the CLI with:'
+                 % self.api.url)
+        self.out('')
+        self.out('    %s' % line)
+        self.out('')
+        self.out('(also in %s), then e.g.: %s create 1 --name v1; '
+                 '%s export v1' % (env_file, client, client))
+        self.out('Press Ctrl-C to stop everything.')
+
+    def wait(self):
+        """Block until a signal (raises Stop) or until the services die."""
+        while self.services.poll() is None:
+            time.sleep(0.5)
+        raise LaunchError('the Cinder services exited with %s:\n%s'
+                          % (self.services.returncode, self.log_tail()))
+
+    def stop(self):
+        """Stop everything started, in order; returns what is left."""
+        left = []
+        if self.services is not None:
+            if self.services.poll() is None:
+                self.out('stopping the Cinder services')
+                self.services.send_signal(signal.SIGTERM)
+                try:
+                    self.services.wait(timeout=SERVICES_STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.out('the Cinder services did not stop in %d s; '
+                             'killing them' % SERVICES_STOP_TIMEOUT)
+            # Also whatever they left running (timeout, tgt-admin, ...).
+            sandbox.kill_session(self.services.pid)
+            self.services.wait(timeout=30)
+        if self.tgtd is not None:
+            targets = len(self.tgtd.targets())
+            self.out('stopping tgtd (%d targets)' % targets)
+            self.tgtd.stop()
+            if sandbox.tgtd_answers(self.tgtd.control_port):
+                left.append('a tgtd on control port %d'
+                            % self.tgtd.control_port)
+        if self.mount is not None:
+            self.out('unmounting %s' % self.mount.mountpoint)
+            self.mount.stop()
+            if sandbox.is_mounted(self.mount.mountpoint):
+                left.append('the mount %s' % self.mount.mountpoint)
+        for pid in sandbox.descendants(os.getpid()):
+            left.append('process %d' % pid)
+        if self.temp_work_dir and not left and not any(
+                p.startswith(self.work_dir + '/')
+                for p, _t in sandbox.mounts()):
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        return left
+
+
+def parse_deploy_args(argv):
+    parser = argparse.ArgumentParser(
+        prog='fuse-cinder-allinone',
+        description='Run a whole fuse_cinder deployment on this machine '
+                    'as root: a private tgtd, a FUSE mount and Cinder API, '
+                    'scheduler and one volume backend in one process '
+                    '(fake transport, SQLite, noauth, loopback). Ctrl-C '
+                    'stops everything. Unrecognised arguments, such as '
+                    '--config-file, are handed to Cinder.',
+        epilog='With --state-dir only the Cinder services run, in this '
+               'process; see "fuse-cinder-allinone --state-dir DIR --help".')
+    parser.add_argument('--work-dir',
+                        help='Directory for the configuration, database, '
+                             'logs and, without --volumes-home, the volume '
+                             'files; kept, so a later run with it finds '
+                             'its volumes again (default: a new directory '
+                             'in /var/tmp, removed at the end).')
+    parser.add_argument('--volumes-home',
+                        help='Keep the volumes in this directory of an '
+                             'existing FUSE mount (default: bindfs over '
+                             'WORK_DIR/backing).')
+    parser.add_argument('--api-port', type=int,
+                        help='API port on 127.0.0.1 (default: the first '
+                             'free one of 18780-18789).')
+    parser.add_argument('--tgt-control-port', type=int,
+                        help='Control port of the private tgtd (default: '
+                             'the first free one of 41-49).')
+    parser.add_argument('--target-port', type=int,
+                        help='iSCSI portal port on 127.0.0.1 (default: the '
+                             'first free one of 13281-13289).')
+    parser.add_argument('--self-check', action='store_true',
+                        help='Create, export, write and read over iSCSI, '
+                             'unexport and delete a volume, then stop.')
+    parser.add_argument('--debug', action='store_true')
+    return parser.parse_known_args(argv)
+
+
+def _raise_stop(signo, frame):
+    raise Stop(signo)
+
+
+def _still_stopping(signo, frame):
+    sys.stdout.write('fuse-cinder-allinone: still stopping, please wait\n')
+    sys.stdout.flush()
+
+
+def deploy(argv, out=None):
+    """The whole deployment; returns the exit code."""
+    def say(line):
+        sys.stdout.write('%s\n' % line)
+        sys.stdout.flush()
+
+    out = out or say
+    args, cinder_args = parse_deploy_args(argv)
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signo: signal.signal(signo, _raise_stop) for signo in signals}
+    code = 1
+    dep = None
+    try:
+        dep = Deployment(args, cinder_args, out)
+        out('work dir: %s' % dep.work_dir)
+        dep.start()
+        dep.print_environment()
+        if args.self_check:
+            self_check(dep.api, dep.volumes_home, out)
+            out('self-check passed')
+            code = 0
+        else:
+            dep.wait()
+    except Stop as stop:
+        out('caught signal %d' % stop.args[0])
+        code = 0
+    except LaunchError as err:
+        out('ERROR: %s' % err)
+    finally:
+        # A second Ctrl-C must not cut the cleanup short.
+        for signo in signals:
+            signal.signal(signo, _still_stopping)
+        try:
+            if dep is not None:
+                left = dep.stop()
+                if left:
+                    out('ERROR: left behind: %s' % ', '.join(left))
+                    code = 1
+                else:
+                    out('stopped: no targets, mounts or processes left')
+        finally:
+            for signo, handler in previous.items():
+                signal.signal(signo, handler)
+    return code
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == '--state-dir' or a.startswith('--state-dir=')
+           for a in argv):
+        return run_services(argv)
+    return deploy(argv)
 
 
 if __name__ == '__main__':

@@ -13,10 +13,14 @@
 
 import configparser
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
 from fuse_cinder import allinone
+import fuse_cinderclient_ext
 
 
 def test_write_config_only(tmp_path, capsys):
@@ -77,3 +81,132 @@ def test_missing_api_paste_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(allinone, 'find_api_paste', lambda: None)
     assert allinone.main(['--state-dir', str(tmp_path)]) == 2
     assert 'api-paste.ini' in capsys.readouterr().err
+
+
+# -- the whole deployment (fuse-cinder-allinone without --state-dir) -------
+
+def test_without_state_dir_the_whole_deployment_runs(monkeypatch):
+    seen = []
+    monkeypatch.setattr(allinone, 'deploy', seen.append)
+    monkeypatch.setattr(allinone, 'run_services', lambda a: 'services')
+    allinone.main(['--self-check', '--work-dir', '/w'])
+    assert seen == [['--self-check', '--work-dir', '/w']]
+    assert allinone.main(['--state-dir=/s']) == 'services'
+
+
+def test_deploy_arguments_and_what_goes_to_cinder():
+    args, rest = allinone.parse_deploy_args(
+        ['--volumes-home', '/mnt/f/v', '--self-check',
+         '--config-file', '/etc/extra.conf'])
+    assert args.volumes_home == '/mnt/f/v'
+    assert args.self_check
+    assert args.work_dir is None and args.api_port is None
+    assert rest == ['--config-file', '/etc/extra.conf']
+
+
+def test_deploy_refuses_non_root_and_starts_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, 'geteuid', lambda: 1000)
+    started = []
+    monkeypatch.setattr(allinone.sandbox.Tgtd, 'start', started.append)
+    monkeypatch.setattr(allinone.subprocess, 'run',
+                        lambda *a, **k: started.append(a))
+    lines = []
+    before = signal.getsignal(signal.SIGINT)
+    code = allinone.deploy(['--work-dir', str(tmp_path / 'w')],
+                           out=lines.append)
+    assert code == 1
+    assert started == []
+    assert any(line.startswith('ERROR: run as root') for line in lines)
+    assert lines[-1] == 'stopped: no targets, mounts or processes left'
+    # The work dir was named: it stays. The signal handlers are back.
+    assert (tmp_path / 'w').is_dir()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_deploy_removes_its_temporary_work_dir(monkeypatch):
+    monkeypatch.setattr(os, 'geteuid', lambda: 1000)
+    lines = []
+    assert allinone.deploy([], out=lines.append) == 1
+    work = lines[0].split(': ', 1)[1]
+    assert work.startswith('/var/tmp/fuse-cinder-aio-')
+    assert not os.path.exists(work)
+
+
+def _evaluate(line, env):
+    """The environment a POSIX shell has after running ``line``."""
+    out = subprocess.run(['sh', '-c', line + '\nexec env -0'], env=env,
+                         capture_output=True, check=True).stdout
+    return dict(item.split('=', 1) for item in
+                out.decode().split('\0') if '=' in item)
+
+
+def test_cli_environment_is_a_noauth_shell_line():
+    line = allinone.cli_environment('http://127.0.0.1:18780/v3')
+    assert line.startswith('export ')
+    env = _evaluate(line, {'PATH': '/usr/bin:/bin'})
+    assert env['OS_AUTH_TYPE'] == 'noauth'
+    assert env['CINDER_ENDPOINT'] == 'http://127.0.0.1:18780/v3'
+    assert env['OS_USER_ID'] and env['OS_PROJECT_ID']
+    # The client of this Python's environment comes first on PATH.
+    assert env['PATH'] == '%s:/usr/bin:/bin' % os.path.dirname(
+        os.path.abspath(sys.executable))
+    assert 'PYTHONPATH' not in env
+
+
+def test_cli_environment_can_add_the_extension_dir():
+    line = allinone.cli_environment('http://x/v3', '/src/my checkout')
+    env = _evaluate(line, {'PATH': '/bin'})
+    assert env['PYTHONPATH'] == '/src/my checkout'
+    env = _evaluate(line, {'PATH': '/bin', 'PYTHONPATH': '/other'})
+    assert env['PYTHONPATH'] == '/src/my checkout:/other'
+
+
+def test_extension_dir_only_off_site_packages(monkeypatch, tmp_path):
+    # Found in a checkout (editable install, PYTHONPATH): name it.
+    assert allinone.client_extension_dir() == os.path.dirname(
+        os.path.abspath(fuse_cinderclient_ext.__file__))
+    # Found in site-packages (a regular install): pkgutil sees it there.
+    monkeypatch.setattr(allinone.site, 'getsitepackages',
+                        lambda: [os.path.dirname(os.path.abspath(
+                            fuse_cinderclient_ext.__file__))])
+    assert allinone.client_extension_dir() is None
+
+
+def test_qemu_io_url_carries_the_chap_login():
+    assert allinone.qemu_io_url({
+        'auth_username': 'u', 'auth_password': 'p',
+        'target_portal': '127.0.0.1:13281',
+        'target_iqn': 'iqn.2010-10.org.openstack:volume-1',
+        'target_lun': 1}) == (
+        'iscsi://u%p@127.0.0.1:13281/iqn.2010-10.org.openstack:volume-1/1')
+
+
+@pytest.mark.parametrize('services, up', [
+    ([{'binary': 'cinder-scheduler', 'state': 'up'},
+      {'binary': 'cinder-volume', 'state': 'up', 'backend_state': 'up'}],
+     True),
+    # Heartbeat up, but init_host has not published capabilities yet.
+    ([{'binary': 'cinder-scheduler', 'state': 'up'},
+      {'binary': 'cinder-volume', 'state': 'up', 'backend_state': 'down'}],
+     False),
+    ([{'binary': 'cinder-volume', 'state': 'up', 'backend_state': 'up'}],
+     False),
+    ([{'binary': 'cinder-scheduler', 'state': 'down'},
+      {'binary': 'cinder-volume', 'state': 'up', 'backend_state': 'up'}],
+     False),
+])
+def test_ready_means_scheduler_and_a_backend_up(monkeypatch, services, up):
+    api = allinone.Api('http://127.0.0.1:1/v3')
+    monkeypatch.setattr(api, 'call',
+                        lambda *a, **k: (200, {'services': services}))
+    assert api.services_up() is up
+
+
+def test_not_ready_while_the_api_does_not_answer(monkeypatch):
+    api = allinone.Api('http://127.0.0.1:1/v3')
+
+    def refused(*a, **k):
+        raise ConnectionRefusedError()
+
+    monkeypatch.setattr(api, 'call', refused)
+    assert api.services_up() is False

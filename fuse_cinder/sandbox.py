@@ -1,0 +1,391 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+"""Host pieces of a throw-away deployment: a private tgtd, a bindfs mount.
+
+Used by the all-in-one launcher and by the multi-process test. Every
+daemon runs in its own session: a Ctrl-C in the terminal then reaches
+only the launcher, which stops things in order (Cinder, then the targets
+and tgtd, then the mount) instead of all of them dying at once with
+targets still open on the mount.
+
+Nothing here imports Cinder: the launcher must be able to patch Cinder
+before anything loads it.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+#: Ports a private tgtd picks from unless told otherwise.
+CONTROL_PORTS = range(41, 50)
+PORTAL_PORTS = range(13281, 13290)
+TGT_BINARIES = ('tgtd', 'tgtadm', 'tgt-admin')
+
+
+class SandboxError(Exception):
+    """A piece of the deployment could not be started."""
+
+
+def wait_for(predicate, timeout, interval=0.1):
+    """Poll ``predicate`` until it is true or ``timeout`` s have passed."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= end:
+            return value
+        time.sleep(interval)
+
+
+def missing_programs(*names):
+    return [n for n in names if shutil.which(n) is None]
+
+
+def tcp_port_free(port, host='127.0.0.1'):
+    """Whether ``port`` can be bound (TIME_WAIT does not make it busy).
+
+    Cinder's API server sets SO_REUSEPORT, so two of them would share a
+    port silently: a busy port must be seen before it is handed out.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) != 0
+
+
+def free_port(ports, host='127.0.0.1'):
+    """The first free port of ``ports``, or None."""
+    return next((p for p in ports if tcp_port_free(p, host)), None)
+
+
+# -- mounts ----------------------------------------------------------------
+
+def _unescape(field):
+    # /proc/self/mounts escapes space, tab, newline and backslash in octal.
+    for code, char in (('\\040', ' '), ('\\011', '\t'), ('\\012', '\n'),
+                       ('\\134', '\\')):
+        field = field.replace(code, char)
+    return field
+
+
+def mounts():
+    """[(mount point, fs type)] from the kernel; never touches a mount."""
+    with open('/proc/self/mounts') as f:
+        return [(_unescape(line.split()[1]), line.split()[2])
+                for line in f if len(line.split()) > 2]
+
+
+def is_mounted(path):
+    path = os.path.abspath(path)
+    return any(point == path for point, _fs in mounts())
+
+
+def mount_of(path):
+    """(mount point, fs type) holding ``path``, by name only.
+
+    No stat or realpath: a hung FUSE daemon would block them.
+    """
+    path = os.path.abspath(path)
+    best = ('/', '')
+    for point, fs_type in mounts():
+        inside = path == point or path.startswith(point.rstrip('/') + '/')
+        if inside and len(point) >= len(best[0]):
+            best = (point, fs_type)
+    return best
+
+
+def is_fuse(path):
+    return mount_of(path)[1].startswith('fuse')
+
+
+class BindfsMount(object):
+    """``bindfs -f -o allow_other BACKING MOUNTPOINT``, owned by us.
+
+    allow_other lets root (cinder-volume) and tgtd open the files.
+    """
+
+    def __init__(self, backing, mountpoint, log_path=None):
+        self.backing = os.path.abspath(backing)
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.log_path = log_path or os.devnull
+        self.proc = None
+
+    def start(self, timeout=15):
+        if missing_programs('bindfs'):
+            raise SandboxError('bindfs is not installed (see bindep.txt)')
+        if is_mounted(self.mountpoint):
+            raise SandboxError('%s is already a mount point' %
+                               self.mountpoint)
+        os.makedirs(self.backing, exist_ok=True)
+        os.makedirs(self.mountpoint, exist_ok=True)
+        with open(self.log_path, 'ab') as log:
+            self.proc = subprocess.Popen(
+                ['bindfs', '-f', '-o', 'allow_other', self.backing,
+                 self.mountpoint],
+                stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        if not wait_for(lambda: (is_mounted(self.mountpoint) or
+                                 self.proc.poll() is not None), timeout) \
+                or not is_mounted(self.mountpoint):
+            self.stop()
+            raise SandboxError('bindfs did not mount %s (see %s)'
+                               % (self.mountpoint, self.log_path))
+        return self
+
+    def stop(self, timeout=15):
+        """Unmount and end bindfs; lazily if something still holds it."""
+        if is_mounted(self.mountpoint):
+            res = subprocess.run(['umount', self.mountpoint],
+                                 capture_output=True, timeout=60)
+            if res.returncode != 0 and is_mounted(self.mountpoint):
+                subprocess.run(['umount', '-l', self.mountpoint],
+                               capture_output=True, timeout=60)
+        if self.proc is not None:
+            # bindfs -f exits by itself once unmounted.
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                kill_session(self.proc.pid)
+                self.proc.wait(timeout=10)
+            self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# -- tgtd ------------------------------------------------------------------
+
+def tgtadm(control_port, *args, timeout=30):
+    """Run tgtadm on one tgtd; returns the CompletedProcess."""
+    return subprocess.run(['tgtadm', '-C', str(control_port)] + list(args),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def tgtd_answers(control_port):
+    return tgtadm(control_port, '--mode', 'system', '--op',
+                  'show').returncode == 0
+
+
+def list_targets(control_port):
+    """{iqn: tid} of one tgtd."""
+    out = tgtadm(control_port, '--lld', 'iscsi', '--mode', 'target',
+                 '--op', 'show').stdout
+    found = {}
+    for line in out.splitlines():
+        if line.startswith('Target ') and ':' in line:
+            head, _sep, iqn = line.partition(': ')
+            found[iqn.strip()] = int(head.split()[1])
+    return found
+
+
+def list_accounts(control_port):
+    out = tgtadm(control_port, '--lld', 'iscsi', '--mode', 'account',
+                 '--op', 'show').stdout
+    return [line.strip() for line in out.splitlines()[1:] if line.strip()]
+
+
+class Tgtd(object):
+    """``tgtd -f`` on its own control port and loopback portal.
+
+    Ports are picked among free ones unless given. tgtd falls back to
+    0.0.0.0:3260 when its portal is taken, and a second tgtd may win the
+    control port in a race, so a start only counts once this very process
+    holds the control socket's lock and serves exactly our portal.
+    """
+
+    def __init__(self, control_port=None, portal_port=None,
+                 log_path=None, control_ports=CONTROL_PORTS,
+                 portal_ports=PORTAL_PORTS, ip='127.0.0.1'):
+        self._want = (control_port, portal_port)
+        self._ranges = (control_ports, portal_ports)
+        self.ip = ip
+        self.control_port = control_port
+        self.portal_port = portal_port
+        self.log_path = log_path or os.devnull
+        self.proc = None
+
+    @property
+    def portal(self):
+        return '%s:%d' % (self.ip, self.portal_port)
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def _owns_control_port(self):
+        if not self.running:
+            return False
+        lock = 'tgtd/socket.%d.lock' % self.control_port
+        fd_dir = '/proc/%d/fd' % self.proc.pid
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            return False
+        for fd in fds:
+            try:
+                if os.readlink(os.path.join(fd_dir, fd)).endswith(lock):
+                    return True
+            except OSError:
+                pass
+        return False
+
+    def _portals(self):
+        out = tgtadm(self.control_port, '--lld', 'iscsi', '--mode',
+                     'portal', '--op', 'show').stdout
+        return [line.split()[1].rsplit(',', 1)[0]
+                for line in out.splitlines() if line.startswith('Portal:')]
+
+    def _try(self, control_port, portal_port, timeout):
+        self.control_port, self.portal_port = control_port, portal_port
+        with open(self.log_path, 'ab') as log:
+            self.proc = subprocess.Popen(
+                ['tgtd', '-f', '-C', str(control_port), '--iscsi',
+                 'portal=%s' % self.portal],
+                stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        ready = wait_for(lambda: (not self.running or (
+            self._owns_control_port() and tgtd_answers(control_port))),
+            timeout, interval=0.05)
+        if ready and self.running and self._portals() == [self.portal]:
+            return True
+        self._kill()
+        return False
+
+    def start(self, timeout=10):
+        missing = missing_programs(*TGT_BINARIES)
+        if missing:
+            raise SandboxError('not installed: %s (see bindep.txt)'
+                               % ', '.join(missing))
+        want_control, want_portal = self._want
+        controls = [want_control] if want_control else self._ranges[0]
+        portals = [want_portal] if want_portal else self._ranges[1]
+        for control in controls:
+            if tgtd_answers(control):
+                continue
+            for portal in portals:
+                if (tcp_port_free(portal, self.ip) and
+                        self._try(control, portal, timeout)):
+                    return self
+                if tgtd_answers(control):
+                    break
+        raise SandboxError(
+            'no private tgtd could start with control port %s and portal '
+            '%s:%s (busy? see %s)'
+            % (want_control or '%d-%d' % (controls[0], controls[-1]),
+               self.ip, want_portal or '%d-%d' % (portals[0], portals[-1]),
+               self.log_path))
+
+    def targets(self):
+        return list_targets(self.control_port) if self.running else {}
+
+    def remove_targets(self):
+        """Delete every target and CHAP account, sessions or not."""
+        if not self._owns_control_port():
+            return
+        for iqn, tid in sorted(self.targets().items()):
+            tgtadm(self.control_port, '--lld', 'iscsi', '--mode', 'target',
+                   '--op', 'delete', '--force', '--tid', str(tid))
+        for user in list_accounts(self.control_port):
+            tgtadm(self.control_port, '--lld', 'iscsi', '--mode',
+                   'account', '--op', 'delete', '--user', user)
+
+    def stop(self):
+        """Remove the targets, then stop tgtd (SIGKILL as a last resort)."""
+        if self._owns_control_port():
+            self.remove_targets()
+            tgtadm(self.control_port, '--op', 'delete', '--mode', 'system')
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill()
+
+    def _kill(self):
+        if self.proc is not None:
+            kill_session(self.proc.pid)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# -- processes -------------------------------------------------------------
+
+def _stat(pid):
+    """(ppid, session id) of a process, or None once it is gone."""
+    try:
+        with open('/proc/%s/stat' % pid) as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name, in parentheses, may itself hold spaces.
+    fields = data[data.rindex(')') + 2:].split()
+    return int(fields[1]), int(fields[3])
+
+
+def session_members(sid):
+    """Pids of the live processes of session ``sid``."""
+    found = []
+    for name in os.listdir('/proc'):
+        if name.isdigit():
+            stat = _stat(name)
+            if stat is not None and stat[1] == sid:
+                found.append(int(name))
+    return found
+
+
+def descendants(pid):
+    """Pids of every live process below ``pid``."""
+    children = {}
+    for name in os.listdir('/proc'):
+        if name.isdigit():
+            stat = _stat(name)
+            if stat is not None:
+                children.setdefault(stat[0], []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_session(sid, sig=signal.SIGKILL):
+    """Signal every process of a session we started; returns the pids.
+
+    Children are started with start_new_session, so the session id is
+    their pid and holds everything they spawned (timeout, tgt-admin,
+    qemu-img, ...), even what was re-parented to init.
+    """
+    pids = session_members(sid)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return pids

@@ -1,0 +1,287 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+"""The README's main job: ``fuse-cinder-allinone`` started for real.
+
+The launcher runs as a subprocess, as a terminal would run it, with a
+patched copy of the installed Cinder first on its path (so its own patch
+step finds the patches applied and changes nothing).  The test waits for
+the environment it prints, drives it with the real ``cinder`` command,
+then sends the SIGINT that Ctrl-C would and checks that nothing is left:
+no tgtd on its control port, no mount, no process.
+
+Ports: whatever the launcher picks among its defaults (API 18780-18789,
+tgtd control 41-49, portal 127.0.0.1:13281-13289).
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from fuse_cinder import sandbox
+from tests.functional import patched_cinder
+
+CINDER = os.path.join(os.path.dirname(sys.executable), 'cinder')
+MiB = 1 << 20
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason='needs root'),
+    pytest.mark.skipif(not os.access(CINDER, os.X_OK),
+                       reason='python-cinderclient is not installed'),
+    pytest.mark.skipif(
+        bool(sandbox.missing_programs('tgtd', 'tgtadm', 'tgt-admin',
+                                      'bindfs', 'qemu-io', 'patch')),
+        reason='tgt, bindfs, qemu-utils or patch missing (bindep.txt)'),
+]
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    return patched_cinder.patched_copy(tmp_path_factory.mktemp('cinder'))
+
+
+def _start_time(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(')') + 2:].split()[19]
+
+
+class Launcher(object):
+    """fuse-cinder-allinone in its own session, killed if still running."""
+
+    def __init__(self, site, out_path, *args):
+        self.out_path = str(out_path)
+        with open(self.out_path, 'wb') as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, '-m', 'fuse_cinder.allinone'] + list(args),
+                stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                env=dict(os.environ,
+                         PYTHONPATH=patched_cinder.pythonpath(site)))
+
+    @property
+    def output(self):
+        with open(self.out_path, errors='replace') as f:
+            return f.read()
+
+    def wait_for_output(self, pattern, timeout):
+        def seen():
+            if self.proc.poll() is not None:
+                raise AssertionError('the launcher exited with %s:\n%s'
+                                     % (self.proc.returncode, self.output))
+            return re.search(pattern, self.output, re.M)
+
+        found = sandbox.wait_for(seen, timeout, interval=0.2)
+        assert found, 'no %r after %d s:\n%s' % (pattern, timeout,
+                                                 self.output)
+        return found
+
+    def wait(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError('the launcher did not exit within %d s:\n%s'
+                                 % (timeout, self.output))
+
+    def kill(self):
+        """Last resort after a failure: the whole tree, hard."""
+        if self.proc.poll() is None:
+            for pid in sandbox.descendants(self.proc.pid):
+                sandbox.kill_session(pid)
+            sandbox.kill_session(self.proc.pid)
+            self.proc.wait(timeout=30)
+
+
+def _cli_env(export_line):
+    """The environment a shell has after the printed ``export ...`` line.
+
+    Nothing else is added: the line alone must make ``cinder`` work,
+    ``cinder export`` included.
+    """
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    out = subprocess.run(['bash', '-c', export_line + '\nexec env -0'],
+                         env=env, capture_output=True, check=True).stdout
+    return dict(item.split('=', 1) for item in out.decode().split('\0')
+                if '=' in item)
+
+
+def _cinder(env, *args):
+    # The command found on the printed PATH, as a user would run it.
+    res = subprocess.run(['cinder'] + list(args), capture_output=True,
+                         text=True, timeout=180, env=env)
+    assert res.returncode == 0, '%s failed:\n%s%s' % (
+        ' '.join(args), res.stdout, res.stderr)
+    return res.stdout
+
+
+def _show(env, vol):
+    res = subprocess.run(['cinder', 'show', vol], capture_output=True,
+                         text=True, timeout=180, env=env)
+    if res.returncode != 0:
+        return None
+    return [line.split('|')[2].strip() for line in res.stdout.splitlines()
+            if line.startswith('| status ')][0]
+
+
+def _wait_status(env, vol, wanted, timeout=120):
+    seen = []
+
+    def reached():
+        seen[:] = [_show(env, vol)]
+        return seen[0] == wanted
+
+    assert sandbox.wait_for(reached, timeout, interval=0.5), (
+        'volume %s is %s, not %s' % (vol, seen, wanted))
+
+
+def _iscsi_url(info):
+    return 'iscsi://%s%%%s@%s/%s/%s' % (
+        info['auth_username'], info['auth_password'], info['target_portal'],
+        info['target_iqn'], info['target_lun'])
+
+
+def _errors(path):
+    with open(path, errors='replace') as f:
+        return [line for line in f if ' ERROR ' in line]
+
+
+def test_cli_then_ctrl_c_leaves_nothing_behind(site, tmp_path):
+    work = tmp_path / 'work'
+    launcher = Launcher(site, tmp_path / 'launcher.out',
+                        '--work-dir', str(work))
+    session = None
+    try:
+        export = launcher.wait_for_output(r'^\s*(export .*)$', 300).group(1)
+        out = launcher.output
+        assert 'Press Ctrl-C' in out
+        # The patch step ran and found the copy already patched.
+        assert re.search(r'^patch: 0005-\S+ +already applied$', out, re.M)
+        control = int(re.search(r'^tgtd: control port (\d+), portal '
+                                r'127\.0\.0\.1:(\d+)$', out, re.M).group(1))
+        mountpoint = str(work / 'mnt')
+        assert sandbox.is_mounted(mountpoint)
+        assert sandbox.is_fuse(mountpoint)
+        with open(work / 'cinderrc') as f:
+            assert f.read().strip() == export.strip()
+        env = _cli_env(export)
+
+        res = _cinder(env, 'create', '1', '--name', 'aio-1')
+        vol = re.search(r'^\| id +\| (\S+) ', res, re.M).group(1)
+        _wait_status(env, vol, 'available')
+        backing = work / 'backing' / 'volumes' / ('volume-%s' % vol)
+        assert backing.stat().st_size == 1 << 30
+        assert backing.stat().st_blocks == 0        # sparse
+
+        [info] = json.loads(_cinder(env, 'export', '--json', 'aio-1'))
+        assert info['target_portal'].startswith('127.0.0.1:')
+        assert info['target_iqn'] in sandbox.list_targets(control)
+        res = subprocess.run(
+            ['qemu-io', '-f', 'raw', '-c', 'write -P 0x6b 2M 1M', '-c',
+             'read -P 0x6b 2M 1M', _iscsi_url(info)],
+            capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert 'verification failed' not in res.stdout
+        with open(backing, 'rb') as f:
+            f.seek(2 * MiB)
+            assert f.read(MiB) == b'\x6b' * MiB
+
+        _cinder(env, 'delete-export', 'aio-1')
+        _wait_status(env, vol, 'available')
+        assert info['target_iqn'] not in sandbox.list_targets(control)
+        _cinder(env, 'delete', 'aio-1')
+        assert sandbox.wait_for(lambda: _show(env, vol) is None, 120, 0.5)
+        assert not backing.exists()
+
+        # Stop with an exported volume and a logged-in initiator: Ctrl-C
+        # must still remove the target and unmount.
+        _cinder(env, 'create', '1', '--name', 'aio-2')
+        res = _cinder(env, 'show', 'aio-2')
+        vol2 = re.search(r'^\| id +\| (\S+) ', res, re.M).group(1)
+        _wait_status(env, vol2, 'available')
+        [info] = json.loads(_cinder(env, 'export', '--json', 'aio-2'))
+        session = subprocess.Popen(
+            ['qemu-io', '-f', 'raw', _iscsi_url(info)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        assert sandbox.wait_for(
+            lambda: 'Connection:' in sandbox.tgtadm(
+                control, '--lld', 'iscsi', '--mode', 'target', '--op',
+                'show').stdout, 60), 'qemu-io did not log in'
+
+        tree = {pid: _start_time(pid)
+                for pid in sandbox.descendants(launcher.proc.pid)}
+        assert len(tree) >= 3      # tgtd, bindfs, the Cinder services
+        launcher.proc.send_signal(signal.SIGINT)
+        assert launcher.wait(120) == 0, launcher.output
+    finally:
+        if session is not None:
+            session.kill()
+            session.wait(timeout=30)
+        launcher.kill()
+
+    out = launcher.output
+    assert 'stopped: no targets, mounts or processes left' in out, out
+    assert not sandbox.tgtd_answers(control)
+    assert not sandbox.is_mounted(mountpoint)
+    alive = [pid for pid, start in tree.items()
+             if start is not None and _start_time(pid) == start]
+    assert alive == []
+    # The work dir was named, so it stays, with the volume still there.
+    assert (work / 'backing' / 'volumes' / ('volume-%s' % vol2)).exists()
+    assert _errors(work / 'cinder' / 'cinder.log') == []
+
+
+def test_self_check_on_an_existing_fuse_mount(site, tmp_path):
+    with sandbox.BindfsMount(tmp_path / 'backing', tmp_path / 'mnt') as mnt:
+        home = os.path.join(mnt.mountpoint, 'vols')
+        launcher = Launcher(site, tmp_path / 'launcher.out',
+                            '--volumes-home', home, '--self-check')
+        try:
+            code = launcher.wait(300)
+        finally:
+            launcher.kill()
+        out = launcher.output
+        assert code == 0, out
+        assert 'self-check passed' in out
+        assert 'stopped: no targets, mounts or processes left' in out
+        control = int(re.search(r'^tgtd: control port (\d+)', out,
+                                re.M).group(1))
+        assert not sandbox.tgtd_answers(control)
+        # Somebody else's mount is left mounted, and empty again.
+        assert sandbox.is_mounted(mnt.mountpoint)
+        assert os.listdir(home) == []
+        # The default work dir is a temporary one, removed at the end.
+        work = re.search(r'^work dir: (\S+)$', out, re.M).group(1)
+        assert work.startswith('/var/tmp/fuse-cinder-aio-')
+        assert not os.path.exists(work)
+
+
+def test_refuses_a_volumes_home_off_fuse(site, tmp_path):
+    launcher = Launcher(site, tmp_path / 'launcher.out',
+                        '--work-dir', str(tmp_path / 'work'),
+                        '--volumes-home', str(tmp_path))
+    try:
+        code = launcher.wait(120)
+    finally:
+        launcher.kill()
+    out = launcher.output
+    assert code == 1
+    assert 'is not on a FUSE mount' in out
+    assert 'tgtd:' not in out       # refused before starting anything
+    assert 'stopped: no targets, mounts or processes left' in out
