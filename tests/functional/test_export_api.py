@@ -32,12 +32,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 
+from fuse_cinder import allinone
 from tests.functional import patched_cinder
 
 API_PORTS = range(18776, 18780)
@@ -162,23 +161,8 @@ class AllInOne(object):
 
     def http(self, method, path, body=None, user='admin', project='admin',
              microversion='3.0', timeout=60):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.url + path, data=data, method=method,
-            headers={'X-Auth-Token': '%s:%s' % (user, project),
-                     'Content-Type': 'application/json',
-                     'Accept': 'application/json',
-                     'OpenStack-API-Version': 'volume %s' % microversion})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                return err.code, json.loads(raw)
-            except ValueError:
-                return err.code, raw.decode(errors='replace')
+        return allinone.Api(self.url, user, project).call(
+            method, path, body, microversion=microversion, timeout=timeout)
 
     def action(self, vol_id, body, **kw):
         return self.http('POST', '/volumes/%s/action' % vol_id, body, **kw)
