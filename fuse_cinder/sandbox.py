@@ -34,7 +34,7 @@ PORTAL_PORTS = range(13281, 13290)
 TGT_BINARIES = ('tgtd', 'tgtadm', 'tgt-admin')
 
 
-class SandboxError(Exception):
+class SandboxError(RuntimeError):
     """A piece of the deployment could not be started."""
 
 

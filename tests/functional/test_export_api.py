@@ -38,6 +38,7 @@ import pytest
 
 from fuse_cinder import allinone
 from tests.functional import patched_cinder
+from tests.functional import tgtd as tgtd_helper
 
 API_PORTS = range(18776, 18780)
 CONTROL_PORTS = range(31, 40)
@@ -417,51 +418,11 @@ def _real_driver_missing():
     return None
 
 
-class Tgtd(object):
-    """A private ``tgtd -f`` on our own ports, always stopped."""
+class Tgtd(tgtd_helper.Tgtd):
+    """The shared private tgtd helper, on this suite's own ports."""
 
-    def __init__(self, log_path):
-        self.control = next((p for p in CONTROL_PORTS
-                             if not self._answers(p)), None)
-        self.portal = _free_port(PORTAL_PORTS)
-        self.log_path = log_path
-        self.proc = None
-
-    @staticmethod
-    def _answers(control):
-        return subprocess.run(['tgtadm', '-C', str(control), '--mode',
-                               'system', '--op', 'show'],
-                              capture_output=True, timeout=10
-                              ).returncode == 0
-
-    def start(self):
-        if self.control is None:
-            pytest.skip('no free tgtd control port')
-        with open(self.log_path, 'ab') as log:
-            self.proc = subprocess.Popen(
-                ['tgtd', '-f', '-C', str(self.control), '--iscsi',
-                 'portal=127.0.0.1:%d' % self.portal],
-                stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        _wait(lambda: self._answers(self.control), 15, 'tgtd')
-        return self
-
-    def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        subprocess.run(['tgtadm', '-C', str(self.control), '--op', 'delete',
-                        '--mode', 'system'], capture_output=True, timeout=30)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def targets(self):
-        return subprocess.run(
-            ['tgtadm', '-C', str(self.control), '--lld', 'iscsi', '--mode',
-             'target', '--op', 'show'], capture_output=True, text=True,
-            timeout=30, check=True).stdout
+    control_ports = CONTROL_PORTS
+    portal_ports = PORTAL_PORTS
 
 
 def _qemu_io(info, *commands, password=None):
@@ -483,12 +444,12 @@ def real_cinder(site, tmp_path):
     from tests.functional import fusemount
 
     with fusemount.BindfsMount(tmp_path / 'fuse') as mount:
-        tgtd = Tgtd(str(tmp_path / 'tgtd.log')).start()
+        tgtd = Tgtd(log_path=str(tmp_path / 'tgtd.log')).start()
         os.makedirs(mount.volumes_home, exist_ok=True)
         aio = AllInOne(site, tmp_path / 'state', REAL_DRIVER, [
             'volumes_home=%s' % mount.volumes_home,
-            'fuse_tgt_control_port=%d' % tgtd.control,
-            'target_port=%d' % tgtd.portal,
+            'fuse_tgt_control_port=%d' % tgtd.control_port,
+            'target_port=%d' % tgtd.portal_port,
             'target_ip_address=127.0.0.1',
         ])
         try:
@@ -514,7 +475,7 @@ def test_export_login_read_write_and_delete(real_cinder):
     res = aio.cli('export', '--json', 'iscsi-1')
     [info] = json.loads(res.stdout)
     assert info['driver_volume_type'] == 'iscsi'
-    assert info['target_portal'] == '127.0.0.1:%d' % tgtd.portal
+    assert info['target_portal'] == tgtd.portal
     assert info['auth_method'] == 'CHAP'
     assert info['auth_username'] and info['auth_password']
     assert info['target_iqn'] in tgtd.targets()
@@ -549,8 +510,7 @@ def test_export_survives_a_volume_service_restart(real_cinder, tmp_path):
 
     # Stop Cinder and lose every target, as after a host reboot.
     aio.stop()
-    tgtd.stop()
-    tgtd.start()
+    tgtd.restart()
     assert info['target_iqn'] not in tgtd.targets()
 
     aio.start()

@@ -26,13 +26,12 @@ listens on 0.0.0.0:3260 instead. The default tgtd is never touched.
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import time
 
 import pytest
 
 from cinder import exception
+
+from fuse_cinder import sandbox
 
 CONTROL_PORTS = range(21, 30)
 PORTAL_PORTS = range(13261, 13270)
@@ -66,30 +65,8 @@ class NoDB:
         raise exception.VolumeNotFound(volume_id=volume_id)
 
 
-def _answers(control_port):
-    res = subprocess.run(['tgtadm', '-C', str(control_port), '--mode',
-                          'system', '--op', 'show'],
-                         capture_output=True, timeout=10)
-    return res.returncode == 0
-
-
-def _span(ports):
-    return '%d-%d' % (ports[0], ports[-1])
-
-
-def _portal_free(port):
-    with socket.socket() as sock:
-        # as tgtd does: connections in TIME_WAIT do not make a port busy
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(('127.0.0.1', port))
-        except OSError:
-            return False
-    return True
-
-
-class Tgtd:
-    """``tgtd -f -C PORT --iscsi portal=127.0.0.1:PORT`` owned by a test.
+class Tgtd(sandbox.Tgtd):
+    """The launcher's private tgtd, claimed by a test, with test helpers.
 
     A subclass may claim other port ranges (the benchmark does), so that
     it never competes with the test suites for ports.
@@ -106,27 +83,17 @@ class Tgtd:
         if portal_port is not None and portal_port not in self.portal_ports:
             raise ValueError('iSCSI portal port must be in %s'
                              % _span(self.portal_ports))
-        self._want = (control_port, portal_port)
-        self.control_port = control_port
-        self.portal_port = portal_port
-        self.log_path = log_path or os.devnull
-        self._proc = None
-        self._log = None
-
-    @property
-    def portal(self):
-        return '127.0.0.1:%d' % self.portal_port
-
-    # -- helpers for tests ---------------------------------------------
+        super().__init__(control_port, portal_port, log_path=log_path,
+                         control_ports=self.control_ports,
+                         portal_ports=self.portal_ports)
 
     def tgtadm(self, *args, check=True):
         """Run tgtadm against this daemon; returns stdout."""
-        cmd = ['tgtadm', '-C', str(self.control_port)] + list(args)
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        res = sandbox.tgtadm(self.control_port, *args)
         if check and res.returncode != 0:
-            raise RuntimeError('%s failed (%d): %s'
-                               % (' '.join(cmd), res.returncode,
-                                  res.stderr.strip()))
+            raise RuntimeError('tgtadm -C %d %s failed (%d): %s'
+                               % (self.control_port, ' '.join(args),
+                                  res.returncode, res.stderr.strip()))
         return res.stdout
 
     def show(self):
@@ -140,116 +107,23 @@ class Tgtd:
             auth = '%s%%%s@' % (user, secret) if secret else '%s@' % user
         return 'iscsi://%s%s/%s/%d' % (auth, self.portal, iqn, lun)
 
-    @property
-    def running(self):
-        return self._proc is not None and self._proc.poll() is None
-
-    # -- life cycle ----------------------------------------------------
-
-    def _portals(self):
-        out = self.tgtadm('--lld', 'iscsi', '--mode', 'portal', '--op',
-                          'show', check=False)
-        return [line.split()[1].rsplit(',', 1)[0]
-                for line in out.splitlines() if line.startswith('Portal:')]
-
-    def _owns_control_port(self):
-        """Is the control socket ours? (Another tgtd may have won it.)"""
-        if not self.running:
-            return False
-        lock = '/run/tgtd/socket.%d.lock' % self.control_port
-        fd_dir = '/proc/%d/fd' % self._proc.pid
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            return False
-        for fd in fds:
-            try:
-                if os.readlink(os.path.join(fd_dir, fd)) in (
-                        lock, '/var' + lock):
-                    return True
-            except OSError:
-                pass
-        return False
-
-    def _try(self, control_port, portal_port, timeout):
-        self.control_port, self.portal_port = control_port, portal_port
-        self._log = open(self.log_path, 'ab')
-        # -f: stay in the foreground so that we own the pid to kill it.
-        self._proc = subprocess.Popen(
-            ['tgtd', '-f', '-C', str(control_port),
-             '--iscsi', 'portal=%s' % self.portal],
-            stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and self._proc.poll() is None:
-            if self._owns_control_port() and _answers(control_port):
-                if self._portals() == [self.portal]:
-                    return True
-                break       # lost the portal to someone else
-            time.sleep(0.05)
-        self.stop()
-        return False
-
-    def start(self, timeout=10.0):
-        missing = missing_binaries()
-        if missing:
-            raise RuntimeError('not installed: %s' % ', '.join(missing))
-        want_control, want_portal = self._want
-        for control_port in ([want_control] if want_control
-                             else self.control_ports):
-            if _answers(control_port):
-                continue
-            for portal_port in ([want_portal] if want_portal
-                                else self.portal_ports):
-                if _portal_free(portal_port) and self._try(
-                        control_port, portal_port, timeout):
-                    return self
-                if _answers(control_port):
-                    break   # someone else took the control port meanwhile
-        raise RuntimeError('no tgtd could start on control port %s and '
-                           'portal port %s (see %s)'
-                           % (want_control or _span(self.control_ports),
-                              want_portal or _span(self.portal_ports),
-                              self.log_path))
-
     def kill(self):
         """SIGKILL tgtd: targets and sessions vanish as in a crash."""
         if self.running:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(timeout=10)
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
 
     def restart(self):
         """Crash tgtd and start an empty one on the same ports."""
         self.kill()
-        self._close_log()
         if not self._try(self.control_port, self.portal_port, 10.0):
             raise RuntimeError('tgtd did not come back on control port %d'
                                % self.control_port)
         return self
 
-    def stop(self):
-        """Stop tgtd; falls back to SIGKILL, never leaves it running."""
-        if self._owns_control_port():
-            res = subprocess.run(['tgtadm', '-C', str(self.control_port),
-                                  '--op', 'delete', '--mode', 'system'],
-                                 capture_output=True, timeout=30)
-            try:
-                self._proc.wait(timeout=5 if res.returncode == 0 else 0.1)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill()         # only ever our own pid
-        self._close_log()
 
-    def _close_log(self):
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+def _span(ports):
+    return '%d-%d' % (ports[0], ports[-1])
 
 
 @pytest.fixture
