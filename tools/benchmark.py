@@ -880,11 +880,12 @@ def copy_finding(results, size_gb, data, sparse_cp):
         'FUSE round trip, while dd moves 1 MiB per O_DIRECT request. The '
         'driver cannot find holes that the filesystem does not report; it '
         'only keeps the copy sparse (no zero block is written), which '
-        'saves space but not time there. Against a full dd, a copy that '
-        'reads and writes the data can gain about size/allocated (%s '
-        'here) at best; the 20x goal needs a copy in which no data passes '
-        'through the FUSE daemon (reflink or a server-side '
-        '``copy_file_range``), which neither filesystem here offers.' % (
+        'saves space but not time there. A copy that passes the data '
+        'through the FUSE daemon gains roughly size/allocated (%s here) '
+        'over a full dd, which moves every byte; the 20x goal needs a copy '
+        'in which no data passes through the daemon (reflink or a '
+        'server-side ``copy_file_range``), which neither filesystem here '
+        'offers.' % (
             size_gb, size(data), ' '.join(texts),
             ratio(size_gb * GiB / data)))
 
