@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ import uuid
 import pytest
 
 from fuse_cinder import allinone
+from fuse_cinder import sandbox
 from tests.functional import patched_cinder
 from tests.functional import tgtd as tgtd_helper
 
@@ -55,19 +55,11 @@ pytestmark = [
 ]
 
 
-def _listening(port):
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(('127.0.0.1', port)) == 0
-
-
 def _free_port(ports):
-    # Cinder's WSGI server sets SO_REUSEPORT: a second server would share
-    # a busy port silently, so probe before using one.
-    for port in ports:
-        if not _listening(port):
-            return port
-    pytest.skip('no free port in %s-%s' % (ports[0], ports[-1]))
+    port = sandbox.free_port(ports)
+    if port is None:
+        pytest.skip('no free port in %s-%s' % (ports[0], ports[-1]))
+    return port
 
 
 def _wait(predicate, timeout, what, interval=0.2):
@@ -107,7 +99,7 @@ class AllInOne(object):
             return '(no log)'
 
     def start(self, timeout=120):
-        if _listening(self.port):
+        if not sandbox.tcp_port_free(self.port):
             raise RuntimeError('port %d is busy' % self.port)
         cmd = [sys.executable, '-m', 'fuse_cinder.allinone',
                '--state-dir', self.state_dir, '--api-port', str(self.port),

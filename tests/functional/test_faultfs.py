@@ -37,30 +37,6 @@ pytestmark = pytest.mark.skipif(
     reason='FUSE mounts need root and /dev/fuse')
 
 
-def call(func, *args, timeout=TIMEOUT):
-    """Run func(*args) in a thread; fail the test if it does not return.
-
-    A syscall blocked on FUSE cannot be interrupted; the thread is left
-    behind and freed when the fixture kills the daemon.
-    """
-    box = {}
-
-    def run():
-        try:
-            box['result'] = func(*args)
-        except BaseException as exc:
-            box['error'] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        pytest.fail('%s did not return within %ss' % (func, timeout))
-    if 'error' in box:
-        raise box['error']
-    return box['result']
-
-
 def start_call(func, *args):
     """Start func(*args) in a thread whose result is read later."""
     box = {}
@@ -74,6 +50,21 @@ def start_call(func, *args):
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, box
+
+
+def call(func, *args, timeout=TIMEOUT):
+    """Run func(*args) in a thread; fail the test if it does not return.
+
+    A syscall blocked on FUSE cannot be interrupted; the thread is left
+    behind and freed when the fixture kills the daemon.
+    """
+    thread, box = start_call(func, *args)
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail('%s did not return within %ss' % (func, timeout))
+    if 'error' in box:
+        raise box['error']
+    return box['result']
 
 
 def write_file(path, data):
