@@ -139,6 +139,39 @@ def test_life_cycle_keeps_data_and_sparseness(backend_conf, fuse):
         'provisioned_capacity_gb'] == 0
 
 
+def test_copy_keeps_holes_the_filesystem_hides(fuse):
+    """bindfs has no lseek: every byte looks like data through FUSE.
+
+    fuse-cinder-copy then reads the source and writes only the blocks
+    that are not zero (cp would have needed SEEK_DATA for that).
+    """
+    src = os.path.join(fuse.volumes_home, 'src')
+    with open(src, 'wb') as f:
+        f.truncate(256 * MiB)
+    data = os.urandom(3 * MiB)
+    write_at(src, 100 * MiB + 4096, data)
+    dst = os.path.join(fuse.volumes_home, 'dst')
+    out, _err = processutils.execute('fuse-cinder-copy', '--verbose', src,
+                                     dst)
+    assert out.split() == ['stream']
+    assert read_at(fuse.backing_path('dst'), 0, 256 * MiB) == read_at(
+        fuse.backing_path('src'), 0, 256 * MiB)
+    assert allocated(fuse.backing_path('dst')) < 4 * MiB
+
+
+def test_thick_volume_copies_are_thick(backend_conf, fuse):
+    drv = make(backend_conf, fuse, fuse_sparse_volumes=False)
+    vol = volume(0, size=1)
+    drv.create_volume(vol)
+    data = os.urandom(MiB)
+    write_at(drv.local_path(vol), 300 * MiB, data)
+    clone = volume(1, size=2)
+    drv.create_cloned_volume(clone, vol)
+    clone_path = fuse.backing_path(clone.name)
+    assert read_at(clone_path, 300 * MiB, len(data)) == data
+    assert allocated(clone_path) >= 2 * GiB
+
+
 def test_full_filesystem_leaves_no_partial_clone(backend_conf, small_fuse):
     drv = make(backend_conf, small_fuse)
     src = volume(0)

@@ -120,10 +120,12 @@ class FakeFS:
             self._err(['mv'], 'No such file or directory')
         self.files[dst] = self.files.pop(src)
 
-    def _cp(self, args):
+    def _fuse_cinder_copy(self, args):
         src, dst = args[-2], args[-1]
         if src not in self.files:
-            self._err(['cp'], 'No such file or directory')
+            self._err(['fuse-cinder-copy'], 'No such file or directory')
+        if dst in self.files:
+            self._err(['fuse-cinder-copy'], 'File exists')
         self.files[dst] = self.files[src]
 
     def _find(self, args):

@@ -242,9 +242,20 @@ def test_snapshot_is_sparse_copy_without_temp_leftovers(drv, fake_fs):
     snap = snapshot(vol)
     drv.create_snapshot(snap)
     assert fake_fs.files[path(snap.name)] == 10 * GiB
-    cp = [c for c in fake_fs.calls if c[0] == 'cp'][0]
-    assert '--sparse=always' in cp and '--reflink=auto' in cp
+    copy = [c for c in fake_fs.calls if c[0] == 'fuse-cinder-copy'][0]
+    assert copy == ['fuse-cinder-copy', path(vol.name), copy[-1]]
+    assert copy[-1].startswith(path('.fuse_cinder_tmp-'))
     assert leftovers(fake_fs) == []
+
+
+def test_thick_copies_write_every_block(make_driver, fake_fs):
+    drv = make_driver(fuse_sparse_volumes=False)
+    drv.do_setup(None)
+    vol = volume(size=1)
+    drv.create_volume(vol)
+    drv.create_snapshot(snapshot(vol))
+    copy = [c for c in fake_fs.calls if c[0] == 'fuse-cinder-copy'][0]
+    assert copy[1] == '--thick'
 
 
 def test_snapshot_of_missing_volume(drv, fake_fs):
@@ -257,7 +268,8 @@ def test_snapshot_of_missing_volume(drv, fake_fs):
 def test_clone_enospc_leaves_no_partial_file(drv, fake_fs):
     src = volume(size=1)
     drv.create_volume(src)
-    fake_fs.fail('cp', 'cp: error writing: %s' % fake_executor.ENOSPC)
+    fake_fs.fail('fuse-cinder-copy', 'fuse-cinder-copy: a -> b: %s' %
+                 fake_executor.ENOSPC)
     with pytest.raises(mount.FuseNoSpace):
         drv.create_cloned_volume(volume(vol_id=VOL2_ID), src)
     assert fake_fs.names() == [src.name]
@@ -298,7 +310,8 @@ def test_revert_keeps_old_content_on_failure(drv, fake_fs):
     drv.create_volume(vol)
     snap = snapshot(vol)
     drv.create_snapshot(snap)
-    fake_fs.fail('cp', 'cp: error writing: %s' % fake_executor.ENOSPC)
+    fake_fs.fail('fuse-cinder-copy', 'fuse-cinder-copy: a -> b: %s' %
+                 fake_executor.ENOSPC)
     with pytest.raises(mount.FuseNoSpace):
         drv.revert_to_snapshot(CTX, vol, snap)
     assert sorted(fake_fs.names()) == sorted([vol.name, snap.name])
@@ -313,8 +326,9 @@ def test_revert_replaces_by_rename(drv, fake_fs):
     drv._provisioned_bytes += GiB
     fake_fs.calls.clear()
     drv.revert_to_snapshot(CTX, vol, snap)
-    copies = [p for p in fake_fs.programs() if p in ('cp', 'mv')]
-    assert copies == ['cp', 'mv']
+    copies = [p for p in fake_fs.programs()
+              if p in ('fuse-cinder-copy', 'mv')]
+    assert copies == ['fuse-cinder-copy', 'mv']
     assert leftovers(fake_fs) == []
     assert fake_fs.files[path(vol.name)] == 2 * GiB
     assert drv._provisioned_bytes == 4 * GiB

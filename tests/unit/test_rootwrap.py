@@ -12,6 +12,7 @@
 """The shipped rootwrap filters admit every command the driver runs."""
 
 import os
+import sys
 
 from oslo_rootwrap import filters as rw_filters
 from oslo_rootwrap import wrapper
@@ -21,7 +22,10 @@ from tests.unit import test_driver
 
 FILTERS_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'etc',
                            'cinder', 'rootwrap.d')
-EXEC_DIRS = ['/sbin', '/usr/sbin', '/bin', '/usr/bin', '/usr/local/bin']
+# Cinder's defaults, plus where pip put our console scripts (README:
+# a virtualenv's bin directory goes into exec_dirs).
+EXEC_DIRS = ['/sbin', '/usr/sbin', '/bin', '/usr/bin', '/usr/local/bin',
+             os.path.dirname(sys.executable)]
 
 
 @pytest.fixture(scope='module')
@@ -54,8 +58,8 @@ def test_life_cycle_commands_are_admitted(make_driver, fake_fs, filters):
     drv.get_volume_stats(refresh=True)
     drv.delete_volume(vol)
     programs = {c[4] for c in fake_fs.raw_calls}
-    assert {'stat', 'truncate', 'cp', 'mv', 'rm', 'find', 'fallocate',
-            'dd'} <= programs
+    assert {'stat', 'truncate', 'fuse-cinder-copy', 'mv', 'rm', 'find',
+            'fallocate', 'dd'} <= programs
     for cmd in fake_fs.raw_calls:
         assert admitted(filters, cmd), cmd
 
