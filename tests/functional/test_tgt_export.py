@@ -189,12 +189,14 @@ def read_file(path, offset, size):
         return f.read(size)
 
 
-@pytest.mark.parametrize('opts', [
-    {},
-    {'fuse_tgt_write_cache': False, 'fuse_tgt_bsoflags': 'direct,sync'},
-], ids=['defaults', 'direct-sync-nocache'])
+@pytest.mark.parametrize('opts,flags', [
+    ({}, 'direct'),
+    ({'fuse_tgt_write_cache': False, 'fuse_tgt_bsoflags': 'direct,sync'},
+     'sync:direct'),
+    ({'fuse_tgt_bsoflags': ''}, ''),
+], ids=['defaults', 'direct-sync-nocache', 'buffered'])
 def test_data_round_trip(daemon, fuse, make_target, new_volume, tmp_path,
-                         opts):
+                         opts, flags):
     target = make_target(**opts)
     vol = new_volume()
     export(target, vol, fuse)
@@ -208,8 +210,7 @@ def test_data_round_trip(daemon, fuse, make_target, new_volume, tmp_path,
     assert read_file(path_of(fuse, vol), 1 * MiB, len(data)) == data
     assert read_file(fuse.backing_path(vol.name), 1 * MiB, len(data)) == data
     assert ini.read(40 * MiB, MiB) == bytes(MiB)       # sparse stays zero
-    if opts.get('fuse_tgt_bsoflags'):
-        assert 'Backing store flags: sync:direct' in daemon.show()
+    assert 'Backing store flags: %s\n' % flags in daemon.show()
 
 
 def test_wrong_chap_is_refused(daemon, fuse, target, new_volume, tmp_path):

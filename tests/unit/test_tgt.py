@@ -174,7 +174,7 @@ def test_config_defaults(target, targets_dir):
     export(target, vol)
     text = read(conf_file(targets_dir, vol))
     assert '    write-cache on\n' in text
-    assert 'bsoflags' not in text
+    assert '    bsoflags direct\n' in text
     assert 'initiator-' not in text
 
 
