@@ -149,21 +149,30 @@ def write_config(conf, state_dir):
     return path
 
 
+def _put_own_bin_on_path():
+    """Find the virtualenv's commands even when it is not activated.
+
+    privsep-helper and fuse-cinder-copy live next to this Python; as root
+    the driver's commands run without rootwrap, found through PATH.
+    """
+    bindir = os.path.dirname(sys.executable)
+    path = os.environ.get('PATH', os.defpath)
+    if bindir not in path.split(os.pathsep):
+        os.environ['PATH'] = os.pathsep.join([bindir, path])
+
+
 def _privsep_root_helper():
     """Root helper for oslo.privsep daemons.
 
     As root no sudo/rootwrap is needed (and often not installed); the
-    helper must only find privsep-helper, which lives next to the Python
-    of the virtualenv rather than on PATH.
+    helper must only find privsep-helper on PATH.
     """
     from cinder import utils
     import shlex
 
     if os.geteuid() != 0:
         return shlex.split(utils.get_root_helper())
-    path = os.pathsep.join([os.path.dirname(sys.executable),
-                            os.environ.get('PATH', os.defpath)])
-    return ['env', 'PATH=%s' % path]
+    return ['env', 'PATH=%s' % os.environ['PATH']]
 
 
 def _service_class(service):
@@ -214,6 +223,7 @@ def run(config_args):
     logging.setup(conf, 'cinder')
     python_logging.captureWarnings(True)
     log = logging.getLogger(__name__)
+    _put_own_bin_on_path()
     priv_context.init(root_helper=_privsep_root_helper())
 
     migration.db_sync()

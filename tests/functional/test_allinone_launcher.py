@@ -62,6 +62,13 @@ def _start_time(pid):
     return data[data.rindex(')') + 2:].split()[19]
 
 
+def path_without_our_bin():
+    """PATH as in a shell where the virtualenv is not activated."""
+    ours = os.path.dirname(sys.executable)
+    return os.pathsep.join(d for d in os.environ['PATH'].split(os.pathsep)
+                           if d != ours)
+
+
 class Launcher(object):
     """fuse-cinder-allinone in its own session, killed if still running."""
 
@@ -72,7 +79,7 @@ class Launcher(object):
                 [sys.executable, '-m', 'fuse_cinder.allinone'] + list(args),
                 stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
-                env=dict(os.environ,
+                env=dict(os.environ, PATH=path_without_our_bin(),
                          PYTHONPATH=patched_cinder.pythonpath(site)))
 
     @property
@@ -130,8 +137,8 @@ def _cinder(env, *args):
     return res.stdout
 
 
-def _show(env, vol):
-    res = subprocess.run(['cinder', 'show', vol], capture_output=True,
+def _show(env, vol, what='show'):
+    res = subprocess.run(['cinder', what, vol], capture_output=True,
                          text=True, timeout=180, env=env)
     if res.returncode != 0:
         return None
@@ -139,15 +146,15 @@ def _show(env, vol):
             if line.startswith('| status ')][0]
 
 
-def _wait_status(env, vol, wanted, timeout=120):
+def _wait_status(env, vol, wanted, timeout=120, what='show'):
     seen = []
 
     def reached():
-        seen[:] = [_show(env, vol)]
+        seen[:] = [_show(env, vol, what)]
         return seen[0] == wanted
 
     assert sandbox.wait_for(reached, timeout, interval=0.5), (
-        'volume %s is %s, not %s' % (vol, seen, wanted))
+        '%s %s is %s, not %s' % (what, vol, seen, wanted))
 
 
 def _iscsi_url(info):
@@ -204,6 +211,21 @@ def test_cli_then_ctrl_c_leaves_nothing_behind(site, tmp_path):
         _cinder(env, 'delete-export', 'aio-1')
         _wait_status(env, vol, 'available')
         assert info['target_iqn'] not in sandbox.list_targets(control)
+
+        # Snapshots run fuse-cinder-copy, which the launcher finds next
+        # to its Python although its bin directory is not on our PATH.
+        res = _cinder(env, 'snapshot-create', '--name', 'aio-snap', 'aio-1')
+        snap = re.search(r'^\| id +\| (\S+) ', res, re.M).group(1)
+        _wait_status(env, snap, 'available', what='snapshot-show')
+        snap_file = work / 'backing' / 'volumes' / ('snapshot-%s' % snap)
+        with open(snap_file, 'rb') as f:
+            f.seek(2 * MiB)
+            assert f.read(MiB) == b'\x6b' * MiB
+        assert snap_file.stat().st_blocks * 512 < 4 * MiB
+        _cinder(env, 'snapshot-delete', 'aio-snap')
+        assert sandbox.wait_for(
+            lambda: _show(env, snap, 'snapshot-show') is None, 120, 0.5)
+        assert not snap_file.exists()
         _cinder(env, 'delete', 'aio-1')
         assert sandbox.wait_for(lambda: _show(env, vol) is None, 120, 0.5)
         assert not backing.exists()

@@ -210,3 +210,11 @@ def test_not_ready_while_the_api_does_not_answer(monkeypatch):
 
     monkeypatch.setattr(api, 'call', refused)
     assert api.services_up() is False
+
+
+def test_own_bin_directory_goes_first_on_path_once(monkeypatch):
+    bindir = os.path.dirname(sys.executable)
+    monkeypatch.setenv('PATH', '/usr/bin:/bin')
+    allinone._put_own_bin_on_path()
+    allinone._put_own_bin_on_path()
+    assert os.environ['PATH'] == '%s:/usr/bin:/bin' % bindir
