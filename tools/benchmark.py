@@ -764,10 +764,11 @@ def bench_copy(env, report, p):
                                        backing(src.name), label)
         res['holes_visible'] = holes_visible(os.path.dirname(
             drv.local_path(src)))
-        for sparse in (False, True):
+
+        def dd_copy(sparse, drv=drv, src=src):
             dst = env.volume(size_gb)
 
-            def generic(dst=dst, sparse=sparse, drv=drv, src=src):
+            def generic():
                 # Cinder's generic path: a new volume, then
                 # volume_utils.copy_volume (dd, O_DIRECT where it works).
                 drv.create_volume(dst)
@@ -776,17 +777,21 @@ def bench_copy(env, report, p):
                     size_gb * 1024, drv.configuration.volume_dd_blocksize,
                     execute=record, sparse=sparse)
 
-            key = 'dd_sparse' if sparse else 'dd'
-            res[key] = timed('copy_volume sparse=%s' % sparse, generic, src,
-                             dst.name)
+            got = timed('copy_volume sparse=%s' % sparse, generic, src,
+                        dst.name)
             drv.delete_volume(dst)
-        # Clones of the two sources in turn, so that both see the same
-        # load, and the same copies on the backing filesystem without
-        # FUSE, to tell the disk's share from the driver's.
+            return got
+
+        # Every copy in turn, round after round, so that all see the same
+        # load; the same copies on the backing filesystem without FUSE
+        # tell the disk's share from the driver's.
+        dds = {False: [], True: []}
         ones = [res['clone'][0]]
         twos = [clone_of(src2, 'create_cloned_volume, 2x data')[0]]
         raw = {1: [], 2: []}
         while True:
+            for sparse in dds:
+                dds[sparse].append(dd_copy(sparse))
             for times, source in ((1, src), (2, src2)):
                 raw[times].append(backing_copy(backing(source.name),
                                                '%s, %dx data' % (label,
@@ -796,6 +801,9 @@ def bench_copy(env, report, p):
             snaps.append(snapshot_of(src))
             ones.append(clone_of(src, 'create_cloned_volume')[0])
             twos.append(clone_of(src2, 'create_cloned_volume, 2x data')[0])
+        for sparse, key in ((False, 'dd'), (True, 'dd_sparse')):
+            res[key] = ((median(t for t, _a, _v in dds[sparse]),) +
+                        dds[sparse][0][1:])
         res['ones'], res['twos'] = ones, twos
         res['raw'] = median(raw[1]), median(raw[2])
         # Medians where a copy was repeated; allocation of the first.
@@ -824,8 +832,9 @@ def bench_copy(env, report, p):
         '(``conv=sparse``, what Cinder asks for when a backend reports '
         '``sparse_copy_volume``, as this driver does). The source is '
         'dropped from the page cache before each copy. Snapshots and '
-        'clones are made %d times (medians shown); each dd copy runs once '
-        'and is the baseline of both rows. "read all" is one read of the '
+        'clones, and both dd copies, are made %d times in turn (medians '
+        'shown); the dd medians are the baseline of both rows. "read all" '
+        'is one read of the '
         'whole source through the mount (``dd bs=8M iflag=direct`` to '
         '/dev/null), the '
         'least a copy costs where the filesystem hides its holes. The '
