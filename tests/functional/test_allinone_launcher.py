@@ -107,12 +107,21 @@ class Launcher(object):
                                  % (timeout, self.output))
 
     def kill(self):
-        """Last resort after a failure: the whole tree, hard."""
-        if self.proc.poll() is None:
-            for pid in sandbox.descendants(self.proc.pid):
-                sandbox.kill_session(pid)
-            sandbox.kill_session(self.proc.pid)
-            self.proc.wait(timeout=30)
+        """Last resort after a failure: the whole tree, hard.
+
+        A killed launcher cannot unmount its FUSE mount, which would
+        outlive the test: detach what is left under the test's directory.
+        """
+        if self.proc.poll() is not None:
+            return          # it stopped by itself: the test checks the rest
+        for pid in sandbox.descendants(self.proc.pid):
+            sandbox.kill_session(pid)
+        sandbox.kill_session(self.proc.pid)
+        self.proc.wait(timeout=30)
+        test_dir = os.path.dirname(self.out_path) + os.sep
+        for point, _fs in sandbox.mounts():
+            if point.startswith(test_dir):
+                subprocess.run(['umount', '-l', point], check=False)
 
 
 def _cli_env(export_line):
