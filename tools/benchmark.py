@@ -962,12 +962,16 @@ def copy_finding(results, size_gb, data):
                 secs(res['dd_sparse'][0]),
                 ratio(div(res['dd_sparse'][0], one)), ratio(div(two, one)),
                 secs(res['read_floor'])))
-        if 'daemon_io' in res:
+        if res.get('daemon_io') == 0:
             texts.append(
-                'During that clone %d read or write request(s) reached the '
-                '%s daemon: the data extents went through '
-                '``copy_file_range``, performed on its backing files.' % (
-                    res['daemon_io'], label))
+                'During that clone no read or write request reached the %s '
+                'daemon: the data extents went through '
+                '``copy_file_range``, performed on its backing files.' %
+                label)
+        elif 'daemon_io' in res:
+            texts.append(
+                'During that clone %d read or write requests reached the %s '
+                'daemon.' % (res['daemon_io'], label))
     return (
         'Snapshots and clones (%d GiB volume, %s allocated). %s '
         '``fuse-cinder-copy`` asks the filesystem whether it reports '
