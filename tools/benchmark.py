@@ -980,14 +980,14 @@ def copy_finding(results, size_gb, data):
         'server side, and the time follows the allocated bytes. bindfs '
         '1.14 implements neither, so the kernel reports the whole file as '
         'data and any copy must read every byte through the daemon to '
-        'tell holes from zeros: the driver streams it in 8 MiB O_DIRECT '
+        'tell holes from zeros: the driver streams it in %s O_DIRECT '
         'requests and writes only the blocks that are not zero, as '
-        'Cinder\'s ``conv=sparse`` dd does with 1 MiB requests, and it '
-        'flushes the copy to stable storage, which dd does not. There the '
+        'Cinder\'s ``conv=sparse`` dd does, and it flushes the copy to '
+        'stable storage, which dd does not. There the '
         'speed-up over a full dd is bound by '
         'dd\'s time over one read of the source, whatever the allocated '
         'share (%s here): 20x needs a filesystem that reports its holes.'
-        % (size_gb, size(data), ' '.join(texts),
+        % (size_gb, size(data), ' '.join(texts), size(sparse_copy.CHUNK),
            ratio(size_gb * GiB / data)))
 
 

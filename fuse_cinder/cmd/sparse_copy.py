@@ -37,7 +37,10 @@ import mmap
 import os
 import sys
 
-CHUNK = 8 << 20        # bytes per read when scanning for zeros
+# Bytes per read when scanning for zeros. FUSE splits an O_DIRECT read
+# into requests of its max_read and sends them together; on bindfs 1 MiB
+# read 10 GiB faster than 8 MiB (fewer requests in flight at once).
+CHUNK = 1 << 20
 BLOCK = 64 << 10       # granularity of the holes kept when scanning
 # copy_file_range errors meaning "not between these two files": copy the
 # bytes ourselves instead.
