@@ -336,15 +336,26 @@ class Tgtd(object):
 
 # -- processes -------------------------------------------------------------
 
-def _stat(pid):
-    """(ppid, session id) of a process, or None once it is gone."""
+def proc_stat(pid):
+    """Fields of /proc/<pid>/stat after the command name, or None.
+
+    None once the process is gone. Index 0 is the state (field 3 of
+    proc(5)), so field N of proc(5) is at index N - 3.
+    """
     try:
         with open('/proc/%s/stat' % pid) as f:
             data = f.read()
     except OSError:
         return None
     # The command name, in parentheses, may itself hold spaces.
-    fields = data[data.rindex(')') + 2:].split()
+    return data[data.rindex(')') + 2:].split()
+
+
+def _stat(pid):
+    """(ppid, session id) of a process, or None once it is gone."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return None
     return int(fields[1]), int(fields[3])
 
 

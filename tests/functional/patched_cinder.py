@@ -21,10 +21,18 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from fuse_cinder.cmd import patch_cinder
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
+# python-cinderclient's command in this environment, and the mark for the
+# tests that drive it.
+CINDER_CLI = os.path.join(os.path.dirname(sys.executable), 'cinder')
+needs_cinder_cli = pytest.mark.skipif(
+    not os.access(CINDER_CLI, os.X_OK),
+    reason='python-cinderclient is not installed')
 
 
 def copy_installed_cinder(dest, with_tests=False):

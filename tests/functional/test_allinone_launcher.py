@@ -34,13 +34,11 @@ import pytest
 from fuse_cinder import sandbox
 from tests.functional import patched_cinder
 
-CINDER = os.path.join(os.path.dirname(sys.executable), 'cinder')
 MiB = 1 << 20
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason='needs root'),
-    pytest.mark.skipif(not os.access(CINDER, os.X_OK),
-                       reason='python-cinderclient is not installed'),
+    patched_cinder.needs_cinder_cli,
     pytest.mark.skipif(
         bool(sandbox.missing_programs('tgtd', 'tgtadm', 'tgt-admin',
                                       'bindfs', 'qemu-io', 'patch')),
@@ -54,12 +52,8 @@ def site(tmp_path_factory):
 
 
 def _start_time(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(')') + 2:].split()[19]
+    fields = sandbox.proc_stat(pid)
+    return None if fields is None else fields[19]      # proc(5) starttime
 
 
 def path_without_our_bin():

@@ -45,13 +45,11 @@ CONTROL_PORTS = range(31, 40)
 PORTAL_PORTS = range(13271, 13280)
 FAKE_DRIVER = 'cinder.tests.fake_driver.FakeLoggingVolumeDriver'
 REAL_DRIVER = 'fuse_cinder.driver.FuseISCSIDriver'
-CINDER = os.path.join(os.path.dirname(sys.executable), 'cinder')
 MiB = 1 << 20
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason='needs root'),
-    pytest.mark.skipif(not os.access(CINDER, os.X_OK),
-                       reason='python-cinderclient is not installed'),
+    patched_cinder.needs_cinder_cli,
 ]
 
 
@@ -161,7 +159,7 @@ class AllInOne(object):
         return self.http('POST', '/volumes/%s/action' % vol_id, body, **kw)
 
     def cli(self, *args, user='admin', project='admin', check=True):
-        cmd = [CINDER, '--os-auth-type', 'noauth',
+        cmd = [patched_cinder.CINDER_CLI, '--os-auth-type', 'noauth',
                '--os-endpoint', self.url, '--os-user-id', user,
                '--os-project-id', project,
                '--os-volume-api-version', '3.0'] + list(args)
