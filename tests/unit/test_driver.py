@@ -13,6 +13,7 @@
 
 from unittest import mock
 
+from oslo_config import cfg
 import pytest
 
 from cinder import context
@@ -530,3 +531,68 @@ def test_export_model_update_and_connector(drv):
     with mock.patch.object(drv.target_driver, 'ensure_export',
                            return_value={'provider_auth': 'CHAP a b'}):
         assert drv.ensure_export(CTX, vol) == {'provider_auth': 'CHAP a b'}
+
+
+# -- what manage and the listing may not take --------------------------------
+
+OTHER_ID = '88888888-2222-3333-4444-555555555555'
+
+
+@pytest.mark.parametrize('name', [
+    'snapshot-' + SNAP_ID,
+    '.fuse_cinder_tmp-volume-%s-0123abcd' % OTHER_ID,
+    '.fuse_cinder_probe-' + '0' * 32,
+])
+def test_manage_refuses_files_cinder_owns(drv, fake_fs, name):
+    fake_fs.add(name, GiB)
+    with pytest.raises(exception.ManageExistingInvalidReference):
+        drv.manage_existing(volume(), {'source-name': name})
+    assert fake_fs.names() == [name]
+
+
+def test_manage_refuses_another_volumes_file(drv, fake_fs):
+    other = 'volume-' + OTHER_ID
+    fake_fs.add(other, GiB)
+    with mock.patch('cinder.objects.Volume.get_by_id') as get:
+        with pytest.raises(exception.ManageExistingInvalidReference) as err:
+            drv.manage_existing(volume(), {'source-name': other})
+    assert get.call_args[0][1] == OTHER_ID
+    assert OTHER_ID in str(err.value)
+    assert fake_fs.names() == [other]
+
+
+def test_manage_takes_a_volume_file_cinder_forgot(drv, fake_fs):
+    """After unmanage, or from another deployment: Cinder has no such id."""
+    other = 'volume-' + OTHER_ID
+    fake_fs.add(other, GiB)
+    vol = volume()
+    with mock.patch('cinder.objects.Volume.get_by_id',
+                    side_effect=exception.VolumeNotFound(volume_id='x')):
+        drv.manage_existing(vol, {'source-name': other})
+    assert fake_fs.names() == [vol.name]
+
+
+def test_names_with_newlines_are_one_file(make_driver, fake_fs):
+    fake_fs.add('a\nvolume-' + OTHER_ID, 5 * GiB)
+    fake_fs.add('volume-' + VOL_ID, GiB)
+    drv = make_driver()
+    drv.do_setup(CTX)
+    assert drv._provisioned_bytes == GiB
+    listing = drv.get_manageable_volumes([], None, 10, 0, ['size'], ['asc'])
+    assert sorted(e['reference']['source-name'] for e in listing) == [
+        'a\nvolume-' + OTHER_ID, 'volume-' + VOL_ID]
+
+
+def test_name_templates_must_be_cinders(make_driver, fake_fs):
+    drv = make_driver()
+    with mock.patch.object(cfg.CONF, 'volume_name_template', 'vol-%s'):
+        with pytest.raises(exception.InvalidConfigurationValue):
+            drv.do_setup(CTX)
+    assert fake_fs.calls == []
+
+
+def test_mount_paths_keep_non_ascii_and_unescape_blanks():
+    text = ('bindfs /mnt/\u00e9t\u00e9 fuse rw,allow_other 0 0\n'
+            'bindfs /mnt/a\\040b\\134c fuse rw 0 0\n')
+    points = [e.mount_point for e in mount.parse_mounts(text)]
+    assert points == ['/mnt/\u00e9t\u00e9', '/mnt/a b\\c']
