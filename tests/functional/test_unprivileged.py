@@ -351,6 +351,8 @@ def test_life_cycle_through_cinder_rootwrap(deployment):
     child.step('create_export', volume=vol, connector=CONNECTOR)
     ini = initiator(deployment, child.step(
         'initialize_connection', volume=vol, connector=CONNECTOR))
+    # What cinder-volume does at start-up for a volume still exported.
+    assert child.step('ensure_export', volume=vol) is None
     data = os.urandom(4 * MiB)
     offset = 300 * MiB + 4096
     ini.write(offset, data)

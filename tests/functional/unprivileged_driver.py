@@ -116,6 +116,9 @@ class Backend:
         for key, value in update.items():
             setattr(vol, key, value)
 
+    def ensure_export(self, volume):
+        return self.driver.ensure_export(CTX, self.volumes[volume])
+
     def initialize_connection(self, volume, connector):
         return self.driver.initialize_connection(self.volumes[volume],
                                                  connector)
