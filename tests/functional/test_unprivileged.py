@@ -134,11 +134,15 @@ def allow_root_helper(stack, user, rootwrap_conf, sudo_log, scratch):
 
 
 def as_user(user, workdir):
-    """Popen arguments running a process as ``user``, as a service would."""
+    """Popen arguments running a process as ``user``, as a service would.
+
+    No TMPDIR: privsep's sockets go to /tmp, where filters expect them.
+    """
     return dict(cwd=workdir, user=user.pw_uid, group=user.pw_gid,
                 extra_groups=[], env={
                     'PATH': SYSTEM_PATH, 'HOME': workdir, 'LANG': 'C.UTF-8',
-                    'PYTHONPATH': CHECKOUT, 'PYTHONDONTWRITEBYTECODE': '1'})
+                    'PYTHONPATH': CHECKOUT, 'PYTHONDONTWRITEBYTECODE': '1',
+                    'PYTHONWARNINGS': 'ignore::DeprecationWarning'})
 
 
 def skip_unless_usable(user):
@@ -241,7 +245,11 @@ class Deployment:
         skip_unless_usable(self.user)
 
         # Root's: the root helper's config, and what sudo and tgtd log.
-        etc = _mkdir(os.path.join(self.base, 'etc'), 0o755)
+        # The configs live under /etc as on a real host, where rootwrap
+        # filters for privsep-helper expect ``--config-file /etc/...``.
+        etc = tempfile.mkdtemp(prefix='fuse-cinder-unpriv-', dir='/etc')
+        stack.callback(shutil.rmtree, etc, ignore_errors=True)
+        os.chmod(etc, 0o755)
         self.rootwrap_conf = _write(
             os.path.join(etc, 'rootwrap.conf'),
             '[DEFAULT]\nfilters_path = %s\nexec_dirs = %s\n'
