@@ -326,12 +326,6 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                 existing_ref=existing_ref,
                 reason=_('source-name must be a plain file name inside '
                          'volumes_home, without directories'))
-        owner = self._cinder_owner(volume, name)
-        if owner:
-            raise exception.ManageExistingInvalidReference(
-                existing_ref=existing_ref,
-                reason=_('%(name)s belongs to %(owner)s') %
-                {'name': name, 'owner': owner})
         kind = self.files.file_type(name)
         if kind != 'regular':
             raise exception.ManageExistingInvalidReference(
@@ -339,6 +333,12 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                 reason=(_('%(name)s is a %(kind)s, not a regular file') %
                         {'name': name, 'kind': kind}) if kind else
                 _('no file %s in volumes_home') % name)
+        owner = self._cinder_owner(volume, name)
+        if owner:
+            raise exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('%(name)s belongs to %(owner)s') %
+                {'name': name, 'owner': owner})
         return name
 
     def _cinder_owner(self, volume, name):
