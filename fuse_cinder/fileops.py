@@ -115,14 +115,11 @@ class SparseFiles:
             self.mount.helper('create', name, str(size_gb * units.Gi),
                               self._provisioning,
                               timeout=self._allocation_timeout)
-        except processutils.ProcessExecutionError as exc:
-            if 'File exists' in (exc.stderr or ''):
+        except Exception as exc:
+            if 'File exists' in (getattr(exc, 'stderr', None) or ''):
                 raise exception.VolumeBackendAPIException(
                     data=_("%(path)s already exists; refusing to overwrite "
                            "it") % {'path': path})
-            self.delete(name, check_exit_code=False)
-            raise
-        except Exception:
             self.delete(name, check_exit_code=False)
             raise
 
@@ -142,7 +139,7 @@ class SparseFiles:
         def steps(temp):
             self._copy_to(src_name, temp)
             if size_gb is not None:
-                self._grow(temp, size_gb)
+                self.extend(temp, size_gb)
         self._build(dst_name, steps)
 
     def replace(self, src_name, dst_name):
@@ -158,7 +155,8 @@ class SparseFiles:
             self.delete(temp, check_exit_code=False)
             raise
 
-    def _grow(self, name, size_gb):
+    def extend(self, name, size_gb):
+        """Grow a file in place (it may be exported right now)."""
         old = self.size(name)
         new = size_gb * units.Gi
         if old is None:
@@ -175,10 +173,6 @@ class SparseFiles:
         # back when that fails.
         self.mount.helper('grow', name, str(new), self._provisioning,
                           timeout=self._allocation_timeout)
-
-    def extend(self, name, size_gb):
-        """Grow an existing file in place (it may be exported right now)."""
-        self._grow(name, size_gb)
 
     def delete(self, name, check_exit_code=True):
         """Remove a file; a missing one is not an error."""
