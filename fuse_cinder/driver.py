@@ -223,9 +223,16 @@ class FuseISCSIDriver(driver.ISCSIDriver):
 
     def copy_volume_to_image(self, context, volume, image_service,
                              image_meta):
-        image_utils.upload_volume(context, image_service, image_meta,
-                                  self.local_path(volume),
-                                  run_as_root=True)
+        """Upload from a local copy that a bounded child made.
+
+        Cinder's upload opens a raw volume's file inside cinder-volume,
+        where a hung FUSE daemon would freeze the service (DESIGN.rst).
+        The copy is sparse and lives in image_conversion_dir.
+        """
+        with image_utils.temporary_file(prefix='fuse_upload_') as tmp:
+            self.mount.read_into(volume.name, tmp)
+            volume_utils.upload_volume(context, image_service, image_meta,
+                                       tmp, volume, run_as_root=False)
 
     # -- statistics ----------------------------------------------------
 

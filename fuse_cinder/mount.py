@@ -23,12 +23,17 @@ daemon does not answer.
 import dataclasses
 import os
 import re
+import select
+import shlex
+import subprocess
+import time
 
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 
 from cinder import exception
 from cinder.i18n import _
+from cinder import utils
 
 from fuse_cinder import processes
 
@@ -46,6 +51,12 @@ _NOT_FUSE_TEXT = 'not on a FUSE filesystem'
 #: The root helper every call on the mount goes through.
 HELPER = 'fuse-cinder-files'
 _OCTAL_ESCAPE_RE = re.compile(r'\\([0-7]{3})')
+# Bytes per read from a streaming helper's pipe.
+_PIPE_CHUNK = 1 << 20
+
+
+class _Deadline(Exception):
+    """A streaming helper sent nothing until its deadline."""
 
 
 class FuseMountUnavailable(exception.VolumeBackendAPIException):
@@ -98,6 +109,25 @@ def _unescape(field):
     path's own.
     """
     return _OCTAL_ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _copy_sparse(pipe, out, deadline):
+    """Copy a pipe into ``out``, seeking over zeros; returns the size."""
+    zeros = bytes(_PIPE_CHUNK)
+    size = 0
+    while True:
+        ready, _w, _x = select.select(
+            [pipe], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise _Deadline()
+        data = os.read(pipe.fileno(), _PIPE_CHUNK)
+        if not data:
+            return size
+        if data == zeros[:len(data)]:
+            out.seek(len(data), os.SEEK_CUR)
+        else:
+            out.write(data)
+        size += len(data)
 
 
 def parse_mounts(text):
@@ -153,9 +183,11 @@ class FuseMount:
 
     def __init__(self, volumes_home, execute, fs_call_timeout, copy_timeout,
                  check_fuse=True, mounts_file='/proc/self/mounts',
-                 mountinfo_file='/proc/self/mountinfo'):
+                 mountinfo_file='/proc/self/mountinfo',
+                 popen=subprocess.Popen):
         self.volumes_home = os.path.normpath(volumes_home)
         self._execute = execute
+        self._popen = popen
         self.fs_call_timeout = fs_call_timeout
         self.copy_timeout = copy_timeout
         self.check_fuse = check_fuse
@@ -212,6 +244,44 @@ class FuseMount:
     def helper(self, op, *args, **kwargs):
         """One ``fuse-cinder-files`` request on volumes_home (see run)."""
         return self.run(HELPER, op, self.volumes_home, *args, **kwargs)
+
+    def read_into(self, name, dest):
+        """Copy the backing file ``name`` into the local file ``dest``.
+
+        For image uploads: Cinder's would open the file on the mount inside
+        cinder-volume. Here a ``fuse-cinder-files read`` child streams it
+        through a pipe under the copy timeout (the executor would hold
+        the whole volume in memory), and zero blocks stay holes in
+        ``dest``. The pipe is read with select() under a deadline, so a
+        child stuck in the daemon beyond SIGKILL is abandoned, not waited
+        for.
+        """
+        timeout = self.copy_timeout
+        helper = [HELPER, 'read', self.volumes_home, name]
+        cmd = ['timeout', '-s', 'KILL', str(timeout)] + helper
+        if os.geteuid() != 0:
+            # What processutils.execute puts in front for run_as_root.
+            cmd = shlex.split(utils.get_root_helper()) + cmd
+        deadline = time.monotonic() + timeout + _REAP_GRACE
+        proc = self._popen(cmd, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            with open(dest, 'wb') as out:
+                out.truncate(_copy_sparse(proc.stdout, out, deadline))
+            stderr = os.fsdecode(proc.stderr.read())
+            code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except (_Deadline, subprocess.TimeoutExpired):
+            self._hung(_("'%(cmd)s' is stuck in the FUSE daemon and could "
+                         "not be killed after %(timeout)s s") %
+                       {'cmd': HELPER, 'timeout': timeout})
+        finally:
+            proc.stdout.close()
+            proc.stderr.close()
+        if code:
+            exc = processutils.ProcessExecutionError(
+                exit_code=code, stderr=stderr, cmd=' '.join(cmd))
+            self._translate(exc, helper, timeout)
+            raise exc
 
     def _hung(self, reason):
         LOG.error("FUSE mount of %(home)s is hung: %(reason)s",

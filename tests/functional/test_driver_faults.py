@@ -17,11 +17,13 @@ import os
 import time
 
 from oslo_concurrency import processutils
+from oslo_config import cfg
 import pytest
 
 from fuse_cinder import driver
 from fuse_cinder import mount
 from tests.functional import test_driver_fuse as life
+from tests.functional import volumes
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -71,6 +73,32 @@ def test_hung_daemon_gives_an_error_not_a_hang(faulty):
     assert drv.get_volume_stats(refresh=True)['backend_state'] == 'up'
 
 
+def test_image_upload_from_a_hung_daemon_gives_an_error(faulty, tmp_path):
+    """The upload reads through a child: cinder-volume never blocks."""
+    fs, drv = faulty
+    vol = life.volume(0)
+    drv.create_volume(vol)
+    drv.mount.copy_timeout = CALL_TIMEOUT
+    cfg.CONF.set_override('image_conversion_dir', str(tmp_path / 'conv'))
+    store = volumes.ImageStore()
+    image = store.create(None, {'disk_format': 'raw',
+                                'container_format': 'bare'})
+    fs.hang()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        future = pool.submit(drv.copy_volume_to_image, None, vol, store,
+                             dict(image))
+        with pytest.raises(mount.FuseMountUnavailable) as err:
+            future.result(timeout=60)
+        assert drv.mount.volumes_home in str(err.value)
+        assert store.data == {}
+    finally:
+        fs.release()
+        pool.shutdown(wait=True)
+        cfg.CONF.clear_override('image_conversion_dir')
+    assert os.listdir(tmp_path / 'conv') == []
+
+
 def test_enospc_mid_clone_leaves_no_partial_file(faulty):
     fs, drv = faulty
     src = life.volume(0)
@@ -91,7 +119,7 @@ def test_enospc_mid_clone_leaves_no_partial_file(faulty):
 def test_copies_skip_holes_where_fuse_reports_them(faulty):
     """With lseek and copy_file_range in FUSE no byte crosses the daemon.
 
-    fuse-cinder-copy finds the data with SEEK_DATA and hands each extent
+    fuse-cinder-files finds the data with SEEK_DATA and hands each extent
     to copy_file_range, which faultfs performs on its backing files.
     """
     fs, drv = faulty

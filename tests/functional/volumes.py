@@ -25,13 +25,19 @@ from cinder import objects
 
 objects.register_all()
 CTX = context.get_admin_context()
+VOLUME_TYPE_ID = '00000000-0000-4000-8000-0000000000f5'
 
 
 def volume(volume_id, size=1, **fields):
     values = dict(id=volume_id, _name_id=None, size=size,
                   status='available', provider_location=None,
                   provider_auth=None, encryption_key_id=None,
-                  volume_attachment=objects.VolumeAttachmentList(objects=[]))
+                  volume_attachment=objects.VolumeAttachmentList(objects=[]),
+                  # What Cinder's upload_volume reads: store and image ids.
+                  volume_type=objects.VolumeType(
+                      context=CTX, id=VOLUME_TYPE_ID, name='fuse',
+                      extra_specs={}),
+                  glance_metadata={})
     values.update(fields)
     return objects.Volume(context=CTX, **values)
 

@@ -11,6 +11,8 @@
 #    under the License.
 """The driver's volume life cycle against the fake executor."""
 
+import os
+import subprocess
 from unittest import mock
 
 from oslo_config import cfg
@@ -502,18 +504,73 @@ def test_hostile_names_are_single_arguments(drv, fake_fs):
     assert stat[-1] == 'a b;rm -rf $(x)'
 
 
-# -- images go to the local file ---------------------------------------------
+# -- images: to the local file, from a bounded child ---------------------
 
-def test_image_copies_use_the_local_file(drv, fake_fs):
+def test_image_download_writes_the_local_file(drv, fake_fs):
     vol = volume(size=3)
     drv.create_volume(vol)
     with mock.patch('cinder.image.image_utils.fetch_to_raw') as fetch:
         drv.copy_image_to_volume(CTX, vol, mock.sentinel.svc, 'img-1')
     assert fetch.call_args[0][3] == path(vol.name)
     assert fetch.call_args[1]['size'] == 3
-    with mock.patch('cinder.image.image_utils.upload_volume') as upload:
+
+
+def shell_popen(script, seen):
+    """A popen that records the driver's command and runs ``script``."""
+    def popen(cmd, **kwargs):
+        seen.append(cmd)
+        return subprocess.Popen(['sh', '-c', script], **kwargs)
+    return popen
+
+
+@pytest.fixture
+def conversion_dir(tmp_path):
+    path = tmp_path / 'conversion'
+    path.mkdir()
+    cfg.CONF.set_override('image_conversion_dir', str(path))
+    yield path
+    cfg.CONF.clear_override('image_conversion_dir')
+
+
+def test_image_upload_reads_through_a_bounded_child(drv, fake_fs,
+                                                    conversion_dir):
+    """The FUSE file is never opened in cinder-volume; zeros stay holes."""
+    vol = volume(size=1)
+    seen = []
+    drv.mount._popen = shell_popen(
+        'printf abc; head -c 4194304 /dev/zero; printf xyz', seen)
+    uploaded = []
+
+    def upload(ctx, svc, meta, tmp, volume, run_as_root):
+        uploaded.append((open(tmp, 'rb').read(),
+                         os.stat(tmp).st_blocks * 512, run_as_root))
+    with mock.patch('cinder.volume.volume_utils.upload_volume',
+                    side_effect=upload):
         drv.copy_volume_to_image(CTX, vol, mock.sentinel.svc, {'id': 'i'})
-    assert upload.call_args[0][3] == path(vol.name)
+    assert seen[0][-8:] == ['timeout', '-s', 'KILL',
+                            str(drv.mount.copy_timeout), 'fuse-cinder-files',
+                            'read', conftest.HOME, vol.name]
+    data, allocated, as_root = uploaded[0]
+    assert data == b'abc' + bytes(4 << 20) + b'xyz'
+    assert allocated < 2 << 20 and as_root is False
+    assert os.listdir(conversion_dir) == []
+
+
+@pytest.mark.parametrize('script, error', [
+    ('echo "fuse-cinder-files: read v in h: %s" >&2; exit 1' %
+     fake_executor.ENOTCONN, 'ENOTCONN'),
+    ('exit 137', 'hung'),
+])
+def test_image_upload_names_a_broken_mount(drv, conversion_dir, script,
+                                           error):
+    drv.mount._popen = shell_popen(script, [])
+    with mock.patch('cinder.volume.volume_utils.upload_volume') as upload:
+        with pytest.raises(mount.FuseMountUnavailable) as err:
+            drv.copy_volume_to_image(CTX, volume(), mock.sentinel.svc,
+                                     {'id': 'i'})
+    assert error in str(err.value) and conftest.HOME in str(err.value)
+    upload.assert_not_called()
+    assert os.listdir(conversion_dir) == []
 
 
 # -- export delegation -----------------------------------------------

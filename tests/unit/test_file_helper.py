@@ -230,3 +230,16 @@ def test_fifo_under_our_name_does_not_block(home):
     os.mkfifo(home / VOL)
     assert run(home, 'copy', VOL, TEMP, 'thin') == 2
     assert not os.path.lexists(home / TEMP)
+
+
+def test_read_streams_the_whole_file(home, capfdbinary):
+    data = os.urandom(MiB + 12345)
+    (home / VOL).write_bytes(data)
+    assert run(home, 'read', VOL) == 0
+    assert capfdbinary.readouterr().out == data
+
+
+@pytest.mark.parametrize('name', ['passwd', TEMP, '../' + VOL])
+def test_read_takes_only_volumes_and_snapshots(home, name, capfdbinary):
+    assert run(home, 'read', name) == 2
+    assert capfdbinary.readouterr().out == b''

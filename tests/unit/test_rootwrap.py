@@ -20,6 +20,7 @@ file a symlink) the helper refuses itself: tests/unit/test_file_helper.py.
 
 import os
 import sys
+from unittest import mock
 
 from oslo_rootwrap import wrapper
 import pytest
@@ -77,6 +78,11 @@ def test_life_cycle_commands_are_admitted(make_driver, fake_fs, filters):
     drv.get_volume_stats(refresh=True)
     drv.unmanage(vol)
     drv.delete_snapshot(snap)
+    seen = []
+    drv.mount._popen = test_driver.shell_popen('printf x', seen)
+    with mock.patch('cinder.volume.volume_utils.upload_volume'):
+        drv.copy_volume_to_image(None, vol, None, {'id': 'i'})
+    assert admitted(filters, seen[0][-8:])
     ops = {c[5] for c in fake_fs.raw_calls}
     assert {'create', 'grow', 'copy', 'rename', 'delete', 'stat', 'list',
             'statfs', 'probe'} <= ops
@@ -106,6 +112,8 @@ HOSTILE = [
     T + [F, 'stat', '/root/.ssh', '..'], T + [F, 'stat', '/root/.ssh/x', ''],
     T + [F, 'copy', '/etc', 'shadow', TEMP, 'thin'],
     T + [F, 'copy', HOME, '../../../etc/shadow', TEMP, 'thin'],
+    T + [F, 'read', '/etc', 'shadow'], T + [F, 'read', HOME, TEMP],
+    T + [F, 'read', HOME, '../../../etc/shadow'],
     T + ['fuse-cinder-copy', '/etc/shadow', '/var/tmp/x'],
     # writes, deletes and renames of system files
     T + ['dd', 'if=/dev/zero', 'of=/etc/passwd'],
@@ -149,7 +157,7 @@ def test_hostile_command_lines_are_refused(filters, cmd):
 PAST_THE_MATCHER = [
     [F, 'stat', '/root', '.ssh'], [F, 'stat', '/etc', 'shadow'],
     [F, 'list', '/root'], [F, 'delete', '/var/lib', VOL],
-    [F, 'copy', '/etc', VOL, TEMP, 'thin'],
+    [F, 'copy', '/etc', VOL, TEMP, 'thin'], [F, 'read', '/root', VOL],
     [F, 'create', '/usr/bin', VOL, '0', 'thin'],
     [F, 'rename', '/etc', 'shadow', VOL, 'keep'],
     [F, 'statfs', '/proc/self'],
