@@ -263,10 +263,20 @@ class TgtdClient:
     # -- transport ---------------------------------------------------------
 
     def _connect(self, deadline: float) -> socket.socket:
+        """Connect, waiting out a full listen backlog (tgtd's is 32).
+
+        A socket with a timeout is non-blocking underneath, and an AF_UNIX
+        connect then fails with EAGAIN instead of queueing.
+        """
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(self._left(deadline))
-            sock.connect(self.address)
+            while True:
+                try:
+                    sock.settimeout(self._left(deadline))
+                    sock.connect(self.address)
+                    return sock
+                except BlockingIOError:
+                    time.sleep(0.005)
         except socket.timeout:
             sock.close()
             raise TgtdTimeout('tgtd on control port %d did not accept a '
@@ -276,7 +286,6 @@ class TgtdClient:
             sock.close()
             raise TgtdUnavailable('tgtd on control port %d is not reachable:'
                                   ' %s' % (self.control_port, err.strerror))
-        return sock
 
     def _left(self, deadline: float) -> float:
         left = deadline - time.monotonic()
