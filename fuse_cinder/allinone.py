@@ -152,7 +152,7 @@ def write_config(conf, state_dir):
 def _put_own_bin_on_path():
     """Find the virtualenv's commands even when it is not activated.
 
-    privsep-helper and fuse-cinder-copy live next to this Python; as root
+    privsep-helper and fuse-cinder-files live next to this Python; as root
     the driver's commands run without rootwrap, found through PATH.
     """
     bindir = os.path.dirname(sys.executable)

@@ -18,30 +18,31 @@ LUN 1 of one target per volume.
 """
 
 import math
-import os
 import threading
 
+from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import units
 
 from cinder.common import constants
+from cinder import context
 from cinder import exception
 from cinder.i18n import _
 from cinder.image import image_utils
 from cinder import interface
+from cinder import objects
 from cinder.volume import driver
 from cinder.volume import volume_utils
 
 from fuse_cinder import fileops
 from fuse_cinder import mount as fuse_mount
+from fuse_cinder import names
 from fuse_cinder import options
 from fuse_cinder.target import tgt
 
 LOG = logging.getLogger(__name__)
 
 VERSION = '1.0.0'
-UNMANAGED_PREFIX = 'unmanaged-'
-_MANAGED_PREFIXES = ('volume-', 'snapshot-')
 
 
 @interface.volumedriver
@@ -86,12 +87,12 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         The count is kept up to date by every operation afterwards, so
         statistics never have to list the directory again.
         """
+        self._check_name_templates()
         entry = self.mount.check()
         self._luns_mount_id = self.mount.identity()
         sizes = self.files.list_sizes()
         self._provisioned_bytes = sum(
-            size for name, size in sizes.items()
-            if name.startswith(_MANAGED_PREFIXES))
+            size for name, size in sizes.items() if names.is_object(name))
         LOG.info("FUSE backend %(backend)s ready on %(home)s (%(fs)s), "
                  "%(count)d backing files, %(gb).1f GiB provisioned",
                  {'backend': self.backend_name,
@@ -99,6 +100,16 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                   'fs': entry.fs_type if entry else 'unchecked',
                   'count': len(sizes),
                   'gb': self._provisioned_bytes / units.Gi})
+
+    @staticmethod
+    def _check_name_templates():
+        """The root helper only touches files named as Cinder's defaults."""
+        for option, default in (('volume_name_template', 'volume-%s'),
+                                ('snapshot_name_template', 'snapshot-%s')):
+            value = getattr(cfg.CONF, option)
+            if value != default:
+                raise exception.InvalidConfigurationValue(
+                    option=option, value=value)
 
     def check_for_setup_error(self):
         self.mount.check()
@@ -296,12 +307,13 @@ class FuseISCSIDriver(driver.ISCSIDriver):
 
     # -- manage / unmanage ---------------------------------------------
 
-    def _managed_name(self, existing_ref):
+    def _managed_name(self, volume, existing_ref):
         """The file an existing_ref names, if it is safely ours to take.
 
-        Only a plain file directly inside volumes_home qualifies: no
+        Only a regular file directly inside volumes_home qualifies: no
         directories, no '..', no absolute path, no symlink that could point
-        anywhere else on the host.
+        anywhere else on the host. Nor a file Cinder still owns: a
+        snapshot's, the driver's temporaries, or another volume's.
         """
         name = existing_ref.get('source-name') if existing_ref else None
         if not name or not isinstance(name, str):
@@ -309,15 +321,19 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                 existing_ref=existing_ref,
                 reason=_('source-name, a file name inside volumes_home, '
                          'is required'))
-        if (os.path.isabs(name) or '/' in name or name in ('.', '..') or
-                name.startswith((fileops.TEMP_PREFIX,
-                                 fuse_mount.PROBE_PREFIX))):
+        if not names.is_plain(name):
             raise exception.ManageExistingInvalidReference(
                 existing_ref=existing_ref,
                 reason=_('source-name must be a plain file name inside '
                          'volumes_home, without directories'))
+        owner = self._cinder_owner(volume, name)
+        if owner:
+            raise exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('%(name)s belongs to %(owner)s') %
+                {'name': name, 'owner': owner})
         kind = self.files.file_type(name)
-        if kind != 'regular file' and kind != 'regular empty file':
+        if kind != 'regular':
             raise exception.ManageExistingInvalidReference(
                 existing_ref=existing_ref,
                 reason=(_('%(name)s is a %(kind)s, not a regular file') %
@@ -325,8 +341,26 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                 _('no file %s in volumes_home') % name)
         return name
 
+    def _cinder_owner(self, volume, name):
+        """What in Cinder still owns the file ``name``, or None."""
+        if name == volume.name:
+            return None
+        if names.is_owned(name) and not names.is_object(name):
+            return _('the driver (a temporary file)')
+        if name.startswith(names.SNAPSHOT_PREFIX) and names.is_object(name):
+            return _('a snapshot')
+        if name.startswith(names.VOLUME_PREFIX) and names.is_object(name):
+            vol_id = name[len(names.VOLUME_PREFIX):]
+            try:
+                objects.Volume.get_by_id(volume._context or
+                                         context.get_admin_context(), vol_id)
+            except exception.VolumeNotFound:
+                return None
+            return _('volume %s') % vol_id
+        return None
+
     def manage_existing(self, volume, existing_ref):
-        name = self._managed_name(existing_ref)
+        name = self._managed_name(volume, existing_ref)
         size = self.files.size(name)
         if name != volume.name:
             self.files.rename(name, volume.name)
@@ -336,7 +370,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self._account(max(size, wanted))
 
     def manage_existing_get_size(self, volume, existing_ref):
-        size = self.files.size(self._managed_name(existing_ref))
+        size = self.files.size(self._managed_name(volume, existing_ref))
         return max(1, int(math.ceil(size / units.Gi)))
 
     def unmanage(self, volume):
@@ -344,7 +378,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         size = self.files.size(volume.name)
         if size is None:
             return
-        self.files.rename(volume.name, UNMANAGED_PREFIX + volume.name)
+        self.files.rename(volume.name, names.UNMANAGED_PREFIX + volume.name)
         self._account(-size)
 
     def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
@@ -352,8 +386,8 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         managed = {vol.name for vol in cinder_volumes}
         entries = []
         for name, size in sorted(self.files.list_sizes().items()):
-            if name.startswith((fileops.TEMP_PREFIX,
-                                fuse_mount.PROBE_PREFIX, 'snapshot-')):
+            if (name.startswith(names.SNAPSHOT_PREFIX) or
+                    (names.is_owned(name) and not names.is_object(name))):
                 continue
             safe = name not in managed
             entries.append({

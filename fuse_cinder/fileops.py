@@ -27,39 +27,57 @@ from oslo_utils import units
 from cinder import exception
 from cinder.i18n import _
 
-LOG = logging.getLogger(__name__)
+from fuse_cinder import names
 
-TEMP_PREFIX = '.fuse_cinder_tmp-'
+LOG = logging.getLogger(__name__)
 
 
 class SparseFiles:
-    """Create, copy, resize and remove backing files through a FuseMount."""
+    """Create, copy, resize and remove backing files through a FuseMount.
+
+    Every call is one ``fuse-cinder-files`` request, which refuses any
+    file that is not the driver's own (see its module docstring).
+    """
 
     def __init__(self, mount, sparse=True):
         self.mount = mount
         self.sparse = sparse
 
-    def _stat(self, name, fmt):
-        """stat's ``fmt`` of ``name`` (not following a final symlink).
+    @property
+    def _provisioning(self):
+        return 'thin' if self.sparse else 'thick'
 
-        None when there is no such file.
+    @property
+    def _allocation_timeout(self):
+        """A thick create or grow writes the data: a copy's bound."""
+        return None if self.sparse else self.mount.copy_timeout
+
+    def _stat(self, name):
+        """(kind, size, allocated bytes) of ``name``, or None if missing.
+
+        A final symlink is not followed: it is reported as 'symlink'.
         """
         try:
-            out, _err = self.mount.run('stat', '-c', fmt,
-                                       self.mount.path(name))
+            out, _err = self.mount.helper('stat', name)
         except processutils.ProcessExecutionError as exc:
             if 'No such file' in (exc.stderr or ''):
                 return None
             raise
-        return out.strip()
+        kind, size, allocated = out.split()
+        return kind, int(size), int(allocated)
 
     def size(self, name):
         """Apparent size in bytes, or None when there is no such file."""
-        out = self._stat(name, '%s')
-        return None if out is None else int(out)
+        found = self._stat(name)
+        return None if found is None else found[1]
 
     def exists(self, name):
-        return self.size(name) is not None
+        return self._stat(name) is not None
+
+    def file_type(self, name):
+        """'regular', 'directory', 'symlink', 'other', or None if missing."""
+        found = self._stat(name)
+        return None if found is None else found[0]
 
     def _refuse_existing(self, name):
         if self.exists(name):
@@ -67,93 +85,62 @@ class SparseFiles:
                 data=_("%(path)s already exists; refusing to overwrite it") %
                 {'path': self.mount.path(name)})
 
-    def _temp_name(self, name):
-        return '%s%s-%s' % (TEMP_PREFIX, name, uuid.uuid4().hex[:8])
+    @staticmethod
+    def _temp_name(name):
+        return names.temp_name(name, uuid.uuid4().hex[:8])
 
     def _build(self, name, steps):
-        """Run ``steps(temp_path)`` then rename the result to ``name``."""
+        """Run ``steps(temp_name)`` then rename the result to ``name``."""
         self._refuse_existing(name)
-        temp = self.mount.path(self._temp_name(name))
+        temp = self._temp_name(name)
         try:
             steps(temp)
-            self.mount.run('mv', '-T', temp, self.mount.path(name))
+            self.mount.helper('rename', temp, name, 'keep')
         except Exception:
             LOG.warning("Building %(name)s failed, removing %(temp)s",
-                        {'name': name, 'temp': temp})
-            self.mount.run('rm', '-f', temp, check_exit_code=False)
+                        {'name': name, 'temp': self.mount.path(temp)})
+            self.delete(temp, check_exit_code=False)
             raise
 
     def create(self, name, size_gb):
-        """A new file of ``size_gb``: a hole, or zeros when thick.
+        """A new file of ``size_gb``: a hole, or allocated when thick.
 
-        One command: dd opens the file with O_EXCL (conv=excl), so an
-        existing file is refused rather than resized, and gives it its
-        size with ftruncate (seek, count=0). The file is ours from the
-        moment it exists, so any later failure removes it.
+        One request: the helper opens the file with O_EXCL, so an existing
+        file is refused rather than resized, and removes what it created
+        when it fails. The file is ours from the moment it exists, so a
+        helper killed by its timeout is cleaned up here too.
         """
         path = self.mount.path(name)
         try:
-            self.mount.run('dd', 'if=/dev/null', 'of=%s' % path, 'bs=1',
-                           'count=0', 'seek=%d' % (size_gb * units.Gi),
-                           'conv=excl', 'status=none')
+            self.mount.helper('create', name, str(size_gb * units.Gi),
+                              self._provisioning,
+                              timeout=self._allocation_timeout)
         except processutils.ProcessExecutionError as exc:
             if 'File exists' in (exc.stderr or ''):
                 raise exception.VolumeBackendAPIException(
                     data=_("%(path)s already exists; refusing to overwrite "
                            "it") % {'path': path})
-            self.mount.run('rm', '-f', path, check_exit_code=False)
+            self.delete(name, check_exit_code=False)
             raise
         except Exception:
-            self.mount.run('rm', '-f', path, check_exit_code=False)
+            self.delete(name, check_exit_code=False)
             raise
-        if not self.sparse:
-            try:
-                self._allocate(path, 0, size_gb * units.Gi)
-            except Exception:
-                self.mount.run('rm', '-f', path, check_exit_code=False)
-                raise
 
-    def _allocate(self, path, offset, length):
-        """Back [offset, offset+length) with real blocks (thick volumes).
+    def _copy_to(self, src_name, temp):
+        """Copy ``src_name`` to the new file ``temp``.
 
-        Many FUSE filesystems have no fallocate (EOPNOTSUPP): write zeros
-        then, which costs a full write but gives the same guarantee, in
-        1 MiB O_DIRECT requests (buffered ones go to the daemon in small
-        pieces: 4x slower on bindfs). The range is inside the file
-        already, so no keep-size mode (-n), which bindfs refuses.
-        """
-        try:
-            self.mount.run('fallocate', '-o', str(offset), '-l', str(length),
-                           path, timeout=self.mount.copy_timeout)
-        except processutils.ProcessExecutionError as exc:
-            if 'not supported' not in (exc.stderr or ''):
-                raise
-            self.mount.run('dd', 'if=/dev/zero', 'of=%s' % path,
-                           'bs=1M', 'seek=%d' % (offset // units.Mi),
-                           'count=%d' % (length // units.Mi),
-                           'oflag=direct', 'conv=notrunc,fsync',
-                           'status=none',
-                           timeout=self.mount.copy_timeout)
-
-    def _copy_to(self, src, temp):
-        """Copy ``src`` to the new file ``temp`` with fuse-cinder-copy.
-
-        It copies only the data extents, server-side where the
-        filesystem can, and keeps the copy sparse even where the
+        Only the data extents are copied, server-side where the
+        filesystem can, and the copy stays sparse even where the
         filesystem hides its holes (see fuse_cinder/cmd/sparse_copy.py);
         Cinder's generic copy would dd every byte instead.
         """
-        cmd = ['fuse-cinder-copy', src, temp]
-        if not self.sparse:
-            cmd.insert(1, '--thick')
-        self.mount.run(*cmd, timeout=self.mount.copy_timeout)
+        self.mount.helper('copy', src_name, temp, self._provisioning,
+                          timeout=self.mount.copy_timeout)
 
     def copy(self, src_name, dst_name, size_gb=None):
         """A copy of ``src_name``, grown to ``size_gb`` if given."""
-        src = self.mount.path(src_name)
-
         def steps(temp):
-            self._copy_to(src, temp)
+            self._copy_to(src_name, temp)
             if size_gb is not None:
                 self._grow(temp, size_gb)
         self._build(dst_name, steps)
@@ -163,64 +150,52 @@ class SparseFiles:
 
         The old content stays in place until the new copy is complete.
         """
-        temp = self.mount.path(self._temp_name(dst_name))
+        temp = self._temp_name(dst_name)
         try:
-            self._copy_to(self.mount.path(src_name), temp)
-            self.mount.run('mv', '-T', temp, self.mount.path(dst_name))
+            self._copy_to(src_name, temp)
+            self.mount.helper('rename', temp, dst_name, 'replace')
         except Exception:
-            self.mount.run('rm', '-f', temp, check_exit_code=False)
+            self.delete(temp, check_exit_code=False)
             raise
 
-    def _grow(self, path, size_gb):
-        out, _err = self.mount.run('stat', '-c', '%s', path)
-        old = int(out)
+    def _grow(self, name, size_gb):
+        old = self.size(name)
         new = size_gb * units.Gi
+        if old is None:
+            raise exception.VolumeBackendAPIException(
+                data=_("%s does not exist") % self.mount.path(name))
         if new < old:
             raise exception.InvalidInput(
                 reason=_("cannot shrink %(path)s from %(old)d to %(new)d "
-                         "bytes") % {'path': path, 'old': old, 'new': new})
+                         "bytes") % {'path': self.mount.path(name),
+                                     'old': old, 'new': new})
         if new == old:
             return
-        self.mount.run('truncate', '-s', str(new), path)
-        if not self.sparse:
-            try:
-                self._allocate(path, old, new - old)
-            except Exception:
-                self.mount.run('truncate', '-s', str(old), path,
-                               check_exit_code=False)
-                raise
+        # A thick grow writes the new range; the helper puts the old size
+        # back when that fails.
+        self.mount.helper('grow', name, str(new), self._provisioning,
+                          timeout=self._allocation_timeout)
 
     def extend(self, name, size_gb):
         """Grow an existing file in place (it may be exported right now)."""
-        if not self.exists(name):
-            raise exception.VolumeBackendAPIException(
-                data=_("%s does not exist") % self.mount.path(name))
-        self._grow(self.mount.path(name), size_gb)
+        self._grow(name, size_gb)
 
-    def delete(self, name):
+    def delete(self, name, check_exit_code=True):
         """Remove a file; a missing one is not an error."""
-        self.mount.run('rm', '-f', self.mount.path(name))
+        self.mount.helper('delete', name, check_exit_code=check_exit_code)
 
     def rename(self, src_name, dst_name):
+        """Rename, never over an existing file."""
         self._refuse_existing(dst_name)
-        self.mount.run('mv', '-T', self.mount.path(src_name),
-                       self.mount.path(dst_name))
+        self.mount.helper('rename', src_name, dst_name, 'keep')
 
     def list_sizes(self):
         """{name: apparent size} of the regular files in volumes_home.
 
         One directory listing, used at start-up and for manage listings.
+        Names and sizes are NUL-separated: a file name may hold a newline.
         """
-        out, _err = self.mount.run('find', self.mount.volumes_home,
-                                   '-maxdepth', '1', '-type', 'f',
-                                   '-printf', '%f/%s\\n')
-        sizes = {}
-        for line in out.splitlines():
-            name, _sep, size = line.rpartition('/')
-            if name:
-                sizes[name] = int(size)
-        return sizes
-
-    def file_type(self, name):
-        """'regular file', 'symbolic link', ... or None if missing."""
-        return self._stat(name, '%F')
+        out, _err = self.mount.helper('list')
+        fields = out.split('\0')
+        return {name: int(size)
+                for name, size in zip(fields[0:-1:2], fields[1:-1:2])}

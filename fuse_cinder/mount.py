@@ -22,7 +22,7 @@ daemon does not answer.
 
 import dataclasses
 import os
-import uuid
+import re
 
 from oslo_concurrency import processutils
 from oslo_log import log as logging
@@ -40,7 +40,12 @@ _KILLED_BY_TIMEOUT = 128 + 9
 _REAP_GRACE = 5
 _ENOTCONN_TEXT = 'Transport endpoint is not connected'
 _ENOSPC_TEXT = 'No space left on device'
-PROBE_PREFIX = '.fuse_cinder_probe-'
+# fuse-cinder-files exits 2 with this word when it refuses a request.
+_REFUSED_TEXT = ': refused: '
+_NOT_FUSE_TEXT = 'not on a FUSE filesystem'
+#: The root helper every call on the mount goes through.
+HELPER = 'fuse-cinder-files'
+_OCTAL_ESCAPE_RE = re.compile(r'\\([0-7]{3})')
 
 
 class FuseMountUnavailable(exception.VolumeBackendAPIException):
@@ -87,8 +92,12 @@ class MountEntry:
 
 
 def _unescape(field):
-    """Undo the octal escapes the kernel uses for blanks in mount paths."""
-    return field.encode().decode('unicode_escape')
+    """Undo the octal escapes the kernel uses for blanks in mount paths.
+
+    Only those: every other character, non-ASCII ones included, is the
+    path's own.
+    """
+    return _OCTAL_ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
 def parse_mounts(text):
@@ -200,6 +209,10 @@ class FuseMount:
                          "not be killed after %(timeout)s s") %
                        {'cmd': cmd[0], 'timeout': timeout})
 
+    def helper(self, op, *args, **kwargs):
+        """One ``fuse-cinder-files`` request on volumes_home (see run)."""
+        return self.run(HELPER, op, self.volumes_home, *args, **kwargs)
+
     def _hung(self, reason):
         LOG.error("FUSE mount of %(home)s is hung: %(reason)s",
                   {'home': self.volumes_home, 'reason': reason})
@@ -220,6 +233,13 @@ class FuseMount:
                                        reason=reason)
         if _ENOSPC_TEXT in stderr:
             raise FuseNoSpace(mount=self.volumes_home, reason=stderr.strip())
+        if _REFUSED_TEXT in stderr:
+            LOG.error("The root helper refused '%(cmd)s': %(stderr)s",
+                      {'cmd': ' '.join(cmd[:2]), 'stderr': stderr.strip()})
+            if _NOT_FUSE_TEXT in stderr:
+                raise FuseMountUnavailable(mount=self.volumes_home,
+                                           reason=stderr.strip())
+            raise exception.VolumeBackendAPIException(data=stderr.strip())
 
     def check_mounted(self):
         """Refuse a volumes_home whose FUSE filesystem is not mounted.
@@ -232,8 +252,7 @@ class FuseMount:
             raise FuseMountUnavailable(
                 mount=self.volumes_home,
                 reason=_("it is not on a FUSE filesystem (found %s); "
-                         "mount the FUSE client first or set "
-                         "fuse_check_mount = False") %
+                         "mount the FUSE client first") %
                 (entry.fs_type if entry else 'no mount'))
         return entry
 
@@ -247,35 +266,19 @@ class FuseMount:
                     reason=_("%s is mounted without allow_other or "
                              "allow_root, so root and tgtd cannot open "
                              "its files") % entry.mount_point)
-        try:
-            out, _err = self.run('stat', '-c', '%F', self.volumes_home)
-        except processutils.ProcessExecutionError as exc:
-            raise FuseMountUnavailable(mount=self.volumes_home,
-                                       reason=(exc.stderr or '').strip())
-        if out.strip() != 'directory':
-            raise FuseMountUnavailable(
-                mount=self.volumes_home,
-                reason=_("volumes_home is a %s, not a directory") %
-                out.strip())
-        self._check_writable()
+        for op, problem in (('statfs', _("it is not a usable directory")),
+                            ('probe', _("cannot create files there"))):
+            try:
+                self.helper(op)
+            except processutils.ProcessExecutionError as exc:
+                raise FuseMountUnavailable(
+                    mount=self.volumes_home,
+                    reason='%s: %s' % (problem, (exc.stderr or '').strip()))
         return entry
-
-    def _check_writable(self):
-        probe = self.path(PROBE_PREFIX + uuid.uuid4().hex)
-        try:
-            self.run('truncate', '-s', '0', probe)
-        except processutils.ProcessExecutionError as exc:
-            raise FuseMountUnavailable(
-                mount=self.volumes_home,
-                reason=_("cannot create files there: %s") %
-                (exc.stderr or '').strip())
-        finally:
-            self.run('rm', '-f', probe, check_exit_code=False)
 
     def capacity(self):
         """(total, available) bytes of the filesystem, from statvfs."""
         self.check_mounted()
-        out, _err = self.run('stat', '-f', '-c', '%S %b %a',
-                             self.volumes_home)
+        out, _err = self.helper('statfs')
         block, total, avail = (int(v) for v in out.split())
         return total * block, avail * block

@@ -30,8 +30,8 @@ fuse_opts = [
                 help='Refuse to start unless volumes_home lies on a live '
                      'FUSE filesystem mounted with allow_other or '
                      'allow_root, so that root and tgtd can reach the '
-                     'files. Disable only to run on a plain local '
-                     'directory for testing.'),
+                     'files. The root helper (fuse-cinder-files) refuses '
+                     'a directory that is not on FUSE whatever this says.'),
     cfg.BoolOpt('fuse_sparse_volumes',
                 default=True,
                 help='Create volumes as sparse files (thin provisioning). '

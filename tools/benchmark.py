@@ -875,21 +875,25 @@ def bench_copy(env, report, p):
 
 
 def backing_copy(path, what):
-    """Seconds fuse-cinder-copy takes on the backing file, no FUSE."""
+    """Seconds our copy takes on the backing file, no FUSE.
+
+    The copy engine is called directly: fuse-cinder-files refuses any
+    directory that is not on FUSE.
+    """
     fadvise_dontneed([path])
     os.sync()
     dst = path + '.raw-copy'
     start = time.perf_counter()
-    processutils.execute('fuse-cinder-copy', path, dst)
+    sparse_copy.sparse_copy(path, dst)
     seconds = time.perf_counter() - start
     os.unlink(dst)
-    log('fuse-cinder-copy on the backing filesystem, %s: %s' % (
+    log('the sparse copy on the backing filesystem, %s: %s' % (
         what, secs(seconds)))
     return seconds
 
 
 def holes_visible(directory):
-    """fuse-cinder-copy's own test: does this filesystem report holes?"""
+    """The copy's own test: does this filesystem report holes?"""
     probe = os.path.join(directory, 'holes-probe')
     fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -944,7 +948,7 @@ def copy_notes(results):
             'the same data plus as much again in its holes, made in turn, '
             '%d of each (medians): %s. 2.00x is a time proportional to the '
             'allocated bytes, 1.00x one that follows the volume size. The '
-            'copies on the backing filesystem, by fuse-cinder-copy with '
+            'copies on the backing filesystem, by our copy with '
             'the same cold source, show what the disk itself does with '
             'twice the data.' % (COPY_ROUNDS, '; '.join(parts)))
 
@@ -974,7 +978,7 @@ def copy_finding(results, size_gb, data):
                 'daemon.' % (res['daemon_io'], label))
     return (
         'Snapshots and clones (%d GiB volume, %s allocated). %s '
-        '``fuse-cinder-copy`` asks the filesystem whether it reports '
+        '``fuse-cinder-files copy`` asks the filesystem whether it reports '
         'holes. Where it does and implements ``copy_file_range`` (faultfs, '
         'as FUSE clients can), only the data extents are copied, on the '
         'server side, and the time follows the allocated bytes. bindfs '
@@ -1083,12 +1087,17 @@ def bench_io(env, report, p):
             lun_url(daemon, _export(drv, vol, QEMU_CONNECTOR)),
             [path, env.bindfs.backing_path(os.path.join('io', vol.name))],
             (write_cache, flags)))
-    plain = env.driver(plain_home, daemon, fuse_check_mount=False)
+    # The driver itself refuses a plain directory; its target helper
+    # serves any file.
+    plain = env.driver(home, daemon).target_driver
     vol, path = lun_file(plain_home)
+    data = plain.create_export(CTX, vol, path, connector=QEMU_CONNECTOR)
+    vol.provider_location = data['location']
+    vol.provider_auth = data['auth']
     targets.append(IoTarget(
         'plain-file LUN (ext4), driver defaults',
-        lun_url(daemon, _export(plain, vol, QEMU_CONNECTOR)), [path],
-        'plain'))
+        lun_url(daemon, plain.initialize_connection(vol, QEMU_CONNECTOR)),
+        [path], 'plain'))
     vol, path = lun_file(home)
     targets.append(IoTarget(
         'FUSE file opened by qemu-img (no iSCSI), O_DIRECT', path,
@@ -1394,7 +1403,7 @@ def main():
         sys.exit('run as root: the benchmark mounts FUSE filesystems and '
                  'starts tgtd')
     missing = tgtd.missing_binaries('bindfs', 'qemu-img', 'dd',
-                                    'fuse-cinder-copy')
+                                    'fuse-cinder-files')
     if missing:
         sys.exit('not installed: %s (see bindep.txt)' % ', '.join(missing))
     mode = 'quick' if args.quick else 'full'

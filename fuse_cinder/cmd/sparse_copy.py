@@ -9,7 +9,7 @@
 #    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 #    License for the specific language governing permissions and limitations
 #    under the License.
-"""fuse-cinder-copy: copy a backing file, moving as little data as we can.
+"""The copy of a backing file, moving as little data as the mount allows.
 
 ``cp --sparse=always`` only skips holes that the filesystem reports, and
 pushes the data through the FUSE daemon in small buffered requests. This
@@ -24,18 +24,15 @@ helper picks the cheapest copy the mount allows:
   not zero are written, with O_DIRECT too, so the copy stays sparse and
   neither side goes through the page cache in small requests.
 
-``--thick`` writes every block, zeros included, as a thick volume needs.
-The destination must not exist (O_EXCL); the caller removes it on any
-failure. The copy is flushed to stable storage before the exit status
-says it is complete. Errors go to stderr as ``strerror`` text, which the
-driver turns into Cinder exceptions (ENOSPC, ENOTCONN).
+A thick copy writes every block, zeros included. The copy is flushed to
+stable storage before it is reported complete. ``fuse-cinder-files copy``
+(fuse_cinder/cmd/file_helper.py) runs it as root on descriptors it opened
+safely; errors are OSErrors, which it reports by their ``strerror``.
 """
 
-import argparse
 import errno
 import mmap
 import os
-import sys
 
 # Bytes per read when scanning for zeros. FUSE splits an O_DIRECT read
 # into requests of its max_read and sends them together; on bindfs 1 MiB
@@ -82,7 +79,7 @@ def data_extents(fd, size):
     return extents
 
 
-def _write_all(fd, data, offset):
+def write_all(fd, data, offset):
     view = memoryview(data)
     while view:
         done = os.pwrite(fd, view, offset)
@@ -96,7 +93,7 @@ def _copy_bytes(src, dst, start, end):
         data = os.pread(src, min(CHUNK, end - start), start)
         if not data:
             raise OSError(errno.EIO, 'source ended early at %d' % start)
-        _write_all(dst, data, start)
+        write_all(dst, data, start)
         start += len(data)
 
 
@@ -116,27 +113,34 @@ def copy_extent(src, dst, start, end):
         pos += done
 
 
-def _open_direct(path, flags):
-    """An O_DIRECT descriptor on ``path``, or None if refused."""
+def reopen_direct(fd, flags):
+    """An O_DIRECT descriptor on the file open on ``fd``, or None.
+
+    Re-opened through /proc/self/fd, which names the open file itself:
+    no path is looked up again, so nothing can be swapped in meanwhile.
+    """
     try:
-        return os.open(path, flags | os.O_DIRECT)
+        return os.open('/proc/self/fd/%d' % fd,
+                       flags | os.O_DIRECT | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
         return None
 
 
-def stream_copy(src_path, dst_path, src, dst, size, keep_zeros=False):
+def stream_copy(src, dst, size, keep_zeros=False):
     """Copy ``size`` bytes in CHUNKs, skipping zero BLOCKs unless asked.
 
     Both sides use O_DIRECT where the filesystem accepts it: FUSE then
     moves large requests straight between our buffer and the daemon,
     instead of small buffered ones through the page cache.
     """
-    src_direct = _open_direct(src_path, os.O_RDONLY)
-    dst_direct = _open_direct(dst_path, os.O_WRONLY)
-    buf = mmap.mmap(-1, CHUNK)              # page aligned, as O_DIRECT wants
-    view = memoryview(buf)
+    src_direct = reopen_direct(src, os.O_RDONLY)
+    dst_direct = reopen_direct(dst, os.O_WRONLY)
+    # Page aligned, as O_DIRECT wants. Not closed explicitly: a failed
+    # write leaves views of it in the traceback, and close() would then
+    # raise BufferError in place of the real error (ENOSPC, ...).
+    buf = mmap.mmap(-1, CHUNK)
     zeros = bytes(CHUNK)
     try:
         pos = 0
@@ -144,7 +148,7 @@ def stream_copy(src_path, dst_path, src, dst, size, keep_zeros=False):
             # O_DIRECT wants whole blocks, even past the end of the file.
             want = min(CHUNK, -(-(size - pos) // BLOCK) * BLOCK)
             got = min(os.preadv(src if src_direct is None else src_direct,
-                                [view[:want]], pos), size - pos)
+                                [memoryview(buf)[:want]], pos), size - pos)
             if got <= 0:
                 raise OSError(errno.EIO, 'source ended early at %d' % pos)
             if keep_zeros:
@@ -158,12 +162,10 @@ def stream_copy(src_path, dst_path, src, dst, size, keep_zeros=False):
             for start, end in runs:
                 aligned = (dst_direct is not None and
                            (end - start) % BLOCK == 0)
-                _write_all(dst_direct if aligned else dst,
-                           view[start:end], pos + start)
+                write_all(dst_direct if aligned else dst,
+                          memoryview(buf)[start:end], pos + start)
             pos += got
     finally:
-        view.release()
-        buf.close()
         for fd in (src_direct, dst_direct):
             if fd is not None:
                 os.close(fd)
@@ -186,57 +188,33 @@ def _nonzero_runs(data, zeros):
     return runs
 
 
-def sparse_copy(src_path, dst_path, thick=False):
-    """Copy ``src_path`` to the new file ``dst_path``.
+def copy_fds(src, dst, thick=False):
+    """Copy the file open on ``src`` into the new, empty file on ``dst``.
 
     Returns how: 'extents' (copy_file_range of the data extents) or
     'stream' (read and write).
     """
+    size = os.fstat(src).st_size
+    os.ftruncate(dst, size)
+    if size and not thick and holes_visible(dst):
+        for start, end in data_extents(src, size):
+            copy_extent(src, dst, start, end)
+        how = 'extents'
+    else:
+        stream_copy(src, dst, size, keep_zeros=thick)
+        how = 'stream'
+    os.fdatasync(dst)
+    return how
+
+
+def sparse_copy(src_path, dst_path, thick=False):
+    """copy_fds between two paths; the destination must not exist."""
     src = os.open(src_path, os.O_RDONLY)
     try:
-        st = os.fstat(src)
-        dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                      st.st_mode & 0o777)
+        dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(dst, st.st_size)
-            if st.st_size and not thick and holes_visible(dst):
-                for start, end in data_extents(src, st.st_size):
-                    copy_extent(src, dst, start, end)
-                how = 'extents'
-            else:
-                stream_copy(src_path, dst_path, src, dst, st.st_size,
-                            keep_zeros=thick)
-                how = 'stream'
-            os.fdatasync(dst)
+            return copy_fds(src, dst, thick)
         finally:
             os.close(dst)
     finally:
         os.close(src)
-    return how
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog='fuse-cinder-copy',
-        description='Copy a volume file to a new file, keeping it sparse.')
-    parser.add_argument('source')
-    parser.add_argument('dest', help='must not exist')
-    parser.add_argument('--thick', action='store_true',
-                        help='write zero blocks too (thick volumes)')
-    parser.add_argument('--verbose', action='store_true',
-                        help='say which copy was used')
-    args = parser.parse_args(argv)
-    try:
-        how = sparse_copy(args.source, args.dest, thick=args.thick)
-    except OSError as exc:
-        print('fuse-cinder-copy: %s -> %s: %s' %
-              (args.source, args.dest, exc.strerror or exc),
-              file=sys.stderr)
-        return 1
-    if args.verbose:
-        print(how)
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -215,7 +215,7 @@ def test_cli_then_ctrl_c_leaves_nothing_behind(site, tmp_path):
         _wait_status(env, vol, 'available')
         assert info['target_iqn'] not in sandbox.list_targets(control)
 
-        # Snapshots run fuse-cinder-copy, which the launcher finds next
+        # Snapshots run fuse-cinder-files, which the launcher finds next
         # to its Python although its bin directory is not on our PATH.
         res = _cinder(env, 'snapshot-create', '--name', 'aio-snap', 'aio-1')
         snap = re.search(r'^\| id +\| (\S+) ', res, re.M).group(1)

@@ -142,21 +142,21 @@ def test_life_cycle_keeps_data_and_sparseness(backend_conf, fuse):
 def test_copy_keeps_holes_the_filesystem_hides(fuse):
     """bindfs has no lseek: every byte looks like data through FUSE.
 
-    fuse-cinder-copy then reads the source and writes only the blocks
-    that are not zero (cp would have needed SEEK_DATA for that).
+    fuse-cinder-files copy then reads the source and writes only the
+    blocks that are not zero (cp would have needed SEEK_DATA for that).
     """
-    src = os.path.join(fuse.volumes_home, 'src')
-    with open(src, 'wb') as f:
+    src, dst = volume(0).name, volume(1).name
+    with open(os.path.join(fuse.volumes_home, src), 'wb') as f:
         f.truncate(256 * MiB)
     data = os.urandom(3 * MiB)
-    write_at(src, 100 * MiB + 4096, data)
-    dst = os.path.join(fuse.volumes_home, 'dst')
-    out, _err = processutils.execute('fuse-cinder-copy', '--verbose', src,
-                                     dst)
+    write_at(os.path.join(fuse.volumes_home, src), 100 * MiB + 4096, data)
+    out, _err = processutils.execute('fuse-cinder-files', 'copy',
+                                     fuse.volumes_home, src, dst, 'thin',
+                                     '--verbose')
     assert out.split() == ['stream']
-    assert read_at(fuse.backing_path('dst'), 0, 256 * MiB) == read_at(
-        fuse.backing_path('src'), 0, 256 * MiB)
-    assert allocated(fuse.backing_path('dst')) < 4 * MiB
+    assert read_at(fuse.backing_path(dst), 0, 256 * MiB) == read_at(
+        fuse.backing_path(src), 0, 256 * MiB)
+    assert allocated(fuse.backing_path(dst)) < 4 * MiB
 
 
 def test_thick_volume_copies_are_thick(backend_conf, fuse):

@@ -49,3 +49,18 @@ def drv(make_driver):
     d = make_driver()
     d.do_setup(None)
     return d
+
+
+def pytest_collection_modifyitems(items):
+    """Run the rootwrap check of recorded commands after everything else.
+
+    It checks every command line the fake executors received during the
+    run, so it must see the whole suite first.
+    """
+    last = [i for i in items if i.get_closest_marker('after_all')]
+    items[:] = [i for i in items if i not in last] + last
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        'markers', 'after_all: run once every other test has run')

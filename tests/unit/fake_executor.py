@@ -22,8 +22,16 @@ import subprocess
 
 from oslo_concurrency import processutils
 
+from fuse_cinder import names as file_names
+
+#: Every command line any FakeFS received in this test run, timeout
+#: prefix included: test_rootwrap checks that the shipped filters admit
+#: each of them.
+RECORDED = []
+
 ENOSPC = 'No space left on device'
 ENOTCONN = 'Transport endpoint is not connected'
+HELPER = 'fuse-cinder-files'
 
 
 class FakeFS:
@@ -35,7 +43,7 @@ class FakeFS:
         self.avail = avail
         self.calls = []          # commands as run on the mount
         self.raw_calls = []      # the same with their timeout prefix
-        self.failures = {}       # program -> (exit_code, stderr)
+        self.failures = {}       # operation -> (exit_code, stderr)
         self.unkillable = False  # every call stuck beyond SIGKILL
 
     # -- test helpers --------------------------------------------------
@@ -50,11 +58,17 @@ class FakeFS:
     def names(self):
         return sorted(os.path.basename(p) for p in self.files)
 
-    def fail(self, program, stderr, exit_code=1):
-        self.failures[program] = (exit_code, stderr)
+    def fail(self, op, stderr, exit_code=1):
+        """Make every request ``op`` (a helper operation) fail so."""
+        self.failures[op] = (exit_code, stderr)
 
     def programs(self):
-        return [c[0] for c in self.calls]
+        """The operations run: the helper's ``OP`` word, else the program."""
+        return [self._key(c) for c in self.calls]
+
+    @staticmethod
+    def _key(cmd):
+        return cmd[1] if cmd[0] == HELPER else cmd[0]
 
     # -- the executor --------------------------------------------------
     def __call__(self, *cmd, **kwargs):
@@ -62,6 +76,7 @@ class FakeFS:
         assert kwargs.get('run_as_root') is True, cmd
         assert kwargs.get('timeout', 0) > int(cmd[3]), cmd
         self.raw_calls.append(cmd)
+        RECORDED.append(cmd)
         if self.unkillable:
             raise subprocess.TimeoutExpired(cmd, kwargs['timeout'])
         if cmd[:3] == ['timeout', '-s', 'KILL']:
@@ -69,79 +84,76 @@ class FakeFS:
         self.calls.append(cmd)
         check = kwargs.get('check_exit_code', True)
         try:
-            if cmd[0] in self.failures:
-                code, stderr = self.failures[cmd[0]]
+            if self._key(cmd) in self.failures:
+                code, stderr = self.failures[self._key(cmd)]
                 raise processutils.ProcessExecutionError(
                     exit_code=code, stderr=stderr, cmd=' '.join(cmd))
-            handler = getattr(self, '_' + cmd[0].replace('-', '_'))
-            return handler(cmd[1:]), ''
+            assert cmd[0] == HELPER and cmd[2] == self.root, cmd
+            handler = getattr(self, '_' + cmd[1])
+            return handler(*cmd[3:]) or '', ''
         except processutils.ProcessExecutionError:
             if check is False:
                 return '', ''
             raise
 
-    def _err(self, cmd, text, code=1):
-        raise processutils.ProcessExecutionError(exit_code=code, stderr=text,
-                                                 cmd=' '.join(cmd))
-
-    def _stat(self, args):
-        if args[0] == '-f':
-            return '4096 %d %d\n' % (self.total // 4096, self.avail // 4096)
-        fmt, path = args[1], args[2]
-        if path in self.kinds:
-            return {'%F': self.kinds[path] + '\n', '%s': '0\n'}[fmt]
-        if path not in self.files:
-            self._err(['stat'], "stat: cannot statx '%s': No such file or "
-                      "directory" % path)
-        size = self.files[path]
-        if fmt == '%F':
-            return 'regular file\n' if size else 'regular empty file\n'
-        return '%d\n' % size
-
     @staticmethod
-    def _parse_size(text):
-        units = {'G': 1 << 30, 'M': 1 << 20, 'K': 1 << 10}
-        if text[-1] in units:
-            return int(text[:-1]) * units[text[-1]]
-        return int(text)
+    def _err(text, code=1):
+        raise processutils.ProcessExecutionError(
+            exit_code=code, stderr='%s: %s' % (HELPER, text), cmd=HELPER)
 
-    def _truncate(self, args):
-        self.files[args[2]] = self._parse_size(args[1])
+    def _path(self, name, check=file_names.is_owned):
+        """The helper's own name rules: a refusal is a driver bug here."""
+        assert check(name), 'the root helper would refuse %r' % name
+        return os.path.join(self.root, name)
 
-    def _rm(self, args):
-        path = args[-1]
-        if path not in self.files and '-f' not in args:
-            self._err(['rm'], 'No such file or directory')
-        self.files.pop(path, None)
+    def _stat(self, name):
+        path = self._path(name, file_names.is_plain)
+        if path in self.kinds:
+            return '%s 0 0\n' % self.kinds[path]
+        if path not in self.files:
+            self._err('stat %s: No such file or directory' % name)
+        return 'regular %d 0\n' % self.files[path]
 
-    def _mv(self, args):
-        src, dst = args[-2], args[-1]
-        if src not in self.files:
-            self._err(['mv'], 'No such file or directory')
-        self.files[dst] = self.files.pop(src)
+    def _statfs(self):
+        return '4096 %d %d\n' % (self.total // 4096, self.avail // 4096)
 
-    def _fuse_cinder_copy(self, args):
-        src, dst = args[-2], args[-1]
-        if src not in self.files:
-            self._err(['fuse-cinder-copy'], 'No such file or directory')
-        if dst in self.files:
-            self._err(['fuse-cinder-copy'], 'File exists')
-        self.files[dst] = self.files[src]
-
-    def _find(self, args):
-        root = args[0]
-        return ''.join('%s/%d\n' % (os.path.basename(p), s)
-                       for p, s in sorted(self.files.items())
-                       if os.path.dirname(p) == root)
-
-    def _fallocate(self, args):
+    def _probe(self):
         pass
 
-    def _dd(self, args):
-        opts = dict(a.split('=', 1) for a in args)
-        if opts.get('if') != '/dev/null':
-            return            # writing zeros: sizes do not change
-        path = opts['of']
-        if 'excl' in opts.get('conv', '').split(',') and path in self.files:
-            self._err(['dd'], "dd: failed to open '%s': File exists" % path)
-        self.files[path] = int(opts['seek']) * int(opts.get('bs', '512'))
+    def _create(self, name, size, provisioning):
+        path = self._path(name)
+        if path in self.files:
+            self._err('create %s: File exists' % name)
+        self.files[path] = int(size)
+
+    def _grow(self, name, size, provisioning):
+        path = self._path(name)
+        if int(size) < self.files[path]:
+            self._err('refused: cannot shrink', code=2)
+        self.files[path] = int(size)
+
+    def _delete(self, name):
+        self.files.pop(self._path(name), None)
+
+    def _rename(self, src, dst, existing):
+        src_path = self._path(src, file_names.is_plain)
+        dst_path = self._path(dst, file_names.is_rename_target)
+        if src_path not in self.files:
+            self._err('rename %s: No such file or directory' % src)
+        if existing == 'keep' and dst_path in self.files:
+            self._err('rename %s: File exists' % src)
+        self.files[dst_path] = self.files.pop(src_path)
+
+    def _copy(self, src, dst, provisioning):
+        src_path = self._path(src, file_names.is_object)
+        dst_path = self._path(dst)
+        if src_path not in self.files:
+            self._err('copy %s: No such file or directory' % src)
+        if dst_path in self.files:
+            self._err('copy %s: File exists' % src)
+        self.files[dst_path] = self.files[src_path]
+
+    def _list(self):
+        return ''.join('%s\0%d\0' % (os.path.basename(p), s)
+                       for p, s in sorted(self.files.items())
+                       if os.path.dirname(p) == self.root)

@@ -13,6 +13,7 @@
 
 from unittest import mock
 
+from oslo_config import cfg
 import pytest
 
 from cinder import context
@@ -56,14 +57,14 @@ def leftovers(fake_fs):
 # -- setup -------------------------------------------------------------
 
 def test_setup_counts_existing_files_once(make_driver, fake_fs):
-    fake_fs.add('volume-a', 2 * GiB)
-    fake_fs.add('snapshot-b', 1 * GiB)
-    fake_fs.add('notes.txt', 5)
+    fake_fs.add('volume-' + VOL_ID, 2 * GiB)
+    fake_fs.add('snapshot-' + SNAP_ID, 1 * GiB)
+    fake_fs.add('volume-notes.txt', 5)
     drv = make_driver()
     drv.do_setup(CTX)
-    assert fake_fs.programs().count('find') == 1
+    assert fake_fs.programs().count('list') == 1
     assert drv._provisioned_bytes == 3 * GiB
-    assert leftovers(fake_fs) == ['notes.txt']   # the probe was removed
+    assert leftovers(fake_fs) == []
 
 
 def test_setup_refuses_non_fuse_mount(make_driver, mounts_file):
@@ -91,7 +92,7 @@ def test_setup_refuses_mount_hidden_from_root(make_driver, mounts_file):
 
 
 def test_setup_names_dead_mount(make_driver, fake_fs):
-    fake_fs.fail('stat', "stat: cannot statx '%s': %s" %
+    fake_fs.fail('statfs', "fuse-cinder-files: statfs in %s: %s" %
                  (conftest.HOME, fake_executor.ENOTCONN))
     drv = make_driver()
     with pytest.raises(mount.FuseMountUnavailable) as err:
@@ -101,7 +102,7 @@ def test_setup_names_dead_mount(make_driver, fake_fs):
 
 
 def test_setup_names_hung_mount(make_driver, fake_fs):
-    fake_fs.fail('stat', '', exit_code=137)
+    fake_fs.fail('statfs', '', exit_code=137)
     drv = make_driver(fuse_fs_call_timeout=7)
     with pytest.raises(mount.FuseMountUnavailable) as err:
         drv.do_setup(CTX)
@@ -118,7 +119,8 @@ def test_unkillable_call_is_abandoned(drv, fake_fs):
 
 
 def test_setup_refuses_read_only_mount(make_driver, fake_fs):
-    fake_fs.fail('truncate', 'truncate: Read-only file system')
+    fake_fs.fail('probe', 'fuse-cinder-files: probe in %s: Read-only file '
+                 'system' % conftest.HOME)
     drv = make_driver()
     with pytest.raises(mount.FuseMountUnavailable) as err:
         drv.do_setup(CTX)
@@ -150,9 +152,8 @@ def test_create_volume_is_one_exclusive_sparse_create(drv, fake_fs):
     fake_fs.calls.clear()
     drv.create_volume(vol)
     assert fake_fs.files[path(vol.name)] == 1024 * GiB
-    assert fake_fs.calls == [['dd', 'if=/dev/null', 'of=' + path(vol.name),
-                              'bs=1', 'count=0', 'seek=%d' % (1024 * GiB),
-                              'conv=excl', 'status=none']]
+    assert fake_fs.calls == [['fuse-cinder-files', 'create', conftest.HOME,
+                              vol.name, str(1024 * GiB), 'thin']]
     assert leftovers(fake_fs) == []
     assert drv._provisioned_bytes == 1024 * GiB
 
@@ -160,18 +161,10 @@ def test_create_volume_is_one_exclusive_sparse_create(drv, fake_fs):
 def test_create_thick_volume_allocates(make_driver, fake_fs):
     drv = make_driver(fuse_sparse_volumes=False)
     drv.do_setup(CTX)
+    fake_fs.calls.clear()
     drv.create_volume(volume())
-    assert 'fallocate' in fake_fs.programs()
-
-
-def test_thick_falls_back_to_zero_writes(make_driver, fake_fs):
-    drv = make_driver(fuse_sparse_volumes=False)
-    drv.do_setup(CTX)
-    fake_fs.fail('fallocate', 'fallocate: fallocate failed: Operation '
-                 'not supported')
-    drv.create_volume(volume(size=2))
-    dd = [c for c in fake_fs.calls if 'if=/dev/zero' in c][0]
-    assert 'count=2048' in dd and 'conv=notrunc,fsync' in dd
+    assert fake_fs.calls[0][1] == 'create'
+    assert fake_fs.calls[0][-1] == 'thick'
 
 
 @pytest.mark.parametrize('size', [0, -1, None])
@@ -194,7 +187,8 @@ def test_create_refuses_existing_file(drv, fake_fs):
 
 
 def test_create_enospc_leaves_nothing(drv, fake_fs):
-    fake_fs.fail('dd', "dd: failed to truncate: %s" % fake_executor.ENOSPC)
+    fake_fs.fail('create', "fuse-cinder-files: create volume-x in %s: %s"
+                 % (conftest.HOME, fake_executor.ENOSPC))
     with pytest.raises(mount.FuseNoSpace):
         drv.create_volume(volume())
     assert fake_fs.names() == []
@@ -242,9 +236,10 @@ def test_snapshot_is_sparse_copy_without_temp_leftovers(drv, fake_fs):
     snap = snapshot(vol)
     drv.create_snapshot(snap)
     assert fake_fs.files[path(snap.name)] == 10 * GiB
-    copy = [c for c in fake_fs.calls if c[0] == 'fuse-cinder-copy'][0]
-    assert copy == ['fuse-cinder-copy', path(vol.name), copy[-1]]
-    assert copy[-1].startswith(path('.fuse_cinder_tmp-'))
+    copy = [c for c in fake_fs.calls if c[1] == 'copy'][0]
+    assert copy == ['fuse-cinder-files', 'copy', conftest.HOME, vol.name,
+                    copy[4], 'thin']
+    assert copy[4].startswith('.fuse_cinder_tmp-' + snap.name)
     assert leftovers(fake_fs) == []
 
 
@@ -254,8 +249,8 @@ def test_thick_copies_write_every_block(make_driver, fake_fs):
     vol = volume(size=1)
     drv.create_volume(vol)
     drv.create_snapshot(snapshot(vol))
-    copy = [c for c in fake_fs.calls if c[0] == 'fuse-cinder-copy'][0]
-    assert copy[1] == '--thick'
+    copy = [c for c in fake_fs.calls if c[1] == 'copy'][0]
+    assert copy[-1] == 'thick'
 
 
 def test_snapshot_of_missing_volume(drv, fake_fs):
@@ -268,7 +263,7 @@ def test_snapshot_of_missing_volume(drv, fake_fs):
 def test_clone_enospc_leaves_no_partial_file(drv, fake_fs):
     src = volume(size=1)
     drv.create_volume(src)
-    fake_fs.fail('fuse-cinder-copy', 'fuse-cinder-copy: a -> b: %s' %
+    fake_fs.fail('copy', 'fuse-cinder-files: copy a in b: %s' %
                  fake_executor.ENOSPC)
     with pytest.raises(mount.FuseNoSpace):
         drv.create_cloned_volume(volume(vol_id=VOL2_ID), src)
@@ -310,7 +305,7 @@ def test_revert_keeps_old_content_on_failure(drv, fake_fs):
     drv.create_volume(vol)
     snap = snapshot(vol)
     drv.create_snapshot(snap)
-    fake_fs.fail('fuse-cinder-copy', 'fuse-cinder-copy: a -> b: %s' %
+    fake_fs.fail('copy', 'fuse-cinder-files: copy a in b: %s' %
                  fake_executor.ENOSPC)
     with pytest.raises(mount.FuseNoSpace):
         drv.revert_to_snapshot(CTX, vol, snap)
@@ -326,9 +321,8 @@ def test_revert_replaces_by_rename(drv, fake_fs):
     drv._provisioned_bytes += GiB
     fake_fs.calls.clear()
     drv.revert_to_snapshot(CTX, vol, snap)
-    copies = [p for p in fake_fs.programs()
-              if p in ('fuse-cinder-copy', 'mv')]
-    assert copies == ['fuse-cinder-copy', 'mv']
+    copies = [p for p in fake_fs.programs() if p in ('copy', 'rename')]
+    assert copies == ['copy', 'rename']
     assert leftovers(fake_fs) == []
     assert fake_fs.files[path(vol.name)] == 2 * GiB
     assert drv._provisioned_bytes == 4 * GiB
@@ -357,7 +351,7 @@ def test_stats_cost_does_not_grow_with_volumes(drv, fake_fs):
 
 
 def test_stats_report_dead_mount_as_down(drv, fake_fs):
-    fake_fs.fail('stat', fake_executor.ENOTCONN)
+    fake_fs.fail('statfs', fake_executor.ENOTCONN)
     stats = drv.get_volume_stats(refresh=True)
     assert stats['backend_state'] == 'down'
     assert stats['free_capacity_gb'] == 0
@@ -418,7 +412,7 @@ def test_luns_are_reopened_once_after_a_remount(healing):
 
 def test_dead_then_remounted_mount_reopens_luns(healing, fake_fs):
     drv, remount, reopen = healing
-    fake_fs.fail('stat', fake_executor.ENOTCONN)
+    fake_fs.fail('statfs', fake_executor.ENOTCONN)
     assert drv.get_volume_stats(refresh=True)['backend_state'] == 'down'
     reopen.assert_not_called()          # nothing to open the files on
     remount()
@@ -430,7 +424,7 @@ def test_dead_then_remounted_mount_reopens_luns(healing, fake_fs):
 def test_a_slow_daemon_keeps_its_luns(healing, fake_fs):
     """Same mount after a hang: tgtd's handles are fine, no re-open."""
     drv, _remount, reopen = healing
-    fake_fs.fail('stat', '', exit_code=137)
+    fake_fs.fail('statfs', '', exit_code=137)
     assert drv.get_volume_stats(refresh=True)['backend_state'] == 'down'
     fake_fs.failures.clear()
     assert drv.get_volume_stats(refresh=True)['backend_state'] == 'up'
@@ -456,7 +450,7 @@ def test_failed_reopen_is_retried_at_the_next_update(healing):
     {'source-name': 'missing'}, {'source-id': 'x'},
 ])
 def test_manage_refuses_unsafe_references(drv, fake_fs, ref):
-    fake_fs.add('link', kind='symbolic link')
+    fake_fs.add('link', kind='symlink')
     fake_fs.add('dir', kind='directory')
     with pytest.raises(exception.ManageExistingInvalidReference):
         drv.manage_existing_get_size(volume(), ref)
@@ -504,8 +498,8 @@ def test_hostile_names_are_single_arguments(drv, fake_fs):
     fake_fs.add('a b;rm -rf $(x)', GiB)
     assert drv.manage_existing_get_size(
         volume(), {'source-name': 'a b;rm -rf $(x)'}) == 1
-    stat = [c for c in fake_fs.calls if c[0] == 'stat'][-1]
-    assert stat[-1] == path('a b;rm -rf $(x)')
+    stat = [c for c in fake_fs.calls if c[1] == 'stat'][-1]
+    assert stat[-1] == 'a b;rm -rf $(x)'
 
 
 # -- images go to the local file ---------------------------------------------
@@ -537,3 +531,68 @@ def test_export_model_update_and_connector(drv):
     with mock.patch.object(drv.target_driver, 'ensure_export',
                            return_value={'provider_auth': 'CHAP a b'}):
         assert drv.ensure_export(CTX, vol) == {'provider_auth': 'CHAP a b'}
+
+
+# -- what manage and the listing may not take --------------------------------
+
+OTHER_ID = '88888888-2222-3333-4444-555555555555'
+
+
+@pytest.mark.parametrize('name', [
+    'snapshot-' + SNAP_ID,
+    '.fuse_cinder_tmp-volume-%s-0123abcd' % OTHER_ID,
+    '.fuse_cinder_probe-' + '0' * 32,
+])
+def test_manage_refuses_files_cinder_owns(drv, fake_fs, name):
+    fake_fs.add(name, GiB)
+    with pytest.raises(exception.ManageExistingInvalidReference):
+        drv.manage_existing(volume(), {'source-name': name})
+    assert fake_fs.names() == [name]
+
+
+def test_manage_refuses_another_volumes_file(drv, fake_fs):
+    other = 'volume-' + OTHER_ID
+    fake_fs.add(other, GiB)
+    with mock.patch('cinder.objects.Volume.get_by_id') as get:
+        with pytest.raises(exception.ManageExistingInvalidReference) as err:
+            drv.manage_existing(volume(), {'source-name': other})
+    assert get.call_args[0][1] == OTHER_ID
+    assert OTHER_ID in str(err.value)
+    assert fake_fs.names() == [other]
+
+
+def test_manage_takes_a_volume_file_cinder_forgot(drv, fake_fs):
+    """After unmanage, or from another deployment: Cinder has no such id."""
+    other = 'volume-' + OTHER_ID
+    fake_fs.add(other, GiB)
+    vol = volume()
+    with mock.patch('cinder.objects.Volume.get_by_id',
+                    side_effect=exception.VolumeNotFound(volume_id='x')):
+        drv.manage_existing(vol, {'source-name': other})
+    assert fake_fs.names() == [vol.name]
+
+
+def test_names_with_newlines_are_one_file(make_driver, fake_fs):
+    fake_fs.add('a\nvolume-' + OTHER_ID, 5 * GiB)
+    fake_fs.add('volume-' + VOL_ID, GiB)
+    drv = make_driver()
+    drv.do_setup(CTX)
+    assert drv._provisioned_bytes == GiB
+    listing = drv.get_manageable_volumes([], None, 10, 0, ['size'], ['asc'])
+    assert sorted(e['reference']['source-name'] for e in listing) == [
+        'a\nvolume-' + OTHER_ID, 'volume-' + VOL_ID]
+
+
+def test_name_templates_must_be_cinders(make_driver, fake_fs):
+    drv = make_driver()
+    with mock.patch.object(cfg.CONF, 'volume_name_template', 'vol-%s'):
+        with pytest.raises(exception.InvalidConfigurationValue):
+            drv.do_setup(CTX)
+    assert fake_fs.calls == []
+
+
+def test_mount_paths_keep_non_ascii_and_unescape_blanks():
+    text = ('bindfs /mnt/\u00e9t\u00e9 fuse rw,allow_other 0 0\n'
+            'bindfs /mnt/a\\040b\\134c fuse rw 0 0\n')
+    points = [e.mount_point for e in mount.parse_mounts(text)]
+    assert points == ['/mnt/\u00e9t\u00e9', '/mnt/a b\\c']

@@ -1,0 +1,365 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+"""fuse-cinder-files: the driver's only way to touch the mount as root.
+
+cinder-volume runs it through its root helper under ``timeout -s KILL``
+(DESIGN.rst: every call on the mount is a killable child process). Root
+power ends at the driver's own files, whatever the arguments say:
+
+* the directory must be absolute and normalised, and the descriptor
+  opened on it must lie on a FUSE filesystem (its mount id, from
+  /proc/self/fdinfo, looked up in /proc/self/mountinfo): /etc, /var or a
+  symlink to them are refused however they are spelled;
+* every file is reached relative to that descriptor by one name checked
+  against ``fuse_cinder.names``, never followed through a symlink
+  (O_NOFOLLOW), and only regular files are read, written or renamed;
+* content is created, copied, grown or deleted only for the driver's own
+  names (volume-, snapshot-, its temporaries and probes); an operator's
+  file may only be looked at and renamed to a volume name (manage).
+
+Errors go to stderr as one line ending in the system's ``strerror`` text
+(the driver recognises ENOSPC, ENOTCONN, ENOENT and EEXIST by it); a
+refused request exits 2.
+"""
+
+import argparse
+import ctypes
+import errno
+import mmap
+import os
+import stat
+import sys
+
+from fuse_cinder.cmd import sparse_copy
+from fuse_cinder import names
+
+PROG = 'fuse-cinder-files'
+ZERO_CHUNK = 1 << 20
+_FUSE_TYPES = ('fuse', 'fuseblk')
+_OPEN_FILE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class Refused(Exception):
+    """A request outside what the driver may do as root."""
+
+
+def _mount_types():
+    """{mount id: filesystem type} from /proc/self/mountinfo."""
+    types = {}
+    with open('/proc/self/mountinfo') as f:
+        for line in f:
+            left, sep, right = line.partition(' - ')
+            if sep and right.split():
+                types[int(left.split()[0])] = right.split()[0]
+    return types
+
+
+def _mount_id(fd):
+    with open('/proc/self/fdinfo/%d' % fd) as f:
+        for line in f:
+            key, _sep, value = line.partition(':')
+            if key == 'mnt_id':
+                return int(value)
+    raise Refused('the kernel does not say which mount holds the directory')
+
+
+def is_fuse_fd(fd):
+    """Whether the file open on ``fd`` lies on a FUSE filesystem."""
+    fs_type = _mount_types().get(_mount_id(fd), '')
+    return fs_type in _FUSE_TYPES or fs_type.startswith('fuse.')
+
+
+def open_home(path, require_fuse=True):
+    """A descriptor on the volumes_home ``path``, refused unless on FUSE."""
+    if (not isinstance(path, str) or not os.path.isabs(path) or
+            os.path.normpath(path) != path or '\n' in path or
+            '\x00' in path):
+        raise Refused('%r is not an absolute, normalised directory' % path)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if require_fuse and not is_fuse_fd(fd):
+            raise Refused('%s is not on a FUSE filesystem' % path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check(name, test, what):
+    if not test(name):
+        raise Refused('%r is not %s' % (name, what))
+    return name
+
+
+def owned(name):
+    return _check(name, names.is_owned, "one of the driver's file names")
+
+
+def plain(name):
+    return _check(name, names.is_plain, 'a plain file name')
+
+
+def _open_regular(home, name, flags, mode=0o600):
+    """Open ``name`` in ``home`` as a regular file, never via a symlink.
+
+    O_NONBLOCK keeps a FIFO planted under our name from blocking the
+    open; the type is checked before anything is read or written.
+    """
+    fd = os.open(name, flags | _OPEN_FILE, mode, dir_fd=home)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Refused('%s is not a regular file' % name)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                            ctypes.c_int64)
+
+
+def _fallocate(fd, offset, length):
+    """fallocate(2) itself, never glibc's emulation of it.
+
+    posix_fallocate writes one byte per block where the filesystem has
+    no fallocate: a FUSE round trip each.
+    """
+    if _libc.fallocate(fd, 0, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def allocate(fd, offset, length):
+    """Give [offset, offset + length) real blocks (thick volumes).
+
+    Many FUSE filesystems have no fallocate: then zeros are written in
+    1 MiB O_DIRECT requests (buffered ones reach the daemon in small
+    pieces, several times slower).
+    """
+    try:
+        _fallocate(fd, offset, length)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+    direct = sparse_copy.reopen_direct(fd, os.O_WRONLY)
+    buf = mmap.mmap(-1, ZERO_CHUNK)         # page aligned, for O_DIRECT
+    try:
+        end = offset + length
+        while offset < end:
+            count = min(ZERO_CHUNK, end - offset)
+            aligned = direct is not None and count == ZERO_CHUNK and \
+                offset % ZERO_CHUNK == 0
+            sparse_copy.write_all(direct if aligned else fd,
+                                  memoryview(buf)[:count], offset)
+            offset += count
+    finally:
+        if direct is not None:
+            os.close(direct)
+    os.fsync(fd)
+
+
+def do_create(home, args):
+    """A new file of the given size, never an existing one (O_EXCL)."""
+    name, size = owned(args.name), args.size
+    fd = _open_regular(home, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        os.ftruncate(fd, size)
+        if args.provisioning == 'thick':
+            allocate(fd, 0, size)
+    except BaseException:
+        os.close(fd)
+        os.unlink(name, dir_fd=home)
+        raise
+    os.close(fd)
+
+
+def do_grow(home, args):
+    """Grow a file in place; shrinking is refused (it would lose data)."""
+    fd = _open_regular(home, owned(args.name), os.O_WRONLY)
+    try:
+        old = os.fstat(fd).st_size
+        if args.size < old:
+            raise Refused('%s is %d bytes; it cannot shrink to %d'
+                          % (args.name, old, args.size))
+        os.ftruncate(fd, args.size)
+        if args.provisioning == 'thick' and args.size > old:
+            try:
+                allocate(fd, old, args.size - old)
+            except BaseException:
+                os.ftruncate(fd, old)
+                raise
+    finally:
+        os.close(fd)
+
+
+def _kind(mode):
+    for test, word in ((stat.S_ISREG, 'regular'), (stat.S_ISDIR, 'directory'),
+                       (stat.S_ISLNK, 'symlink')):
+        if test(mode):
+            return word
+    return 'other'
+
+
+def do_stat(home, args):
+    """Type, apparent size and allocated bytes; a symlink is not followed."""
+    st = os.stat(plain(args.name), dir_fd=home, follow_symlinks=False)
+    print('%s %d %d' % (_kind(st.st_mode), st.st_size, st.st_blocks * 512))
+
+
+def do_delete(home, args):
+    """Remove one of the driver's files; a missing one is fine."""
+    name = owned(args.name)
+    try:
+        st = os.stat(name, dir_fd=home, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise Refused('%s is a directory' % name)
+    try:
+        os.unlink(name, dir_fd=home)
+    except FileNotFoundError:
+        pass
+
+
+def do_rename(home, args):
+    """Rename a regular file to a name of the driver's, inside home.
+
+    The source may be any plain name (manage takes an operator's file);
+    never a symlink or a directory, which would then be served as a
+    volume.
+    """
+    src = plain(args.src)
+    dst = _check(args.dst, names.is_rename_target, 'a volume file name')
+    if not stat.S_ISREG(os.stat(src, dir_fd=home,
+                                follow_symlinks=False).st_mode):
+        raise Refused('%s is not a regular file' % src)
+    if args.existing == 'keep':
+        try:
+            os.stat(dst, dir_fd=home, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        else:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+    os.rename(src, dst, src_dir_fd=home, dst_dir_fd=home)
+
+
+def do_list(home, args):
+    """name NUL size NUL for every regular file; names may hold newlines."""
+    out = []
+    with os.scandir(home) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                size = entry.stat(follow_symlinks=False).st_size
+                out.append(b'%s\0%d\0' % (os.fsencode(entry.name), size))
+    sys.stdout.buffer.write(b''.join(sorted(out)))
+
+
+def do_statfs(home, args):
+    st = os.fstatvfs(home)
+    print('%d %d %d' % (st.f_frsize, st.f_blocks, st.f_bavail))
+
+
+def do_probe(home, args):
+    """Create, flush and remove an empty file: is the mount writable?"""
+    name = names.probe_name(os.urandom(16).hex())
+    fd = _open_regular(home, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(name, dir_fd=home)
+
+
+def do_copy(home, args):
+    """Copy a volume or snapshot to a new file (see sparse_copy)."""
+    src_name = _check(args.src, names.is_object, 'a volume or snapshot')
+    dst_name = owned(args.dst)
+    src = _open_regular(home, src_name, os.O_RDONLY)
+    try:
+        dst = _open_regular(home, dst_name,
+                            os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            how = sparse_copy.copy_fds(
+                src, dst, thick=args.provisioning == 'thick')
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    if args.verbose:
+        print(how)
+
+
+def _size(text):
+    if not text.isdigit() or len(text) > 20:
+        raise argparse.ArgumentTypeError('not a size in bytes: %r' % text)
+    return int(text)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Operate on the driver's backing files "
+        'inside one volumes_home on a FUSE mount.')
+    ops = parser.add_subparsers(dest='op', required=True)
+
+    def op(name, func, *args):
+        sub = ops.add_parser(name)
+        sub.add_argument('home')
+        for arg in args:
+            sub.add_argument(arg)
+        sub.set_defaults(func=func)
+        return sub
+
+    for name, func in (('create', do_create), ('grow', do_grow)):
+        sub = op(name, func, 'name')
+        sub.add_argument('size', type=_size)
+        sub.add_argument('provisioning', choices=('thin', 'thick'))
+    op('stat', do_stat, 'name')
+    op('delete', do_delete, 'name')
+    op('rename', do_rename, 'src', 'dst').add_argument(
+        'existing', choices=('keep', 'replace'))
+    op('list', do_list)
+    op('statfs', do_statfs)
+    op('probe', do_probe)
+    sub = op('copy', do_copy, 'src', 'dst')
+    sub.add_argument('provisioning', choices=('thin', 'thick'))
+    sub.add_argument('--verbose', action='store_true',
+                     help='say which copy was used')
+    return parser
+
+
+def main(argv=None, require_fuse=True):
+    """Run one request; ``require_fuse`` is False only in unit tests."""
+    args = _parser().parse_args(argv)
+    what = ' '.join(str(v) for v in (args.op, getattr(args, 'name', None) or
+                                     getattr(args, 'src', '')) if v)
+    try:
+        home = open_home(args.home, require_fuse)
+        try:
+            args.func(home, args)
+        finally:
+            os.close(home)
+    except Refused as exc:
+        print('%s: refused: %s' % (PROG, exc), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print('%s: %s in %s: %s' % (PROG, what, args.home,
+                                    exc.strerror or exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
