@@ -23,7 +23,6 @@ import pytest
 from cinder import context
 from cinder import exception
 from cinder import objects
-from cinder import utils
 
 from fuse_cinder.target import tgt
 from tests.functional import fusemount
@@ -132,7 +131,7 @@ def daemon(make_tgtd):
 
 
 @pytest.fixture
-def make_target(backend_conf, tmp_path, daemon):
+def make_target(backend_conf, tmp_path, daemon, tgt_privsep_in_process):
     def make(**opts):
         values = dict(volumes_dir=str(tmp_path / 'targets'),
                       fuse_tgt_control_port=daemon.control_port,
@@ -140,7 +139,7 @@ def make_target(backend_conf, tmp_path, daemon):
                       target_port=daemon.portal_port)
         values.update(opts)
         return tgt.TgtFileTarget(configuration=backend_conf(**values),
-                                 db=tgtd.NoDB(), executor=utils.execute)
+                                 db=tgtd.NoDB())
     return make
 
 

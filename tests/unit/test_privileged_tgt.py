@@ -11,13 +11,14 @@
 #    under the License.
 """The privileged tgt helpers' validators, fed hostile values."""
 
+from unittest import mock
+
 import pytest
 
 from cinder import exception
 
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as ptgt
-from fuse_cinder.target import tgt
 from fuse_cinder.target import tgtd_mgmt
 
 UUID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0'
@@ -57,8 +58,11 @@ def test_context_is_narrow():
     assert ctx.conf.capabilities == [capabilities.CAP_SYS_PTRACE]
 
 
-def test_write_cache_mode_page_is_the_target_helpers():
-    assert ptgt.WRITE_CACHE_OFF_MODE_PAGE == tgt.WRITE_CACHE_OFF_MODE_PAGE
+def test_write_cache_mode_page_is_what_tgt_admin_sends():
+    # tgt-admin's "write-cache off": mode page 8 with WCE cleared
+    assert ptgt.WRITE_CACHE_OFF_MODE_PAGE == (
+        '8:0:18:0x10:0:0xff:0xff:0:0:0xff:0xff:0xff:0xff:0x80:0x14:'
+        '0:0:0:0:0:0')
 
 
 @pytest.mark.parametrize('port', [0, 60, 65535])
@@ -189,3 +193,26 @@ def target(name=IQN, luns=None):
     (target(name=IQN + 'x'), False)])
 def test_which_targets_are_ours(candidate, ours):
     assert ptgt.is_ours(candidate) is ours
+
+
+def test_reopen_lun_waits_for_a_busy_lun(mountinfo):
+    """tgtd refuses to delete a LUN with commands in flight; they drain."""
+    client = mock.Mock()
+    client.targets.return_value = {IQN: target(
+        luns={0: tgtd_mgmt.Lun(), 1: tgtd_mgmt.Lun(path=PATH)})}
+    client.peer.return_value = (123, 0, 0)
+    busy = tgtd_mgmt.TgtdError('this logical unit is still active',
+                               tgtd_mgmt.LUN_ACTIVE)
+    client.delete_lun.side_effect = [busy, busy, None]
+    privileged.tgt_pctxt.set_client_mode(False)
+    try:
+        with mock.patch.object(ptgt, '_client', return_value=client), \
+                mock.patch.object(ptgt, 'check_path', return_value=PATH), \
+                mock.patch.object(ptgt, '_add_lun') as add_lun, \
+                mock.patch('time.sleep') as sleep:
+            ptgt.reopen_lun(60, IQN, PATH, 'direct', True, SERIAL)
+    finally:
+        privileged.tgt_pctxt.set_client_mode(True)
+    assert sleep.call_count == 2 and client.delete_lun.call_count == 3
+    add_lun.assert_called_once_with(client, 123, 1, PATH, 'direct', True,
+                                    SERIAL)
