@@ -12,29 +12,34 @@
 """The privileged tgt entry points on a real tgtd and a real bindfs mount.
 
 Entry points run in-process (``set_client_mode(False)``) except in the
-test that starts the real privsep daemon. Data goes over iSCSI with
+tests that start the real privsep daemon. Data goes over iSCSI with
 qemu-io (libiscsi) on 127.0.0.1 only.
 """
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
 
+from cinder import context
 from cinder import exception
+from oslo_concurrency import processutils
 from oslo_config import cfg
 from oslo_privsep import priv_context
 import pytest
 
+from fuse_cinder import driver
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as ptgt
 from fuse_cinder import sandbox
 from fuse_cinder.target import tgt
 from fuse_cinder.target import tgtd_mgmt
 from tests.functional import tgtd as tgtd_helpers
+from tests.functional import volumes
 
 pytestmark = tgtd_helpers.requirements('bindfs', 'qemu-io')
 
@@ -45,6 +50,7 @@ USER, SECRET = 'fcuser', 'fcsecret12345'
 GOOD = 'iqn.1994-05.com.example:allowed'
 BAD = 'iqn.1994-05.com.example:stranger'
 SIZE = 8 << 20
+CTX = context.get_admin_context()
 
 
 @pytest.fixture
@@ -361,5 +367,111 @@ def test_real_privsep_daemon_exports_with_only_cap_sys_ptrace(
     with pytest.raises(ptgt.TargetRefused):  # rebuilt from the daemon's
         ptgt.set_acl(daemon.control_port, PREFIX + str(uuid.uuid4()), [])
     ptgt.delete_target(daemon.control_port, iqn)
+    assert daemon.targets() == {}
+    assert sandbox.list_accounts(daemon.control_port) == []
+
+
+# -- no CHAP secret on any argv, seen as another local user would ---------
+
+POLLER = textwrap.dedent('''
+    import json, os, sys, threading
+    needles = [s.encode() for s in json.loads(sys.stdin.readline())]
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()),
+                     daemon=True).start()
+    me = str(os.getpid())
+    scans = reads = 0
+    hits, programs = {}, set()
+    print('polling', flush=True)
+    while not stop.is_set():
+        scans += 1
+        for pid in os.listdir('/proc'):
+            if not pid.isdigit() or pid == me:
+                continue
+            try:
+                with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            reads += 1
+            if cmdline:
+                programs.add(os.path.basename(
+                    cmdline.split(b'\\0')[0]).decode(errors='replace'))
+            if any(n in cmdline for n in needles):
+                hits[pid] = cmdline.replace(b'\\0', b' ').decode(
+                    errors='replace')
+    print(json.dumps({'scans': scans, 'reads': reads, 'hits': hits,
+                      'programs': sorted(programs)}), flush=True)
+''')
+
+
+def test_no_chap_secret_on_any_argv_during_50_export_cycles(
+        daemon, fuse, real_daemon, backend_conf, tmp_path):
+    """What tgt-admin leaked (tgtadm --password=...) a local user sees.
+
+    The real driver, its tgt calls in the real privsep daemon, exports
+    and removes volumes while a process of 'nobody' reads every
+    /proc/*/cmdline over and over. A canary on a root process's argv
+    proves that the poller would see a secret.
+    """
+    conf = backend_conf(volumes_home=fuse.mountpoint,
+                        volumes_dir=str(tmp_path / 'targets'),
+                        fuse_tgt_control_port=daemon.control_port,
+                        target_ip_address='127.0.0.1',
+                        target_port=daemon.portal_port)
+    drv = driver.FuseISCSIDriver(configuration=conf,
+                                 execute=processutils.execute)
+    drv.target_driver.db = tgtd_helpers.NoDB()    # CHAP is on the volumes
+    drv.do_setup(CTX)
+    vols = [volumes.volume(str(uuid.uuid4())) for _ in range(5)]
+    chap = {}
+    for vol in vols:
+        drv.create_volume(vol)
+        chap[vol.id] = ('u' + secrets.token_hex(8), secrets.token_hex(8))
+    canary = 'canary' + secrets.token_hex(8)
+
+    poller = subprocess.Popen(
+        [sys.executable, '-I', '-c', POLLER], user='nobody', group='nogroup',
+        extra_groups=[], cwd='/', env={'PATH': '/usr/bin:/bin'},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        poller.stdin.write(json.dumps(
+            [s for _u, s in chap.values()] + [canary]) + '\n')
+        poller.stdin.flush()
+        assert poller.stdout.readline().strip() == 'polling'
+        subprocess.run([sys.executable, '-c', 'import time; time.sleep(1)',
+                        canary], check=True, timeout=30)
+        start = time.monotonic()
+        for cycle in range(50):
+            vol = vols[cycle % len(vols)]
+            vol.provider_auth = 'CHAP %s %s' % chap[vol.id]
+            connector = {'initiator': GOOD}
+            drv.validate_connector(connector)
+            update = drv.create_export(CTX, vol, connector)
+            assert update['provider_auth'] == vol.provider_auth
+            vol.provider_location = update['provider_location']
+            drv.initialize_connection(vol, connector)
+            drv.remove_export(CTX, vol)
+            vol.provider_location = None
+        elapsed = ms(start)
+        poller.stdin.write('stop\n')
+        poller.stdin.flush()
+        out, _err = poller.communicate(timeout=60)
+    finally:
+        if poller.poll() is None:
+            poller.kill()
+            poller.wait()
+    seen = json.loads(out.strip().splitlines()[-1])
+    print('\n50 create_export/initialize_connection/remove_export cycles: '
+          '%.0f ms (%.1f ms each); nobody read %d cmdlines in %d scans of '
+          '/proc, secret on an argv: %d'
+          % (elapsed, elapsed / 50, seen['reads'], seen['scans'],
+             sum(canary not in c for c in seen['hits'].values())))
+    # the poller saw root's processes, the canary among them
+    assert 'tgtd' in seen['programs'], seen['programs']
+    assert [c for c in seen['hits'].values() if canary in c], seen
+    assert seen['scans'] > 50
+    leaks = [c for c in seen['hits'].values() if canary not in c]
+    assert leaks == []
     assert daemon.targets() == {}
     assert sandbox.list_accounts(daemon.control_port) == []
