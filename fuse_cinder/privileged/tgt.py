@@ -54,7 +54,7 @@ ALL_ADDRESSES = 'ALL'
 #: tgtd admits an initiator whose name *or* address is listed.
 NO_ADDRESS = '0.0.0.0/32'
 #: Mode page 8 (caching) with WCE cleared, as tgt-admin sends for
-#: ``write-cache off`` (the value of fuse_cinder.target.tgt's constant).
+#: ``write-cache off`` (what the config files say for tgtd's boot).
 WRITE_CACHE_OFF_MODE_PAGE = ('8:0:18:0x10:0:0xff:0xff:0:0:0xff:0xff:0xff:'
                              '0xff:0x80:0x14:0:0:0:0:0:0')
 BSOFLAGS = ('', 'direct', 'sync', 'direct:sync')
