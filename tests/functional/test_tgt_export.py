@@ -24,6 +24,7 @@ from cinder import context
 from cinder import exception
 from cinder import objects
 
+from fuse_cinder import sandbox
 from fuse_cinder.target import tgt
 from tests.functional import fusemount
 from tests.functional import tgtd
@@ -345,3 +346,6 @@ def test_export_of_a_missing_file_fails_cleanly(daemon, fuse, target,
         export(target, vol, fuse)
     assert 'LUN 1' in str(err.value)
     assert target._iqn(vol) not in daemon.show()
+    # no CHAP account and no config file left either
+    assert sandbox.list_accounts(daemon.control_port) == []
+    assert not os.path.exists(target._conf_path(target._iqn(vol)))
