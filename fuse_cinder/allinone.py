@@ -733,7 +733,7 @@ class Deployment(object):
                 except subprocess.TimeoutExpired:
                     self.out('the Cinder services did not stop in %d s; '
                              'killing them' % SERVICES_STOP_TIMEOUT)
-            # Also whatever they left running (timeout, tgt-admin, ...).
+            # Also whatever they left running (timeout, privsep daemons).
             sandbox.kill_session(self.services.pid)
             self.services.wait(timeout=30)
         if self.tgtd is not None:

@@ -67,8 +67,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self.files = fileops.SparseFiles(
             self.mount, sparse=self.configuration.fuse_sparse_volumes)
         self.target_driver = tgt.TgtFileTarget(
-            configuration=self.configuration, db=self.db,
-            executor=self._execute)
+            configuration=self.configuration, db=self.db)
         self._provisioned_bytes = 0
         self._provisioned_lock = threading.Lock()
         # The mount the exported LUNs were opened on (see _heal_luns).

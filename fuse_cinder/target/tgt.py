@@ -11,22 +11,28 @@
 #    under the License.
 """Linux tgt target helper for volumes kept as files on a FUSE mount.
 
-Every exported volume gets one target with LUN 1 and its own small
-config file in ``volumes_dir``. The file is what ``tgt-admin --update``
-applies, and it is also what tgtd's own service reloads after a host
-reboot (see ``etc/tgt/fuse_cinder.conf``).
+Every exported volume gets one target with LUN 1. tgtd is changed only
+through the narrow entry points of fuse_cinder.privileged.tgt, which run
+in an oslo.privsep daemon and talk to tgtd's management socket: no
+tgtadm or tgt-admin runs, so the CHAP secret is never on any argv, and
+the cinder user needs no root command for tgt (rootwrap admits only the
+privsep-helper of that one context). The entry points check their own
+work (LUN 1 is the volume's very file, CHAP is bound before the ACL) and
+roll a failed export back, so their success is tgtd's state.
 
-tgt-admin reports success in several cases where nothing was exported (a
-missing backing file, a busy target), so every change is checked against
-``tgtadm --op show`` before it is reported as done.
+Each export also has a small config file in ``volumes_dir``: the
+driver's record of the export (its CHAP pair and initiators, read back by
+create_export, ensure_export and reopen_all) and what tgtd's own service
+loads after a host reboot (see ``etc/tgt/fuse_cinder.conf``). Writing it
+changes nothing in a running tgtd.
 
 Initiator restriction: tgtd lets an initiator in when *either* its
-address or its name is on the target's ACL, and tgt-admin adds the address
-``ALL`` to every target whose config has no ``initiator-address``. A
-restricted target therefore also carries the address ``0.0.0.0/32``, which
-no initiator can come from, so that its ``initiator-name`` lines are what
-decides - in tgtd now and whenever tgtd re-reads the file. CHAP is
-required in every case.
+address or its name is on the target's ACL, and tgt-admin (at boot) adds
+the address ``ALL`` to every target whose config has no
+``initiator-address``. A restricted target therefore also carries the
+address ``0.0.0.0/32``, which no initiator can come from, so that its
+initiator names are what decides - in tgtd now and whenever tgtd re-reads
+the file. CHAP is required in every case.
 """
 
 import contextlib
@@ -35,25 +41,22 @@ import json
 import os
 import re
 import tempfile
-import threading
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Optional
 
 from oslo_concurrency import lockutils
-from oslo_concurrency import processutils
-from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import fileutils
 
 from cinder.common import constants
 from cinder import exception
 from cinder.i18n import _
-from cinder import utils
 from cinder.volume.targets import iscsi
 from cinder.volume import volume_utils
 
 from fuse_cinder import options
-from fuse_cinder import processes
+from fuse_cinder.privileged import tgt as priv_tgt
+from fuse_cinder.target import tgtd_mgmt
 
 LOG = logging.getLogger(__name__)
 
@@ -66,45 +69,34 @@ NO_ADDRESS = '0.0.0.0/32'
 #: Suffix of the per-volume config files; the include glob relies on it.
 CONF_SUFFIX = '.conf'
 
-#: Seconds a ``tgtadm --op show`` result may be reused by ensure_export.
-#: cinder-volume calls ensure_export for every in-use volume right after
-#: start-up; one listing serves that whole burst.
+#: Seconds a tgtd listing may be reused by ensure_export. cinder-volume
+#: calls ensure_export for every in-use volume right after start-up; one
+#: listing serves that whole burst.
 SHOW_CACHE_TTL = 10.0
 
-#: Timeouts (s) of the helper commands. tgtd is single threaded and
-#: blocks when the FUSE daemon hangs; the driver must not hang with it.
-TGTADM_TIMEOUT = 30
-TGT_ADMIN_TIMEOUT = 120
-
-#: tgt-admin may lose a race for a free tid against another tgt-admin
-#: (e.g. another backend of the same host), so an update is retried.
-UPDATE_ATTEMPTS = 3
-
-#: Mode page 8 (caching) with WCE cleared; what tgt-admin sends for
-#: ``write-cache off``.
-WRITE_CACHE_OFF_MODE_PAGE = ('8:0:18:0x10:0:0xff:0xff:0:0:0xff:0xff:0xff:'
-                             '0xff:0x80:0x14:0:0:0:0:0:0')
-
-# tgt-admin hands config values to a shell and to Config::General, so
-# everything written into the config file is held to these characters.
-_SAFE_VALUE_RE = re.compile(r'^[A-Za-z0-9._:/+-]+$')
-_CHAP_RE = re.compile(r'^[A-Za-z0-9._-]{1,255}$')
+# Everything rendered into a config file (which tgt-admin parses at boot
+# with Config::General and hands to a shell) is held to these patterns,
+# always with fullmatch: '$' would let a trailing newline through.
+_SAFE_VALUE_RE = re.compile(r'[A-Za-z0-9._:/+-]+')
+_CHAP_RE = re.compile(r'[A-Za-z0-9._-]{1,255}')
 # RFC 3720 names, limited to the characters real initiators use.
 _INITIATOR_RE = re.compile(
-    r'^(iqn\.\d{4}-\d{2}\.[A-Za-z0-9.-]+(:[A-Za-z0-9.:_-]+)?'
+    r'iqn\.\d{4}-\d{2}\.[A-Za-z0-9.-]+(:[A-Za-z0-9.:_-]+)?'
     r'|eui\.[0-9A-Fa-f]{16}'
-    r'|naa\.[0-9A-Fa-f]{16}([0-9A-Fa-f]{16})?)$')
+    r'|naa\.[0-9A-Fa-f]{16}([0-9A-Fa-f]{16})?')
 _MAX_INITIATOR_LEN = 223
-
-_IQN_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9.:_-]*$')
+_IQN_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9.:_-]*')
+# Cinder's volume ids; the LUN serial is one without its dashes.
+_VOLUME_ID_RE = re.compile(
+    r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}')
 
 _TARGET_LINE_RE = re.compile(r'^Target (\d+): (\S+)\s*$')
 _HEADER_RE = re.compile(r'^# fuse_cinder target of volume (\S+);')
 
-# One lock for every instance in the process: all of them drive the same
-# tgtd and tgt-admin picks tids by reading the current maximum. Processes
-# (one cinder-volume per backend) also share a file lock, see _locked().
-_TGT_LOCK = threading.Lock()
+# What the privileged entry points raise: bad arguments, a refusal, or
+# tgtd failing, refusing or not answering (tgtd_mgmt).
+_CONTROL_ERRORS = (exception.InvalidInput, priv_tgt.TargetRefused,
+                   tgtd_mgmt.TgtdError)
 
 
 @dataclasses.dataclass
@@ -117,6 +109,8 @@ class TargetState:
     acl: list = dataclasses.field(default_factory=list)
     accounts: list = dataclasses.field(default_factory=list)
     connected: bool = False
+    #: {lun: (SCSI serial, backing store flags)}
+    lun_settings: dict = dataclasses.field(default_factory=dict)
 
     @property
     def acl_names(self) -> set:
@@ -138,9 +132,21 @@ class ExportSpec:
     chap_secret: str
     initiators: frozenset = frozenset()
 
+    @property
+    def serial(self) -> str:
+        """SCSI id and serial of the LUN: stable across tgtd restarts."""
+        return self.volume_id.replace('-', '')
+
 
 def is_initiator_name(value: str) -> bool:
     return bool(value) and value.split('.', 1)[0] in ('iqn', 'eui', 'naa')
+
+
+def acl_for(initiators) -> list:
+    """The ACL of a target restricted to ``initiators`` (ALL if none)."""
+    if not initiators:
+        return [ALL_ADDRESSES]
+    return [NO_ADDRESS] + sorted(initiators)
 
 
 def parse_show_target(output: str) -> dict:
@@ -168,12 +174,22 @@ def parse_show_target(output: str) -> dict:
         if section == 'I_T nexus information':
             current.connected = True
         elif section == 'LUN information':
-            if line.startswith('LUN:'):
-                lun = int(line.split(':', 1)[1])
+            key, _sep, value = line.partition(':')
+            value = value.strip()
+            if key == 'LUN':
+                lun = int(value)
                 current.luns[lun] = None
-            elif line.startswith('Backing store path:') and lun is not None:
-                path = line.split(':', 1)[1].strip()
-                current.luns[lun] = None if path == 'None' else path
+                current.lun_settings[lun] = ('', '')
+            elif lun is None:
+                continue
+            elif key == 'Backing store path':
+                current.luns[lun] = None if value == 'None' else value
+            elif key == 'SCSI SN':
+                current.lun_settings[lun] = (value,
+                                             current.lun_settings[lun][1])
+            elif key == 'Backing store flags':
+                current.lun_settings[lun] = (current.lun_settings[lun][0],
+                                             value)
         elif section == 'ACL information':
             current.acl.append(line)
         elif section == 'Account information':
@@ -183,8 +199,10 @@ def parse_show_target(output: str) -> dict:
 
 def render_config(spec: ExportSpec, write_cache: bool,
                   bsoflags: str) -> str:
-    """The tgt-admin config of one exported volume."""
-    serial = spec.volume_id.replace('-', '')
+    """The tgt-admin config of one exported volume (tgtd's boot include).
+
+    Call _check_spec first: every value lands in the file verbatim.
+    """
     lines = [
         '# fuse_cinder target of volume %s; cinder-volume rewrites this '
         'file.' % spec.volume_id,
@@ -202,8 +220,8 @@ def render_config(spec: ExportSpec, write_cache: bool,
         # tgtd separates open flags with ':'; with ',' it keeps only one.
         lines.append('    bsoflags %s' % bsoflags.replace(',', ':'))
     # Stable identity for udev/multipath across tgtd restarts (tids vary).
-    lines.append('    scsi_id %s' % serial)
-    lines.append('    scsi_sn %s' % serial)
+    lines.append('    scsi_id %s' % spec.serial)
+    lines.append('    scsi_sn %s' % spec.serial)
     if spec.initiators:
         # Matches no initiator; stops tgt-admin from adding ALL, which
         # would let any initiator name in.
@@ -275,22 +293,24 @@ class TgtFileTarget(iscsi.ISCSITarget):
 
     Constructed like Cinder's own helpers::
 
-        TgtFileTarget(configuration=conf, db=db, executor=self._execute)
+        TgtFileTarget(configuration=conf, db=db)
 
-    All commands run through ``executor`` with ``run_as_root=True``.
+    ``control`` is the module of privileged tgtd operations
+    (fuse_cinder.privileged.tgt); unit tests pass a fake with the same
+    six functions.
     """
 
     # One target per volume: the ACL and CHAP account are per volume.
     SHARED_TARGET_SUPPORT = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, control=None, **kwargs):
         conf = kwargs.get('configuration')
         if conf is not None and hasattr(conf, 'append_config_values'):
             conf.append_config_values(options.tgt_opts)
         super().__init__(*args, **kwargs)
         if kwargs.get('db') is not None:
             self.db = kwargs['db']
-        self._execute: Callable = kwargs.get('executor') or utils.execute
+        self._control = control or priv_tgt
         self.protocol = constants.ISCSI
         if self.iscsi_protocol not in (None, 'iscsi'):
             raise exception.InvalidConfigurationValue(
@@ -300,67 +320,41 @@ class TgtFileTarget(iscsi.ISCSITarget):
         self._show_cache: Optional[tuple] = None
 
     @contextlib.contextmanager
-    def _locked(self):
-        """Serialise changes to this tgtd across threads and processes.
+    def _locked(self, iqn: str):
+        """Serialise the changes to one volume's record file and target.
 
-        tgt-admin gives a new target the highest tid in use plus one, so two
-        cinder-volume processes (one per backend) driving the same tgtd
-        would otherwise create two targets with one tid. The file lock is
-        named after the control port: one per tgtd on the host.
+        Each change reads the config file, changes tgtd and writes the
+        file (the initiators of a multi-attach volume, a re-export); two
+        threads doing that for one volume would lose one's update. tgtd
+        itself needs no lock: export_target takes a free tid and retries
+        one that another process took meanwhile, and a volume (so its
+        file) belongs to one cinder-volume process.
         """
-        lock_path = (cfg.CONF.oslo_concurrency.lock_path or
-                     tempfile.gettempdir())
-        with _TGT_LOCK, lockutils.lock('tgt-%d' % self.control_port,
-                                       lock_file_prefix='fuse-cinder-',
-                                       external=True, lock_path=lock_path):
+        with lockutils.lock('fuse-cinder-tgt-%s' % iqn):
             yield
 
     # ------------------------------------------------------------------
-    # command plumbing
+    # the privileged operations
 
-    def _tgtadm(self, *args: str) -> list:
-        cmd = ['tgtadm']
-        if self.control_port:
-            cmd += ['-C', str(self.control_port)]
-        return cmd + ['--lld', 'iscsi'] + list(args)
+    def _call(self, what: str, func, *args, secrets=()):
+        """Run one privileged tgtd operation; failures carry no secret.
 
-    def _tgt_admin(self, *args: str) -> list:
-        cmd = ['tgt-admin']
-        if self.control_port:
-            cmd += ['-C', str(self.control_port)]
-        return cmd + list(args)
-
-    def _run(self, cmd: list, timeout: int = TGTADM_TIMEOUT,
-             check_exit_code: Any = True,
-             secrets: Iterable[str] = ()) -> tuple:
-        """Run a helper command as root; failures carry no secret."""
+        The entry points never put a secret in an error; the redaction
+        keeps it that way whatever tgtd answers.
+        """
         try:
-            return self._execute(*cmd, run_as_root=True,
-                                 root_helper=self._root_helper,
-                                 check_exit_code=check_exit_code,
-                                 timeout=timeout)
-        except processutils.ProcessExecutionError as err:
-            detail = _redact('%s %s' % (err.stderr or '', err.stdout or ''),
-                             secrets)
-            msg = (_('%(cmd)s failed with exit code %(code)s: %(detail)s')
-                   % {'cmd': ' '.join(cmd[:1] + _op_words(cmd)),
-                      'code': err.exit_code, 'detail': detail.strip()})
-        except OSError as err:
-            msg = (_('Could not run %(cmd)s: %(err)s')
-                   % {'cmd': cmd[0], 'err': err.strerror})
-        except Exception as err:
-            if not processes.is_timeout_expired(err):
-                raise
-            msg = (_('%(cmd)s did not finish within %(timeout)s s; is tgtd '
-                     'or the FUSE mount hung?')
-                   % {'cmd': ' '.join(cmd[:1] + _op_words(cmd)),
-                      'timeout': timeout})
+            return func(self.control_port, *args)
+        except tgtd_mgmt.TgtdTimeout as err:
+            msg = (_('tgtd did not answer %(what)s in time (%(err)s); is '
+                     'tgtd or the FUSE mount hung?')
+                   % {'what': what, 'err': _redact(str(err), secrets)})
+        except _CONTROL_ERRORS as err:
+            msg = (_('%(what)s failed: %(err)s')
+                   % {'what': what, 'err': _redact(str(err), secrets)})
         raise exception.ISCSITargetHelperCommandFailed(error_message=msg)
 
     def _show(self) -> dict:
-        out, _err = self._run(self._tgtadm('--mode', 'target',
-                                           '--op', 'show'))
-        return parse_show_target(out)
+        return parse_show_target(self._call('show', self._control.show))
 
     def _targets_for_ensure(self) -> dict:
         """tgtd's targets, from one listing shared by an ensure burst."""
@@ -380,6 +374,13 @@ class TgtFileTarget(iscsi.ISCSITarget):
             self._show_cache[1].pop(iqn, None)
         else:
             self._show_cache[1][iqn] = state
+
+    def _lun_options(self) -> tuple:
+        """(bsoflags, write_cache) as the entry points take them."""
+        bsoflags = self.configuration.safe_get('fuse_tgt_bsoflags') or ''
+        # tgtd separates open flags with ':'; with ',' it keeps only one.
+        return (bsoflags.replace(',', ':'),
+                bool(self.configuration.safe_get('fuse_tgt_write_cache')))
 
     # ------------------------------------------------------------------
     # naming, credentials, config files
@@ -417,11 +418,9 @@ class TgtFileTarget(iscsi.ISCSITarget):
     def _write_spec(self, spec: ExportSpec) -> bool:
         """Write the config file if it changed; True if it was written."""
         _check_spec(spec)
-        content = render_config(
-            spec,
-            write_cache=bool(self.configuration.safe_get(
-                'fuse_tgt_write_cache')),
-            bsoflags=self.configuration.safe_get('fuse_tgt_bsoflags') or '')
+        bsoflags, write_cache = self._lun_options()
+        content = render_config(spec, write_cache=write_cache,
+                                bsoflags=bsoflags)
         path = self._conf_path(spec.iqn)
         try:
             with open(path) as f:
@@ -445,170 +444,139 @@ class TgtFileTarget(iscsi.ISCSITarget):
         for attachment in _attachments(volume):
             if attachment.get('attach_status') in ('attached', 'attaching'):
                 name = _connector_initiator(attachment)
-                if name:
+                if isinstance(name, str):
                     names.add(name)
         return names
 
     # ------------------------------------------------------------------
-    # tgtd state changes (callers hold self._locked())
+    # tgtd state changes (callers hold self._locked(iqn))
 
-    def _apply(self, spec: ExportSpec) -> TargetState:
-        """Make tgtd export ``spec`` and prove that it does."""
-        path = self._conf_path(spec.iqn)
-        new_file = not os.path.exists(path)
+    def _serves(self, state: TargetState, spec: ExportSpec) -> bool:
+        """Is the live target already the export ``spec`` describes?"""
+        bsoflags, _write_cache = self._lun_options()
+        serial, flags = state.lun_settings.get(LUN, ('', ''))
+        return (state.luns.get(LUN) == spec.path
+                and state.accounts == [spec.chap_user]
+                and serial == spec.serial
+                and set(flags.split(':')) == set(bsoflags.split(':')))
+
+    def _apply(self, spec: ExportSpec,
+               state: Optional[TargetState] = None,
+               known: bool = False) -> TargetState:
+        """Make tgtd export ``spec``; the record file is written first.
+
+        ``state`` is the target as tgtd listed it, if ``known``; else it is
+        listed now. On failure nothing of this export is left in tgtd
+        (export_target rolls back) and a config file this call created is
+        removed.
+        """
+        new_file = not os.path.exists(self._conf_path(spec.iqn))
         self._write_spec(spec)
-        update = self._tgt_admin('--conf', path, '--update', spec.iqn)
-        for attempt in range(1, UPDATE_ATTEMPTS + 1):
-            try:
-                self._run(update, timeout=TGT_ADMIN_TIMEOUT,
-                          secrets=(spec.chap_secret,))
-                break
-            except exception.ISCSITargetHelperCommandFailed as err:
-                if attempt < UPDATE_ATTEMPTS:
-                    LOG.warning('tgt-admin update of %(iqn)s failed, '
-                                'retrying: %(err)s',
-                                {'iqn': spec.iqn, 'err': err})
-                    time.sleep(0.2 * attempt)
-                    continue
-                if new_file:
-                    self._remove_conf(spec.iqn)
-                raise exception.ISCSITargetCreateFailed(
-                    volume_id=spec.volume_id, message=err.msg)
+        try:
+            if not known:
+                state = self._show().get(spec.iqn)
+            tid = self._export(spec, state)
+        except Exception as err:
+            if new_file:
+                self._remove_conf(spec.iqn)
+            if not isinstance(err, exception.ISCSITargetHelperCommandFailed):
+                raise
+            LOG.error('Could not export volume %(vol)s: %(err)s',
+                      {'vol': spec.volume_id, 'err': err.msg})
+            raise exception.ISCSITargetCreateFailed(
+                volume_id=spec.volume_id, message=err.msg)
+        return TargetState(
+            tid=tid, iqn=spec.iqn, luns={LUN: spec.path},
+            acl=acl_for(spec.initiators), accounts=[spec.chap_user],
+            connected=bool(state and state.connected),
+            lun_settings={LUN: (spec.serial, self._lun_options()[0])})
 
-        state = self._show().get(spec.iqn)
-        if (state is not None and state.connected
-                and state.luns.get(LUN) != spec.path):
-            # tgt-admin leaves a target with sessions alone, e.g. one that
-            # tgtd re-created at boot before the FUSE mount was back.
-            try:
-                state = self._reopen(state, spec.path, spec.volume_id)
-            except exception.CinderException as err:
-                raise exception.ISCSITargetCreateFailed(
-                    volume_id=spec.volume_id, message=err.msg)
-        if state is None or state.luns.get(LUN) != spec.path:
-            raise self._creation_failed(spec, state, new_file)
-        self._sync_acl(state, spec.initiators)
-        return state
+    def _export(self, spec: ExportSpec,
+                state: Optional[TargetState]) -> int:
+        """export_target, after replacing a target that is not ``spec``.
 
-    def _creation_failed(self, spec: ExportSpec,
-                         state: Optional[TargetState],
-                         new_file: bool) -> Exception:
-        """Clean up after tgt-admin claimed success without exporting."""
-        if state is None:
-            problem = _('tgt-admin reported success but tgtd has no target '
-                        '%s') % spec.iqn
-        else:
-            problem = (_('tgtd did not attach %(path)s as LUN %(lun)d of '
-                         'target %(iqn)s (it has %(has)s); is the backing '
-                         'file missing or unreadable for root?')
-                       % {'path': spec.path, 'lun': LUN, 'iqn': spec.iqn,
-                          'has': state.luns.get(LUN) or _('no such LUN')})
-            # Leave no half-made target (it has no session, see above).
-            self._run(self._tgt_admin('--delete', spec.iqn),
-                      timeout=TGT_ADMIN_TIMEOUT, check_exit_code=False)
-        LOG.error(problem)
-        if new_file:
-            self._remove_conf(spec.iqn)
-        return exception.ISCSITargetCreateFailed(
-            volume_id=spec.volume_id, message=problem)
+        Such a target is deleted when no initiator is logged in, else only
+        its LUN is re-opened (e.g. one that tgtd re-created at boot before
+        the FUSE mount was back), which keeps the sessions.
+        """
+        bsoflags, write_cache = self._lun_options()
+        if state is not None and not self._serves(state, spec):
+            if state.connected:
+                self._call(_('re-opening the LUN of %s') % spec.iqn,
+                           self._control.reopen_lun, spec.iqn, spec.path,
+                           bsoflags, write_cache, spec.serial)
+            else:
+                LOG.info('Replacing target %(iqn)s, which does not serve '
+                         '%(path)s as configured.',
+                         {'iqn': spec.iqn, 'path': spec.path})
+                self._call(_('deleting %s') % spec.iqn,
+                           self._control.delete_target, spec.iqn)
+        return self._call(
+            _('exporting %(path)s as LUN %(lun)d of target %(iqn)s')
+            % {'path': spec.path, 'lun': LUN, 'iqn': spec.iqn},
+            self._control.export_target, spec.iqn, spec.path,
+            spec.chap_user, spec.chap_secret, sorted(spec.initiators),
+            bsoflags, write_cache, spec.serial,
+            secrets=(spec.chap_secret,))
 
-    def _sync_acl(self, state: TargetState, initiators: Iterable[str]) -> None:
-        """Bind and unbind so that the live ACL matches the config file.
+    def _sync_acl(self, state: TargetState, initiators) -> None:
+        """Make the live ACL match the config file, if it does not yet.
 
         With initiators: their names plus NO_ADDRESS. Without: ``ALL``
-        (CHAP only). New entries go in before old ones go out so that an
-        initiator that stays allowed is never locked out meanwhile.
+        (CHAP only). set_acl binds new entries before it unbinds old ones,
+        so an initiator that stays allowed is never locked out meanwhile.
         """
-        want_names = set(initiators)
-        want_addrs = {NO_ADDRESS} if want_names else {ALL_ADDRESSES}
-        have_names, have_addrs = state.acl_names, state.acl_addresses
-        tid = str(state.tid)
-        steps = ([('bind', '--initiator-name', n)
-                  for n in sorted(want_names - have_names)]
-                 + [('bind', '--initiator-address', a)
-                    for a in sorted(want_addrs - have_addrs)]
-                 + [('unbind', '--initiator-address', a)
-                    for a in sorted(have_addrs - want_addrs)]
-                 + [('unbind', '--initiator-name', n)
-                    for n in sorted(have_names - want_names)])
-        for op, kind, value in steps:
-            self._run(self._tgtadm('--mode', 'target', '--op', op,
-                                   '--tid', tid, kind, value))
-        if steps:
-            state.acl = sorted(want_addrs) + sorted(want_names)
-            LOG.debug('ACL of target %(iqn)s is now %(acl)s.',
-                      {'iqn': state.iqn, 'acl': state.acl})
+        want = acl_for(initiators)
+        if sorted(state.acl) == sorted(want):
+            return
+        self._call(_('setting the ACL of %s') % state.iqn,
+                   self._control.set_acl, state.iqn, sorted(initiators))
+        state.acl = want
+        LOG.debug('ACL of target %(iqn)s is now %(acl)s.',
+                  {'iqn': state.iqn, 'acl': state.acl})
 
     def _delete_target(self, iqn: str, volume_id: str) -> None:
-        targets = self._show()
-        state = targets.get(iqn)
-        spec = self._read_spec(iqn)
-        users = set(state.accounts) if state is not None else set()
-        if spec is not None:
-            users.add(spec.chap_user)
-        if state is not None:
-            self._run(self._tgt_admin('--force', '--delete', iqn),
-                      timeout=TGT_ADMIN_TIMEOUT)
-            if iqn in self._show():
-                msg = (_('tgt-admin reported success but target %s still '
-                         'exists') % iqn)
-                LOG.error(msg)
-                raise exception.ISCSITargetRemoveFailed(
-                    volume_id=volume_id, message=msg)
-            LOG.info('Removed target %(iqn)s (tid %(tid)d).',
-                     {'iqn': iqn, 'tid': state.tid})
-        in_use = {user for t in targets.values() if t.iqn != iqn
-                  for user in t.accounts}
-        for user in sorted(users - in_use):
-            # Accounts are global in tgtd and tgt-admin never removes
-            # them; drop ours so the secret does not outlive the export.
-            # Exit code 22: the account is already gone.
-            self._run(self._tgtadm('--mode', 'account', '--op', 'delete',
-                                   '--user', user),
-                      check_exit_code=[0, 22])
-        self._remove_conf(iqn)
+        """Delete target, CHAP account and config file; gone is fine.
 
-    def _reopen(self, state: TargetState, path: str,
-                volume_id: str) -> TargetState:
-        """Replace LUN 1 by a fresh one on ``path``; sessions stay up."""
-        tid = str(state.tid)
-        lun = str(LUN)
-        if LUN in state.luns:
-            # tgtd refuses while commands are in flight; they drain fast.
-            for attempt in range(1, 6):
+        delete_target drops the accounts only this target used. The
+        account of the config file goes too: tgtd may hold it without the
+        target (a half-made export of a crashed privsep daemon), and the
+        secret must not outlive the export. One another target uses is
+        kept.
+        """
+        spec = self._read_spec(iqn)
+        try:
+            self._call(_('deleting %s') % iqn, self._control.delete_target,
+                       iqn)
+            if spec is not None:
                 try:
-                    self._run(self._tgtadm('--mode', 'logicalunit',
-                                           '--op', 'delete', '--tid', tid,
-                                           '--lun', lun))
-                    break
-                except exception.ISCSITargetHelperCommandFailed:
-                    if attempt == 5:
-                        raise
-                    time.sleep(0.2 * attempt)
-        new = ['--mode', 'logicalunit', '--op', 'new', '--tid', tid,
-               '--lun', lun, '--backing-store', path]
-        bsoflags = self.configuration.safe_get('fuse_tgt_bsoflags')
-        if bsoflags:
-            new += ['--bsoflags', bsoflags.replace(',', ':')]
-        self._run(self._tgtadm(*new))
-        serial = volume_id.replace('-', '')
-        params = 'scsi_id=%s,scsi_sn=%s' % (serial, serial)
-        if not self.configuration.safe_get('fuse_tgt_write_cache'):
-            params += ',mode_page=' + WRITE_CACHE_OFF_MODE_PAGE
-        self._run(self._tgtadm('--mode', 'logicalunit', '--op', 'update',
-                               '--tid', tid, '--lun', lun,
-                               '--params', params))
-        fresh = self._show().get(state.iqn)
-        if fresh is None or fresh.luns.get(LUN) != path:
-            msg = (_('LUN %(lun)d of target %(iqn)s is missing after it was '
-                     're-added from %(path)s')
-                   % {'lun': LUN, 'iqn': state.iqn, 'path': path})
-            LOG.error(msg)
-            raise exception.TargetUpdateFailed(volume_id=volume_id,
-                                               message=msg)
+                    self._control.delete_account(self.control_port,
+                                                 spec.chap_user)
+                except priv_tgt.TargetRefused as err:
+                    LOG.debug('Keeping the tgtd account of %(iqn)s: '
+                              '%(err)s', {'iqn': iqn, 'err': err})
+                except _CONTROL_ERRORS as err:
+                    raise exception.ISCSITargetHelperCommandFailed(
+                        error_message=_('deleting the account of %(iqn)s '
+                                        'failed: %(err)s')
+                        % {'iqn': iqn, 'err': err})
+        except exception.ISCSITargetHelperCommandFailed as err:
+            LOG.error('Could not remove the target of volume %(vol)s: '
+                      '%(err)s', {'vol': volume_id, 'err': err.msg})
+            raise exception.ISCSITargetRemoveFailed(volume_id=volume_id,
+                                                    message=err.msg)
+        self._remove_conf(iqn)
+        LOG.info('Removed target %s.', iqn)
+
+    def _reopen(self, iqn: str, path: str, volume_id: str) -> None:
+        """Replace LUN 1 by a fresh one on ``path``; sessions stay up."""
+        bsoflags, write_cache = self._lun_options()
+        self._call(_('re-opening LUN %(lun)d of %(iqn)s on %(path)s')
+                   % {'lun': LUN, 'iqn': iqn, 'path': path},
+                   self._control.reopen_lun, iqn, path, bsoflags,
+                   write_cache, volume_id.replace('-', ''))
         LOG.info('Re-opened LUN %(lun)d of target %(iqn)s on %(path)s.',
-                 {'lun': LUN, 'iqn': state.iqn, 'path': path})
-        return fresh
+                 {'lun': LUN, 'iqn': iqn, 'path': path})
 
     # ------------------------------------------------------------------
     # Target API used by the driver
@@ -622,14 +590,14 @@ class TgtFileTarget(iscsi.ISCSITarget):
         """
         iqn = '%s%s' % (self.configuration.target_prefix, volume['name'])
         _check_iqn(iqn)
+        initiator = _requested_initiator(connector)
         chap = self._chap_for(context, volume) or (
             volume_utils.generate_username(),
             volume_utils.generate_password())
-        with self._locked():
+        with self._locked(iqn):
             self._show_cache = None
             old = self._read_spec(iqn)
             initiators = set(old.initiators) if old else set()
-            initiator = _connector_initiator(connector)
             if initiator:
                 initiators.add(initiator)
             spec = ExportSpec(iqn=iqn, volume_id=volume['id'],
@@ -652,7 +620,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         start-up burst and a comparison of the config file.
         """
         iqn = self._iqn(volume)
-        with self._locked():
+        with self._locked(iqn):
             spec = self._read_spec(iqn)
             chap = self._chap_for(context, volume)
             if chap is None and spec is not None:
@@ -679,7 +647,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 LOG.info('Target %(iqn)s of volume %(vol)s is missing in '
                          'tgtd; re-creating it.',
                          {'iqn': iqn, 'vol': volume['id']})
-                state = self._apply(want)
+                state = self._apply(want, state, known=True)
                 self._remember(iqn, state)
         if new_auth:
             return {'provider_auth': new_auth}
@@ -691,17 +659,16 @@ class TgtFileTarget(iscsi.ISCSITarget):
         Idempotent: a target or file that is already gone is fine.
         """
         iqn = self._iqn(volume)
-        with self._locked():
+        with self._locked(iqn):
             self._show_cache = None
             self._delete_target(iqn, volume['id'])
 
     def initialize_connection(self, volume, connector):
         """Restrict the target to this initiator, then return the info."""
-        initiator = _connector_initiator(connector)
+        initiator = _requested_initiator(connector)
         if initiator:
-            _check_initiator(initiator)
             iqn = self._iqn(volume)
-            with self._locked():
+            with self._locked(iqn):
                 self._show_cache = None
                 spec = self._read_spec(iqn)
                 if spec is None:
@@ -725,7 +692,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         host's initiator stays allowed until its last one goes. Without a
         connector (forced detach) nothing changes: remove_export follows.
         """
-        initiator = _connector_initiator(connector)
+        initiator = _requested_initiator(connector)
         if not initiator:
             return
         same = [a for a in _attachments(volume)
@@ -738,7 +705,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
                        'vol': volume['id']})
             return
         iqn = self._iqn(volume)
-        with self._locked():
+        with self._locked(iqn):
             self._show_cache = None
             spec = self._read_spec(iqn)
             if spec is None or initiator not in spec.initiators:
@@ -768,7 +735,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         new size. Returns False when the volume has no target.
         """
         iqn = self._iqn(volume)
-        with self._locked():
+        with self._locked(iqn):
             self._show_cache = None
             state = self._show().get(iqn)
             if state is None:
@@ -783,7 +750,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 msg = (_('No backing file known for target %s') % iqn)
                 raise exception.TargetUpdateFailed(volume_id=volume['id'],
                                                    message=msg)
-            self._reopen(state, path, volume['id'])
+            self._reopen(iqn, path, volume['id'])
         return True
 
     def reopen_all(self, directory: str) -> int:
@@ -799,9 +766,9 @@ class TgtFileTarget(iscsi.ISCSITarget):
         prefix = os.path.normpath(directory) + os.sep
         reopened = 0
         failures = []
-        with self._locked():
-            self._show_cache = None
-            for state in sorted(self._show().values(), key=lambda t: t.tid):
+        self._show_cache = None
+        for state in sorted(self._show().values(), key=lambda t: t.tid):
+            with self._locked(state.iqn):
                 spec = self._read_spec(state.iqn)
                 path = state.luns.get(LUN) or (spec.path if spec else None)
                 if not path or not path.startswith(prefix):
@@ -813,7 +780,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
                                  'dir': self.volumes_dir})
                     continue
                 try:
-                    self._reopen(state, path, spec.volume_id)
+                    self._reopen(state.iqn, path, spec.volume_id)
                     reopened += 1
                 except exception.CinderException as err:
                     failures.append((spec.volume_id, err))
@@ -847,35 +814,26 @@ class TgtFileTarget(iscsi.ISCSITarget):
         if not chap_auth:
             chap_auth = (volume_utils.generate_username(),
                          volume_utils.generate_password())
-        volume_id = kwargs.get('volume_id') or name.rsplit(':', 1)[-1]
+        volume_id = kwargs.get('volume_id') or name.rsplit(
+            ':', 1)[-1].replace('volume-', '', 1)
         spec = ExportSpec(iqn=name, volume_id=volume_id, path=path,
                           chap_user=chap_auth[0], chap_secret=chap_auth[1])
-        with self._locked():
+        with self._locked(name):
             self._show_cache = None
             return self._apply(spec).tid
 
     def remove_iscsi_target(self, tid, lun, vol_id, vol_name, **kwargs):
         iqn = '%s%s' % (self.configuration.target_prefix, vol_name)
-        with self._locked():
+        with self._locked(iqn):
             self._show_cache = None
             self._delete_target(iqn, vol_id)
 
 
-def _redact(text: str, secrets: Iterable[str]) -> str:
+def _redact(text: str, secrets) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, '***')
     return text
-
-
-def _op_words(cmd: list) -> list:
-    """The parts of a command line that name the operation (for errors)."""
-    words = []
-    for flag in ('--op', '--mode', '--update', '--delete'):
-        if flag in cmd:
-            i = cmd.index(flag)
-            words += cmd[i:i + 2]
-    return words
 
 
 def _attachments(volume) -> list:
@@ -885,7 +843,11 @@ def _attachments(volume) -> list:
         return []
 
 
-def _connector_initiator(connector) -> Optional[str]:
+def _connector_initiator(connector):
+    """The ``initiator`` of a connector dict, JSON or attachment, or None.
+
+    Not checked: callers that act on it use _requested_initiator.
+    """
     if connector is None:
         return None
     if not isinstance(connector, dict) and hasattr(connector, 'get'):
@@ -901,31 +863,46 @@ def _connector_initiator(connector) -> Optional[str]:
     return connector.get('initiator') or None
 
 
-def _check_initiator(name: str) -> None:
-    # The name ends up in tgt-admin's config and shell: allow only names.
-    if len(name) > _MAX_INITIATOR_LEN or not _INITIATOR_RE.match(name):
+def _requested_initiator(connector) -> Optional[str]:
+    """The connector's initiator name, checked; None if it has none."""
+    initiator = _connector_initiator(connector)
+    if initiator is not None:
+        _check_initiator(initiator)
+    return initiator
+
+
+def _check_initiator(name) -> None:
+    # The name ends up in the config file that tgt-admin reads at boot.
+    if (not isinstance(name, str) or len(name) > _MAX_INITIATOR_LEN
+            or not _INITIATOR_RE.fullmatch(name)):
         raise exception.InvalidConnectorException(
             missing=_('a valid iSCSI initiator name'))
 
 
-def _check_iqn(iqn: str) -> None:
-    # The name also names the config file and goes to tgt-admin's shell.
-    if not _IQN_RE.match(iqn or ''):
+def _check_iqn(iqn) -> None:
+    # The name also names the config file.
+    if not isinstance(iqn, str) or not _IQN_RE.fullmatch(iqn):
         msg = _('Unsupported characters in the target name %r') % iqn
         raise exception.VolumeBackendAPIException(data=msg)
 
 
 def _check_spec(spec: ExportSpec) -> None:
+    """Every value that render_config writes, fully matched."""
     _check_iqn(spec.iqn)
-    if not _SAFE_VALUE_RE.match(spec.path or ''):
+    if not (isinstance(spec.volume_id, str)
+            and _VOLUME_ID_RE.fullmatch(spec.volume_id)):
+        msg = _('Unsupported volume id %r') % spec.volume_id
+        raise exception.VolumeBackendAPIException(data=msg)
+    if not (isinstance(spec.path, str)
+            and _SAFE_VALUE_RE.fullmatch(spec.path)):
         msg = (_('Unsupported characters in the backing file %r')
                % spec.path)
         raise exception.VolumeBackendAPIException(data=msg)
     if not os.path.isabs(spec.path):
         msg = _('The backing file %s must be an absolute path') % spec.path
         raise exception.VolumeBackendAPIException(data=msg)
-    if not (_CHAP_RE.match(spec.chap_user)
-            and _CHAP_RE.match(spec.chap_secret)):
+    if not all(isinstance(value, str) and _CHAP_RE.fullmatch(value)
+               for value in (spec.chap_user, spec.chap_secret)):
         # Never echo the credentials themselves.
         msg = _('The CHAP credentials of target %s contain unsupported '
                 'characters') % spec.iqn

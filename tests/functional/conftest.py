@@ -16,6 +16,7 @@ import collections
 from eventlet import patcher
 import pytest
 
+from fuse_cinder import privileged
 from tests.functional import faultfs
 
 
@@ -30,6 +31,24 @@ def real_threads():
     yield
     assert not patcher.is_monkey_patched('thread'), (
         'the functional suite must not import cinder.tests.unit')
+
+
+@pytest.fixture
+def tgt_privsep_in_process():
+    """Run the privileged tgt entry points in this (root) process.
+
+    For tests that build the driver or its target helper in-process:
+    otherwise the first call starts a privsep daemon through 'sudo
+    privsep-helper', which a test machine need not allow and which would
+    import the installed fuse_cinder rather than this checkout. The
+    entry points are the same code either way; test_tgtd_privsep.py and
+    test_unprivileged.py run them in the real daemon.
+    """
+    privileged.tgt_pctxt.set_client_mode(False)
+    try:
+        yield
+    finally:
+        privileged.tgt_pctxt.set_client_mode(True)
 
 
 # (test name, Counter) of every test that used the ``figures`` fixture.

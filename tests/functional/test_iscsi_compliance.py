@@ -13,9 +13,10 @@
 
 tgt itself fails a few of libiscsi's tests; what matters here is that a
 LUN whose file lives on a FUSE mount behaves exactly like one on a local
-file. Both are exported by TgtFileTarget from one private tgtd and run
-through the same test list; the FUSE LUN must fail no test that the local
-LUN passes.
+file. The FUSE LUN is exported by TgtFileTarget, the local one (which the
+driver refuses to export) with the same LUN settings straight through
+tgtd's socket, both from one private tgtd; both run through the same
+test list and the FUSE LUN must fail no test that the local LUN passes.
 """
 
 import os
@@ -25,9 +26,9 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 
 from cinder import context
-from cinder import utils
 
 from fuse_cinder.target import tgt
+from fuse_cinder.target import tgtd_mgmt
 from tests.functional import fusemount
 from tests.functional import tgtd
 from tests.functional import volumes
@@ -95,38 +96,51 @@ def run_suite(url, tests, workdir):
     return results
 
 
+def export_local(daemon, path, iqn, tid=100):
+    """The baseline: ``path`` as LUN 1 with the driver's LUN settings.
+
+    The driver exports files on FUSE mounts only (its privileged entry
+    points refuse any other), so the local file goes to tgtd directly,
+    without CHAP.
+    """
+    client = tgtd_mgmt.TgtdClient(daemon.control_port)
+    client.new_target(tid, iqn)
+    client.new_lun(tid, tgt.LUN, path, bsoflags='direct')
+    client.update_lun(tid, tgt.LUN, 'scsi_id=local,scsi_sn=local')
+    client.bind_initiator_address(tid, tgt.ALL_ADDRESSES)
+    return daemon.url(iqn)
+
+
 @pytest.fixture
-def luns(tmp_path, make_tgtd, backend_conf):
-    """URLs of two LUNs exported by TgtFileTarget: FUSE and local file."""
+def luns(tmp_path, make_tgtd, backend_conf, tgt_privsep_in_process):
+    """URLs of two LUNs: FUSE (by TgtFileTarget) and a local file."""
     daemon = make_tgtd()
     conf = backend_conf(volumes_dir=str(tmp_path / 'targets'),
                         fuse_tgt_control_port=daemon.control_port,
                         target_ip_address='127.0.0.1',
                         target_port=daemon.portal_port)
-    target = tgt.TgtFileTarget(configuration=conf, db=tgtd.NoDB(),
-                               executor=utils.execute)
+    target = tgt.TgtFileTarget(configuration=conf, db=tgtd.NoDB())
     local_dir = tmp_path / 'local'
     local_dir.mkdir()
     with fusemount.BindfsMount(tmp_path / 'fuse') as fuse:
         os.makedirs(fuse.volumes_home, exist_ok=True)
-        urls, vols = {}, []
-        for n, (kind, home) in enumerate([('fuse', fuse.volumes_home),
-                                          ('local', str(local_dir))]):
-            vol = volumes.volume('%08d-0000-4000-8000-000000000000' % n)
-            path = os.path.join(home, vol.name)
+        vol = volumes.volume('00000000-0000-4000-8000-000000000000')
+        paths = {'fuse': os.path.join(fuse.volumes_home, vol.name),
+                 'local': os.path.join(str(local_dir), vol.name)}
+        for path in paths.values():
             with open(path, 'wb') as f:
                 f.truncate(LUN_SIZE)
-            data = target.create_export(CTX, vol, path)
-            vol.provider_location = data['location']
-            vols.append(vol)
-            _chap, user, secret = data['auth'].split()
-            urls[kind] = daemon.url(target._iqn(vol), user=user,
-                                    secret=secret)
+        urls = {}
+        data = target.create_export(CTX, vol, paths['fuse'])
+        vol.provider_location = data['location']
+        _chap, user, secret = data['auth'].split()
+        urls['fuse'] = daemon.url(target._iqn(vol), user=user, secret=secret)
+        urls['local'] = export_local(
+            daemon, paths['local'], 'iqn.2003-01.org.example:local')
         try:
             yield urls
         finally:
-            for vol in vols:
-                target.remove_export(CTX, vol)
+            target.remove_export(CTX, vol)
 
 
 def test_fuse_lun_is_as_compliant_as_a_local_file(luns, tmp_path):

@@ -115,6 +115,12 @@ def write_cinder_conf(path, work, api_port, db_url, transport_url,
             'target_port': str(tgtd.portal_port),
             'fuse_tgt_control_port': str(tgtd.control_port),
         }
+    # The services run as root here, with no sudo rules and no
+    # /etc/cinder/rootwrap.conf: the privsep daemon of the driver's tgt
+    # calls starts from this venv directly (the all-in-one's does too).
+    conf['fuse_cinder_tgt_privileged'] = {
+        'helper_command': '%s --config-file %s' % (
+            os.path.join(BIN, 'privsep-helper'), path)}
     for sub in ('state', 'logs', 'locks', 'coordination'):
         os.makedirs(os.path.join(work, sub), exist_ok=True)
     with open(path, 'w') as f:

@@ -145,7 +145,8 @@ def _assert_names_mount(errors, home, *words):
 # -- 1. the FUSE daemon hangs, then dies, under exported volumes ----------
 
 def test_fuse_daemon_killed_while_volumes_are_exported(
-        fs, tgtd_daemon, backend_conf, tmp_path, figures):
+        fs, tgtd_daemon, backend_conf, tmp_path, figures,
+        tgt_privsep_in_process):
     """Bounded clear errors, backend down, then LUNs healed with data.
 
     The driver is called as cinder-volume calls it, statistics included:
@@ -257,9 +258,10 @@ def test_fuse_daemon_killed_while_volumes_are_exported(
 
 # -- a real Cinder on a FaultFS mount ---------------------------------------
 
-# A hundred exports at once queue on the backend's tgt lock (one
-# tgt-admin run each); the last ones wait longer than the all-in-one's
-# two minutes of RPC timeout, so calls get CALL_WAIT (see README).
+# A hundred exports at once queue in the one cinder-volume (and, for
+# tgtd, in its one privsep daemon); the last ones may wait longer than
+# the all-in-one's two minutes of RPC timeout, so calls get CALL_WAIT
+# (see README).
 CALL_WAIT = 300
 EXTRA_CONF = '''[DEFAULT]
 quota_volumes = -1

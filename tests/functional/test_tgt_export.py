@@ -23,8 +23,8 @@ import pytest
 from cinder import context
 from cinder import exception
 from cinder import objects
-from cinder import utils
 
+from fuse_cinder import sandbox
 from fuse_cinder.target import tgt
 from tests.functional import fusemount
 from tests.functional import tgtd
@@ -132,7 +132,7 @@ def daemon(make_tgtd):
 
 
 @pytest.fixture
-def make_target(backend_conf, tmp_path, daemon):
+def make_target(backend_conf, tmp_path, daemon, tgt_privsep_in_process):
     def make(**opts):
         values = dict(volumes_dir=str(tmp_path / 'targets'),
                       fuse_tgt_control_port=daemon.control_port,
@@ -140,7 +140,7 @@ def make_target(backend_conf, tmp_path, daemon):
                       target_port=daemon.portal_port)
         values.update(opts)
         return tgt.TgtFileTarget(configuration=backend_conf(**values),
-                                 db=tgtd.NoDB(), executor=utils.execute)
+                                 db=tgtd.NoDB())
     return make
 
 
@@ -346,3 +346,6 @@ def test_export_of_a_missing_file_fails_cleanly(daemon, fuse, target,
         export(target, vol, fuse)
     assert 'LUN 1' in str(err.value)
     assert target._iqn(vol) not in daemon.show()
+    # no CHAP account and no config file left either
+    assert sandbox.list_accounts(daemon.control_port) == []
+    assert not os.path.exists(target._conf_path(target._iqn(vol)))

@@ -115,13 +115,20 @@ def allow_root_helper(stack, user, rootwrap_conf, sudo_log, scratch):
 
     Cinder runs the bare name (``sudo cinder-rootwrap CONF``) and sudo
     resets PATH, so secure_path must hold the venv's bin directory.
-    sudo logs every command it runs for the user to ``sudo_log``.
+    sudo logs every command it runs for the user to ``sudo_log``. Root's
+    side (rootwrap, the file helper, the privsep daemons) imports this
+    checkout, as the user's side does: PYTHONPATH comes from a root-owned
+    env_file, never from the user's environment.
     """
+    env_file = _write(os.path.join(scratch, 'sudo-env'),
+                      'PYTHONPATH=%s\n' % CHECKOUT, 0o400)
     rules = ('Defaults:%(user)s secure_path="%(bin)s:%(path)s"\n'
              'Defaults:%(user)s logfile="%(log)s", loglinelen=0\n'
+             'Defaults:%(user)s env_file="%(env)s"\n'
              '%(user)s ALL = (root) NOPASSWD: %(rootwrap)s %(conf)s *\n'
              % {'user': user.pw_name, 'bin': VENV_BIN, 'path': SYSTEM_PATH,
-                'log': sudo_log, 'rootwrap': ROOTWRAP, 'conf': rootwrap_conf})
+                'log': sudo_log, 'env': env_file, 'rootwrap': ROOTWRAP,
+                'conf': rootwrap_conf})
     candidate = _write(os.path.join(scratch, 'sudoers'), rules, 0o440)
     check = subprocess.run(['visudo', '-cf', candidate], capture_output=True,
                            text=True, timeout=30)

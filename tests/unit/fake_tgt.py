@@ -9,19 +9,22 @@
 #    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 #    License for the specific language governing permissions and limitations
 #    under the License.
-"""An executor that plays tgtd, tgtadm and tgt-admin, for unit tests.
+"""The privileged tgt entry points over an in-memory tgtd, for unit tests.
 
-It keeps targets, LUNs, ACLs and accounts in memory, reads the config
-files the helper writes the way tgt-admin does (including its quirks:
-``ALL`` is added when a config has no initiator-address, a LUN whose file
-is missing is skipped with exit code 0, a target with sessions is left
-alone without --force) and answers ``--op show`` in tgtadm's format.
-Tests check the resulting tgtd state, and the commands where they matter.
+It implements fuse_cinder.privileged.tgt's six functions with their
+contract: the same argument checks (the real validators, except the
+mount lookup), the lowest free tid, LUN 1 only on a file tgtd can open
+(``missing`` lists those it cannot), the CHAP account bound before the
+ACL, a full rollback of a failed export, idempotence for an identical
+target, delete with --force semantics, and a LUN left out when its
+re-open fails. ``show`` answers in tgtadm's format. Tests check the
+resulting tgtd state, and the calls where they matter.
 """
 
 import dataclasses
 
-from oslo_concurrency import processutils
+from fuse_cinder.privileged import tgt as priv_tgt
+from fuse_cinder.target import tgtd_mgmt
 
 
 @dataclasses.dataclass
@@ -36,14 +39,13 @@ class Target:
 
 
 class FakeTgt:
-    def __init__(self, control_port=None):
+    def __init__(self, control_port=0):
         self.control_port = control_port
         self.targets = {}        # tid -> Target
         self.accounts = {}       # user -> secret
         self.missing = set()     # backing files tgtd cannot open
-        self.calls = []          # argv of every command
-        self.kwargs = []         # keyword arguments of every command
-        self._failures = []      # [match, exit_code, stdout, stderr, times]
+        self.calls = []          # (entry point, args without the port)
+        self._failures = []      # [entry point, exception, times]
 
     # -- test helpers --------------------------------------------------
 
@@ -53,163 +55,141 @@ class FakeTgt:
                 return target
         return None
 
-    def fail(self, words, exit_code=1, stdout='', stderr='', times=1):
-        """Make the next ``times`` commands containing ``words`` fail."""
-        self._failures.append([list(words), exit_code, stdout, stderr,
-                               times])
+    def fail(self, name, error, times=1):
+        """Make the next ``times`` calls of entry point ``name`` raise."""
+        self._failures.append([name, error, times])
 
     def restart(self):
         """tgtd crashed and came back empty."""
         self.targets.clear()
         self.accounts.clear()
 
-    def count(self, *words):
-        return sum(1 for c in self.calls if _contains(c, words))
+    def count(self, name):
+        return sum(1 for c in self.calls if c[0] == name)
 
-    # -- the executor --------------------------------------------------
+    def _enter(self, name, port, *args):
+        priv_tgt.check_port(port)
+        assert port == self.control_port, (name, port)
+        self.calls.append((name,) + args)
+        for failure in self._failures:
+            if failure[0] == name and failure[2] > 0:
+                failure[2] -= 1
+                raise failure[1]
 
-    def __call__(self, *cmd, **kwargs):
-        cmd = [str(c) for c in cmd]
-        assert kwargs.get('run_as_root') is True, cmd
-        self.calls.append(cmd)
-        self.kwargs.append(kwargs)
-        check = kwargs.get('check_exit_code', True)
-        try:
-            for failure in self._failures:
-                if failure[4] > 0 and _contains(cmd, failure[0]):
-                    failure[4] -= 1
-                    raise processutils.ProcessExecutionError(
-                        exit_code=failure[1], stdout=failure[2],
-                        stderr=failure[3], cmd=' '.join(cmd))
-            args = cmd[1:]
-            if args[:1] == ['-C']:
-                assert int(args[1]) == self.control_port, cmd
-                args = args[2:]
-            else:
-                assert not self.control_port, cmd
-            if cmd[0] == 'tgt-admin':
-                return self._tgt_admin(args), ''
-            if cmd[0] == 'tgtadm':
-                return self._tgtadm(_options(args)), ''
-            raise AssertionError('unexpected command %s' % cmd)
-        except processutils.ProcessExecutionError as err:
-            if check is False or (isinstance(check, list)
-                                  and err.exit_code in check):
-                return err.stdout, err.stderr
-            raise
+    def _ours(self, iqn):
+        priv_tgt.check_iqn(iqn)
+        return self.by_iqn(iqn)
 
-    def _err(self, code, text):
-        raise processutils.ProcessExecutionError(exit_code=code,
-                                                 stderr='tgtadm: ' + text)
+    @staticmethod
+    def _check_lun_args(path, bsoflags, write_cache, serial):
+        if not priv_tgt.is_volume_path(path):
+            raise priv_tgt._invalid('The backing file', 'is no volume path')
+        priv_tgt.check_bsoflags(bsoflags)
+        priv_tgt.check_write_cache(write_cache)
+        priv_tgt.check_serial(serial)
 
-    # -- tgt-admin -----------------------------------------------------
+    def _add_lun(self, target, path, bsoflags, write_cache, serial):
+        if path in self.missing:
+            raise tgtd_mgmt.TgtdError("can't open %s" % path)
+        target.luns[priv_tgt.LUN] = path
+        params = {'scsi_id': serial, 'scsi_sn': serial,
+                  'bsoflags': bsoflags}
+        if not write_cache:
+            params['mode_page'] = priv_tgt.WRITE_CACHE_OFF_MODE_PAGE
+        target.lun_params[priv_tgt.LUN] = params
 
-    def _tgt_admin(self, args):
-        force = '--force' in args
-        if '--update' in args:
-            conf = args[args.index('--conf') + 1]
-            iqn = args[args.index('--update') + 1]
-            return self._update(conf, iqn, force)
-        if '--delete' in args:
-            iqn = args[args.index('--delete') + 1]
-            target = self.by_iqn(iqn)
-            if target is None:
-                return '# Target with name %s does not exist!\n' % iqn
-            if target.sessions and not force:
-                return '# Target %s is in use\n' % iqn
-            del self.targets[target.tid]
-            return ''
-        raise AssertionError('unexpected tgt-admin %s' % args)
+    @staticmethod
+    def _acl(initiators):
+        if not initiators:
+            return [priv_tgt.ALL_ADDRESSES]
+        return [priv_tgt.NO_ADDRESS] + list(initiators)
 
-    def _update(self, conf, iqn, force):
-        with open(conf) as f:
-            blocks = parse_targets(f.read())
-        if iqn not in blocks:
-            raise processutils.ProcessExecutionError(
-                exit_code=1, stdout='Target %s is currently not configured'
-                % iqn)
-        opts = blocks[iqn]
-        old = self.by_iqn(iqn)
-        if old is not None and old.sessions and not force:
-            return '# Target %s is in use, it won\'t be updated.\n' % iqn
-        if old is not None:
-            tid = old.tid
-            del self.targets[tid]
-        else:
-            tid = max(self.targets, default=0) + 1
+    # -- the entry points ----------------------------------------------
+
+    def show(self, port):
+        self._enter('show', port)
+        return self.render()
+
+    def export_target(self, port, iqn, path, chap_user, chap_secret,
+                      initiators, bsoflags, write_cache, serial):
+        self._enter('export_target', port, iqn, path, chap_user,
+                    chap_secret, initiators, bsoflags, write_cache, serial)
+        existing = self._ours(iqn)
+        self._check_lun_args(path, bsoflags, write_cache, serial)
+        priv_tgt.check_chap(chap_user, chap_secret)
+        initiators = priv_tgt.check_initiators(initiators)
+        if existing is not None:
+            params = existing.lun_params.get(priv_tgt.LUN, {})
+            if (existing.luns.get(priv_tgt.LUN) != path
+                    or existing.accounts != [chap_user]
+                    or params.get('scsi_sn') != serial
+                    or set(params.get('bsoflags', '').split(':'))
+                    != set(bsoflags.split(':'))):
+                raise priv_tgt.TargetRefused(
+                    reason='target %s exists with other settings' % iqn)
+            existing.acl = self._acl(initiators)
+            return existing.tid
+        tid = 1
+        while tid in self.targets:
+            tid += 1
         target = Target(tid=tid, iqn=iqn)
         self.targets[tid] = target
-        path = opts.get('backing-store', [None])[0]
-        if path and path not in self.missing:
-            target.luns[1] = path
-            params = {}
-            for key in ('scsi_id', 'scsi_sn', 'bsoflags', 'write-cache'):
-                if key in opts:
-                    params[key] = opts[key][0]
-            target.lun_params[1] = params
-        for value in opts.get('incominguser', []):
-            user, secret = value.split()
-            self.accounts.setdefault(user, secret)
-            target.accounts.append(user)
-        addresses = opts.get('initiator-address', [])
-        target.acl = (addresses or ['ALL']) + opts.get('initiator-name', [])
-        return ''
+        try:
+            self._add_lun(target, path, bsoflags, write_cache, serial)
+            if any(chap_user in t.accounts for t in self.targets.values()):
+                raise priv_tgt.TargetRefused(
+                    reason='CHAP user %s is in use' % chap_user)
+            self.accounts[chap_user] = chap_secret
+            target.accounts.append(chap_user)
+            target.acl = self._acl(initiators)
+        except Exception:
+            del self.targets[tid]
+            if target.accounts:
+                del self.accounts[chap_user]
+            raise
+        return tid
 
-    # -- tgtadm --------------------------------------------------------
-
-    def _tgtadm(self, o):
-        mode, op = o.get('--mode'), o.get('--op')
-        if mode == 'target' and op == 'show':
-            return self.render()
-        if mode == 'system' and op == 'show':
-            return 'System:\n    State: ready\n'
-        if mode == 'account' and op == 'delete':
-            if self.accounts.pop(o['--user'], None) is None:
-                self._err(22, "can't find the account")
-            for target in self.targets.values():
-                if o['--user'] in target.accounts:
-                    target.accounts.remove(o['--user'])
-            return ''
-        target = self.targets.get(int(o.get('--tid', 0)))
+    def delete_target(self, port, iqn):
+        self._enter('delete_target', port, iqn)
+        target = self._ours(iqn)
         if target is None:
-            self._err(22, "can't find the target")
-        if mode == 'target' and op in ('bind', 'unbind'):
-            entry = o.get('--initiator-name') or o.get('--initiator-address')
-            if op == 'bind':
-                if entry in target.acl:
-                    self._err(22, 'this access control rule already exists')
-                target.acl.append(entry)
-            else:
-                if entry not in target.acl:
-                    self._err(22, 'this access control rule does not exist')
-                target.acl.remove(entry)
-            return ''
-        if mode == 'logicalunit':
-            lun = int(o['--lun'])
-            if op == 'delete':
-                if lun not in target.luns:
-                    self._err(22, "can't find the logical unit")
-                del target.luns[lun]
-                target.lun_params.pop(lun, None)
-                return ''
-            if op == 'new':
-                if lun in target.luns:
-                    self._err(22, 'this logical unit number already exists')
-                if o['--backing-store'] in self.missing:
-                    self._err(22, 'invalid request')
-                target.luns[lun] = o['--backing-store']
-                target.lun_params[lun] = (
-                    {'bsoflags': o['--bsoflags']} if '--bsoflags' in o
-                    else {})
-                return ''
-            if op == 'update':
-                if lun not in target.luns:
-                    self._err(22, "can't find the logical unit")
-                for item in o['--params'].split(','):
-                    key, _sep, value = item.partition('=')
-                    target.lun_params[lun][key] = value
-                return ''
-        raise AssertionError('unexpected tgtadm %s' % o)
+            return
+        del self.targets[target.tid]
+        for user in target.accounts:
+            if not any(user in t.accounts for t in self.targets.values()):
+                self.accounts.pop(user, None)
+
+    def set_acl(self, port, iqn, initiators):
+        self._enter('set_acl', port, iqn, initiators)
+        target = self._ours(iqn)
+        initiators = priv_tgt.check_initiators(initiators)
+        if target is None:
+            raise priv_tgt.TargetRefused(reason='target %s does not exist'
+                                         % iqn)
+        if not target.accounts:
+            raise priv_tgt.TargetRefused(reason='target %s has no CHAP '
+                                         'account' % iqn)
+        target.acl = self._acl(initiators)
+
+    def reopen_lun(self, port, iqn, path, bsoflags, write_cache, serial):
+        self._enter('reopen_lun', port, iqn, path, bsoflags, write_cache,
+                    serial)
+        target = self._ours(iqn)
+        self._check_lun_args(path, bsoflags, write_cache, serial)
+        if target is None:
+            raise priv_tgt.TargetRefused(reason='target %s does not exist'
+                                         % iqn)
+        target.luns.pop(priv_tgt.LUN, None)
+        target.lun_params.pop(priv_tgt.LUN, None)
+        self._add_lun(target, path, bsoflags, write_cache, serial)
+
+    def delete_account(self, port, user):
+        self._enter('delete_account', port, user)
+        users = [t.iqn for t in self.targets.values() if user in t.accounts]
+        if users:
+            raise priv_tgt.TargetRefused(reason='CHAP user %s is in use by '
+                                         '%s' % (user, ', '.join(users)))
+        self.accounts.pop(user, None)
 
     def render(self):
         """``tgtadm --mode target --op show`` as tgtd prints it."""
@@ -252,7 +232,10 @@ class FakeTgt:
 
 
 def parse_targets(text):
-    """{iqn: {key: [values]}} of a tgt-admin config (no includes)."""
+    """{iqn: {key: [values]}} of a tgt-admin config (no includes).
+
+    How tgt-admin reads the boot include of the driver's config files.
+    """
     blocks, current = {}, None
     for raw in text.splitlines():
         line = raw.strip()
@@ -266,20 +249,3 @@ def parse_targets(text):
             key, _sep, value = line.partition(' ')
             current.setdefault(key, []).append(value.strip())
     return blocks
-
-
-def _options(args):
-    opts, i = {}, 0
-    while i < len(args):
-        if args[i].startswith('--') and i + 1 < len(args) and \
-                not args[i + 1].startswith('--'):
-            opts[args[i]] = args[i + 1]
-            i += 2
-        else:
-            opts[args[i]] = True
-            i += 1
-    return opts
-
-
-def _contains(cmd, words):
-    return all(w in cmd for w in words)

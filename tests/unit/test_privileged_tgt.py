@@ -1,0 +1,218 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+"""The privileged tgt helpers' validators, fed hostile values."""
+
+from unittest import mock
+
+import pytest
+
+from cinder import exception
+
+from fuse_cinder import privileged
+from fuse_cinder.privileged import tgt as ptgt
+from fuse_cinder.target import tgtd_mgmt
+
+UUID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0'
+IQN = 'iqn.2010-10.org.openstack:volume-' + UUID
+PATH = '/mnt/cdmi/volumes/volume-' + UUID
+SERIAL = UUID.replace('-', '')
+MOUNTINFO = (
+    '22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n'
+    '40 22 0:45 / /mnt/cdmi rw,nosuid,nodev shared:20 - fuse.cdmifuse '
+    'cdmifuse rw,user_id=0,group_id=0,allow_other\n'
+    '41 40 254:0 /etc /mnt/cdmi/volumes/etc rw - ext4 /dev/vda1 rw\n'
+    '42 40 254:0 /etc/shadow /mnt/cdmi/volumes/volume-'
+    'aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee rw - ext4 /dev/vda1 rw\n'
+    '43 22 0:46 / /mnt/with\\040space rw - fuse.bindfs x rw\n')
+
+COMMON_HOSTILE = [None, 1, 1.0, True, False, b'x', ['x'], {'x': 1}, '',
+                  ' ', '\n', '\0']
+
+
+@pytest.fixture
+def mountinfo(tmp_path):
+    path = tmp_path / 'mountinfo'
+    path.write_text(MOUNTINFO)
+    return str(path)
+
+
+def refused(check, *args):
+    with pytest.raises(exception.InvalidInput):
+        check(*args)
+
+
+def test_context_is_narrow():
+    ctx = privileged.tgt_pctxt
+    assert ctx.cfg_section == 'fuse_cinder_tgt_privileged'
+    assert ctx.pypath == 'fuse_cinder.privileged.tgt_pctxt'
+    from oslo_privsep import capabilities
+    assert ctx.conf.capabilities == [capabilities.CAP_SYS_PTRACE]
+
+
+def test_write_cache_mode_page_is_what_tgt_admin_sends():
+    # tgt-admin's "write-cache off": mode page 8 with WCE cleared
+    assert ptgt.WRITE_CACHE_OFF_MODE_PAGE == (
+        '8:0:18:0x10:0:0xff:0xff:0:0:0xff:0xff:0xff:0xff:0x80:0x14:'
+        '0:0:0:0:0:0')
+
+
+@pytest.mark.parametrize('port', [0, 60, 65535])
+def test_ports(port):
+    assert ptgt.check_port(port) == port
+
+
+@pytest.mark.parametrize('port', [-1, 65536, 2 ** 64, 10 ** 100, True,
+                                  False, '60', 60.0, None])
+def test_hostile_ports(port):
+    refused(ptgt.check_port, port)
+
+
+@pytest.mark.parametrize('iqn', [
+    IQN, 'iqn.2004-10.com.example.host:sub.x:volume-' + UUID,
+    'eui.0123456789abcdef:volume-' + UUID,
+    'naa.0123456789abcdef0123456789abcdef:volume-' + UUID])
+def test_target_names(iqn):
+    assert ptgt.check_iqn(iqn) == iqn
+
+
+@pytest.mark.parametrize('iqn', COMMON_HOSTILE + [
+    IQN + '\n', IQN + '\0', IQN + ' ', '\n' + IQN, IQN.upper(),
+    IQN.replace(UUID, UUID.upper()), IQN.replace(UUID, UUID[:-1]),
+    'iqn.2010-10.org.openstack:snapshot-' + UUID,
+    'iqn.2010-10.org.openstack:volume-' + UUID + ':x',
+    'iqn.2010-10.org.openstack;id:volume-' + UUID,
+    'iqn.2010-10.org.openstack:$(reboot):volume-' + UUID,
+    'iqn.2010-10.org.open stack:volume-' + UUID,
+    'iqn.2010-10.org.openstack,x=y:volume-' + UUID,
+    'iqn.2010-10.org.openstack:volume-' + UUID + ',targetname=x',
+    'iqn.2010-10.' + 'a' * 200 + ':volume-' + UUID,
+    'foo.2010-10.org:volume-' + UUID, 'volume-' + UUID])
+def test_hostile_target_names(iqn):
+    refused(ptgt.check_iqn, iqn)
+
+
+def test_fuse_paths(mountinfo):
+    assert ptgt.check_path(PATH, mountinfo) == PATH
+    spaced = '/mnt/with space/volume-' + UUID
+    refused(ptgt.check_path, spaced, mountinfo)  # space: not our charset
+
+
+@pytest.mark.parametrize('path', COMMON_HOSTILE + [
+    PATH + '\n', PATH + '\0', '\n' + PATH, PATH.upper(),
+    PATH.replace(UUID, UUID.upper()), 'volume-' + UUID,
+    'mnt/cdmi/volumes/volume-' + UUID, '/mnt/cdmi/volumes/../volume-' + UUID,
+    '/mnt/cdmi/volumes/./volume-' + UUID,
+    '/mnt/cdmi//volumes/volume-' + UUID, '/mnt/cdmi/volumes/volume-' + UUID
+    + '/', '/etc/shadow', '/mnt/cdmi/volumes/shadow',
+    '/mnt/cdmi/volumes/volume-' + UUID + '.tmp',
+    '/mnt/cdmi/volumes/$(id)/volume-' + UUID,
+    '/mnt/cdmi/vol;umes/volume-' + UUID,
+    '/mnt/cdmi/vol,umes/volume-' + UUID,
+    '/mnt/cdmi/vol=umes/volume-' + UUID,
+    '/mnt/cdmi/' + 'a/' * 2100 + 'volume-' + UUID,
+    '/srv/volumes/volume-' + UUID,
+    '/mnt/cdmi/volumes/etc/volume-' + UUID,
+    '/mnt/cdmi/volumes/volume-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee'])
+def test_hostile_paths(path, mountinfo):
+    refused(ptgt.check_path, path, mountinfo)
+
+
+@pytest.mark.parametrize('names', [[], ['iqn.1994-05.com.redhat:abc'],
+                                   ('iqn.1994-05.com.redhat:abc',
+                                    'eui.0123456789ABCDEF')])
+def test_initiators(names):
+    assert ptgt.check_initiators(names) == tuple(names)
+
+
+@pytest.mark.parametrize('names', [
+    None, 'iqn.1994-05.com.redhat:abc', {'iqn.1994-05.com.redhat:abc'},
+    [None], [1], [True], [b'iqn.1994-05.com.redhat:abc'],
+    ['iqn.1994-05.com.redhat:abc\n'], ['iqn.1994-05.com.redhat:abc\0'],
+    ['iqn.1994-05.com.redhat:a,b'], ['iqn.1994-05.com.redhat:a=b'],
+    ['iqn.1994-05.com.redhat:a b'], ['iqn.1994-05.com.redhat:$(id)'],
+    ['iqn.1994-05.com.redhat:' + 'a' * 220], ['ALL'], ['0.0.0.0/0'],
+    ['iqn.1994-05.com.redhat:a', 'iqn.1994-05.com.redhat:a'],
+    ['iqn.1994-05.com.redhat:%d' % i for i in range(65)]])
+def test_hostile_initiators(names):
+    refused(ptgt.check_initiators, names)
+
+
+@pytest.mark.parametrize('user,secret', [
+    (None, 'secret'), ('user', None), (1, 'secret'), ('user', 1),
+    (True, 'secret'), ('user', b'secret'), ('', 'secret'), ('user', ''),
+    ('user\n', 'secret'), ('user', 'secret\n'), ('us,er', 'secret'),
+    ('user', 'sec,ret'), ('user', 'sec=ret'), ('user', 'sec\0ret'),
+    ('user', 'sec ret'), ('u' * 256, 'secret'), ('user', 's' * 256),
+    ('user', '$(reboot)')])
+def test_hostile_chap(user, secret):
+    with pytest.raises(exception.InvalidInput) as err:
+        ptgt.check_chap(user, secret)
+    if isinstance(secret, str) and len(secret) > 2:
+        assert secret not in str(err.value)
+
+
+@pytest.mark.parametrize('flags', [None, True, 1, 'direct,sync', 'sync:direct',
+                                   'direct\n', 'DIRECT', 'rw', ' direct'])
+def test_hostile_bsoflags(flags):
+    refused(ptgt.check_bsoflags, flags)
+
+
+@pytest.mark.parametrize('serial', COMMON_HOSTILE + [
+    SERIAL + '\n', SERIAL.upper(), SERIAL[:-1], SERIAL + '0', UUID,
+    SERIAL[:-1] + 'g'])
+def test_hostile_serials(serial):
+    refused(ptgt.check_serial, serial)
+
+
+@pytest.mark.parametrize('value', [0, 1, None, 'False', ''])
+def test_write_cache_must_be_a_bool(value):
+    refused(ptgt.check_write_cache, value)
+
+
+def target(name=IQN, luns=None):
+    return tgtd_mgmt.Target(tid=1, name=name, luns=luns or {})
+
+
+@pytest.mark.parametrize('candidate,ours', [
+    (target(), True),
+    (target(luns={0: tgtd_mgmt.Lun(), 1: tgtd_mgmt.Lun(path=PATH)}), True),
+    (target(luns={1: tgtd_mgmt.Lun(path=None)}), False),
+    (target(luns={1: tgtd_mgmt.Lun(path='/etc/shadow')}), False),
+    (target(luns={1: tgtd_mgmt.Lun(path=PATH),
+                  2: tgtd_mgmt.Lun(path=PATH)}), False),
+    (target(name='iqn.2003-01.org.example:backup'), False),
+    (target(name=IQN + 'x'), False)])
+def test_which_targets_are_ours(candidate, ours):
+    assert ptgt.is_ours(candidate) is ours
+
+
+def test_reopen_lun_waits_for_a_busy_lun(mountinfo):
+    """tgtd refuses to delete a LUN with commands in flight; they drain."""
+    client = mock.Mock()
+    client.targets.return_value = {IQN: target(
+        luns={0: tgtd_mgmt.Lun(), 1: tgtd_mgmt.Lun(path=PATH)})}
+    client.peer.return_value = (123, 0, 0)
+    busy = tgtd_mgmt.TgtdError('this logical unit is still active',
+                               tgtd_mgmt.LUN_ACTIVE)
+    client.delete_lun.side_effect = [busy, busy, None]
+    privileged.tgt_pctxt.set_client_mode(False)
+    try:
+        with mock.patch.object(ptgt, '_client', return_value=client), \
+                mock.patch.object(ptgt, 'check_path', return_value=PATH), \
+                mock.patch.object(ptgt, '_add_lun') as add_lun, \
+                mock.patch('time.sleep') as sleep:
+            ptgt.reopen_lun(60, IQN, PATH, 'direct', True, SERIAL)
+    finally:
+        privileged.tgt_pctxt.set_client_mode(True)
+    assert sleep.call_count == 2 and client.delete_lun.call_count == 3
+    add_lun.assert_called_once_with(client, 123, 1, PATH, 'direct', True,
+                                    SERIAL)
