@@ -19,6 +19,7 @@ LUN 1 of one target per volume.
 
 import math
 import threading
+import time
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -39,10 +40,14 @@ from fuse_cinder import mount as fuse_mount
 from fuse_cinder import names
 from fuse_cinder import options
 from fuse_cinder.target import tgt
+from fuse_cinder import watch
 
 LOG = logging.getLogger(__name__)
 
 VERSION = '1.0.0'
+#: Seconds one successful look at the mount vouches for it to
+#: ensure_export (the start-up burst).
+ENSURE_MOUNT_TTL = 10.0
 
 
 @interface.volumedriver
@@ -72,7 +77,12 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self._provisioned_lock = threading.Lock()
         # The mount the exported LUNs were opened on (see _heal_luns).
         self._luns_mount_id = None
+        self._heal_lock = threading.Lock()
         self._backend_down = False
+        self._last_reconcile = 0.0
+        self._watch = None
+        # When the mount last answered a bounded call, for ensure_export.
+        self._mount_seen_alive = None
 
     @staticmethod
     def get_driver_options():
@@ -99,6 +109,34 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                   'fs': entry.fs_type if entry else 'unchecked',
                   'count': len(sizes),
                   'gb': self._provisioned_bytes / units.Gi})
+        if self._watch is None:
+            self._watch = watch.every(
+                self.configuration.fuse_watch_interval, self, 'watch_once',
+                'fuse-cinder-watch-%s' % self.backend_name)
+
+    def watch_once(self):
+        """Heal what a replaced mount or a restarted tgtd broke.
+
+        Runs every fuse_watch_interval: the mount id costs a procfs read;
+        tgtd's targets are compared with this backend's exports every
+        fuse_tgt_reconcile_interval. Nothing is done while the mount is
+        not on FUSE (there is nothing to open the files on).
+        """
+        try:
+            self.mount.check_mounted()
+        except fuse_mount.FuseMountUnavailable:
+            return
+        self._heal_luns()
+        every = self.configuration.fuse_tgt_reconcile_interval
+        now = time.monotonic()
+        if every and now - self._last_reconcile >= every:
+            self._last_reconcile = now
+            restored = self.target_driver.reconcile(self.mount.volumes_home)
+            if restored:
+                LOG.warning("Re-created %(count)d targets of %(home)s that "
+                            "tgtd had lost.",
+                            {'count': restored,
+                             'home': self.mount.volumes_home})
 
     @staticmethod
     def _check_name_templates():
@@ -291,6 +329,14 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         the backend down; a daemon that was only slow keeps its mount and
         its LUNs are left alone. A failure is retried at the next update.
         """
+        if not self._heal_lock.acquire(blocking=False):
+            return                          # the other caller is at it
+        try:
+            self._heal_luns_locked()
+        finally:
+            self._heal_lock.release()
+
+    def _heal_luns_locked(self):
         current = self.mount.identity()
         if self._luns_mount_id is None:     # no baseline before do_setup
             self._luns_mount_id = current
@@ -303,8 +349,8 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         try:
             count = self.target_driver.reopen_all(self.mount.volumes_home)
         except exception.CinderException as exc:
-            LOG.error("Re-opening the LUNs on %(home)s failed; retrying at "
-                      "the next statistics update: %(err)s",
+            LOG.error("Re-opening the LUNs on %(home)s failed; retrying "
+                      "soon: %(err)s",
                       {'home': self.mount.volumes_home, 'err': exc})
             return
         self._luns_mount_id = current
@@ -413,8 +459,34 @@ class FuseISCSIDriver(driver.ISCSIDriver):
 
     # -- iSCSI export: delegated to the tgt helper ---------------------
 
+    def _check_exportable(self, volume):
+        """Fail naming the mount unless the volume's file answers.
+
+        tgtd would happily re-use a target whose LUN fails every I/O on a
+        dead mount; a bounded stat of the file proves the mount answers.
+        """
+        self.mount.check_mounted()
+        if not self.files.exists(volume.name):
+            raise exception.VolumeBackendAPIException(
+                data=_("cannot export %(name)s: no backing file in "
+                       "%(home)s") % {'name': volume.name,
+                                      'home': self.mount.volumes_home})
+
+    def _check_mount_answers(self):
+        """The mount answers a bounded call; one per ensure burst.
+
+        cinder-volume calls ensure_export for every volume at start-up;
+        one statvfs within ENSURE_MOUNT_TTL serves them all.
+        """
+        seen = self._mount_seen_alive
+        if seen is not None and time.monotonic() - seen <= ENSURE_MOUNT_TTL:
+            return
+        self.mount.capacity()
+        self._mount_seen_alive = time.monotonic()
+
     def create_export(self, context, volume, connector):
         """Export with the connector so the target is never open to all."""
+        self._check_exportable(volume)
         data = self.target_driver.create_export(context, volume,
                                                 self.local_path(volume),
                                                 connector=connector)
@@ -423,6 +495,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
 
     def ensure_export(self, context, volume):
         """Re-create a lost target; may return new CHAP to persist."""
+        self._check_mount_answers()
         return self.target_driver.ensure_export(context, volume,
                                                 self.local_path(volume))
 

@@ -39,8 +39,10 @@ from fuse_cinder import processes
 
 LOG = logging.getLogger(__name__)
 
-# Exit status of ``timeout -s KILL`` when it had to kill the command.
-_KILLED_BY_TIMEOUT = 128 + 9
+# Exit statuses of ``timeout -s KILL`` when it had to kill the command:
+# 137, or -9 when the KILL it sends to its process group also ended
+# timeout itself before it could exit (processutils reports the signal).
+_KILLED_BY_TIMEOUT = (128 + 9, -9)
 # How long past its own deadline a killed command may take to exit.
 _REAP_GRACE = 5
 _ENOTCONN_TEXT = 'Transport endpoint is not connected'
@@ -290,7 +292,7 @@ class FuseMount:
 
     def _translate(self, exc, cmd, timeout):
         stderr = exc.stderr or ''
-        if exc.exit_code == _KILLED_BY_TIMEOUT:
+        if exc.exit_code in _KILLED_BY_TIMEOUT:
             self._hung(_("'%(cmd)s' got no answer within %(timeout)s s; "
                          "the FUSE daemon is hung") %
                        {'cmd': cmd[0], 'timeout': timeout})

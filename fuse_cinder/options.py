@@ -44,6 +44,15 @@ fuse_opts = [
                     'statvfs, truncate, rename, unlink) may take before '
                     'the driver gives up. A hung FUSE daemon otherwise '
                     'blocks cinder-volume forever.'),
+    cfg.FloatOpt('fuse_watch_interval',
+                 default=1.0,
+                 min=0,
+                 help='Seconds between two looks at the kernel\'s mount '
+                      'table for a FUSE mount that was replaced under '
+                      'volumes_home: the LUNs on it are re-opened in tgtd '
+                      'at once instead of at the next statistics update. '
+                      'Reading /proc/self/mountinfo never blocks. 0 turns '
+                      'the watch off (and the reconciliation below).'),
     cfg.IntOpt('fuse_copy_timeout',
                default=6 * 3600,
                min=1,
@@ -58,6 +67,15 @@ tgt_opts = [
                max=65535,
                help='tgtd management control port (tgtd -C) to drive. 0 '
                     'means the default tgtd instance.'),
+    cfg.IntOpt('fuse_tgt_reconcile_interval',
+               default=10,
+               min=0,
+               help='Seconds between two comparisons of tgtd\'s targets '
+                    'with the exports cinder-volume made (its records in '
+                    'volumes_dir): a tgtd that restarted empty gets every '
+                    'export of this backend back within this time, '
+                    'without a cinder-volume restart. One tgtd listing '
+                    'each time. 0 turns it off.'),
     cfg.BoolOpt('fuse_tgt_write_cache',
                 default=True,
                 help='Enable the write cache of exported LUNs. With it '

@@ -37,7 +37,9 @@ def backend_conf():
             touched.append(name)
         return conf
 
-    set_opts(volume_backend_name='fuse-test')
+    # No background watch unless a test asks for one: tests call
+    # watch_once themselves, and a tick must not outlive its test's tgtd.
+    set_opts(volume_backend_name='fuse-test', fuse_watch_interval=0)
     yield set_opts
     for name in touched:
         cfg.CONF.clear_override(name, group=GROUP)

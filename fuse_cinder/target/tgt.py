@@ -796,6 +796,67 @@ class TgtFileTarget(iscsi.ISCSITarget):
                                                message=msg)
         return reopened
 
+    def _records(self, directory: str) -> list:
+        """The exports whose backing file lies in ``directory``.
+
+        Read from the config files in volumes_dir (local disk, written by
+        this service); several backends may share the directory.
+        """
+        prefix = os.path.normpath(directory) + os.sep
+        try:
+            files = sorted(os.listdir(self.volumes_dir))
+        except FileNotFoundError:
+            return []
+        specs = []
+        for name in files:
+            if name.startswith('.') or not name.endswith(CONF_SUFFIX):
+                continue
+            try:
+                with open(os.path.join(self.volumes_dir, name)) as f:
+                    spec = parse_config(f.read())
+            except OSError:
+                continue
+            if spec is not None and spec.path.startswith(prefix):
+                specs.append(spec)
+        return specs
+
+    def reconcile(self, directory: str) -> int:
+        """Re-create the exports of ``directory`` that tgtd has lost.
+
+        A tgtd that restarted empty (crash, package upgrade) forgets every
+        target; the config files say what cinder-volume exported and has
+        not removed. One tgtd listing per call, none when this backend
+        has no export. Each lost export is made again with its recorded
+        CHAP account and initiators, under its volume's lock and from its
+        record read again there, so a removal that ran meanwhile wins.
+        Returns the number re-created; a failure is logged and tried
+        again at the next call.
+        """
+        records = self._records(directory)
+        if not records:
+            return 0
+        live = self._show()
+        restored = 0
+        for listed in records:
+            if listed.iqn in live:
+                continue
+            with self._locked(listed.iqn):
+                spec = self._read_spec(listed.iqn)
+                if spec is None:
+                    continue
+                LOG.warning('Target %(iqn)s of volume %(vol)s is missing in '
+                            'tgtd; re-creating it.',
+                            {'iqn': spec.iqn, 'vol': spec.volume_id})
+                try:
+                    self._apply(spec, None, known=True)
+                except exception.CinderException as err:
+                    LOG.error('Could not re-create target %(iqn)s: %(err)s',
+                              {'iqn': spec.iqn, 'err': err})
+                    continue
+                restored += 1
+        self._show_cache = None
+        return restored
+
     # ------------------------------------------------------------------
     # ISCSITarget's abstract hooks, for callers that use them directly
 

@@ -35,6 +35,7 @@ import sqlite3
 import stat
 import threading
 import time
+from unittest import mock
 import uuid
 
 from oslo_concurrency import processutils
@@ -44,6 +45,7 @@ from cinder import context
 
 from fuse_cinder import driver
 from fuse_cinder import mount
+from fuse_cinder import sandbox
 from fuse_cinder.target import tgt
 from tests.functional import faultfs
 from tests.functional import patched_cinder
@@ -193,6 +195,9 @@ def test_fuse_daemon_killed_while_volumes_are_exported(
             'delete': lambda: drv.delete_volume(vols[2]),
             'manage': lambda: drv.manage_existing_get_size(
                 _volume(9), {'source-name': vols[0].name}),
+            'export': lambda: drv.create_export(CTX, vols[0],
+                                                {'initiator': HOST}),
+            'ensure export': lambda: drv.ensure_export(CTX, vols[1]),
             'setup check': drv.check_for_setup_error,
         }
 
@@ -253,6 +258,59 @@ def test_fuse_daemon_killed_while_volumes_are_exported(
     drv.delete_volume(_volume(7))
     figures['ops'] += 2 * len(vols) + 2
     assert os.listdir(os.path.join(fs.backing, 'volumes')) == []
+    assert tgt.parse_show_target(tgtd_daemon.show()) == {}
+
+
+def test_remount_heals_luns_without_statistics(
+        fs, tgtd_daemon, backend_conf, tmp_path, figures,
+        tgt_privsep_in_process):
+    """The driver's watch re-opens the LUNs of a replaced mount by itself.
+
+    No statistics update is made: the heal comes from the watch on
+    /proc/self/mountinfo (fuse_watch_interval, 1 s by default).
+    """
+    os.mkdir(os.path.join(fs.backing, 'volumes'))
+    conf = backend_conf(volumes_home=os.path.join(fs.mountpoint, 'volumes'),
+                        fuse_fs_call_timeout=CALL_TIMEOUT,
+                        fuse_watch_interval=1.0,
+                        volumes_dir=str(tmp_path / 'targets'),
+                        fuse_tgt_control_port=tgtd_daemon.control_port,
+                        target_ip_address='127.0.0.1',
+                        target_port=tgtd_daemon.portal_port)
+    drv = driver.FuseISCSIDriver(configuration=conf,
+                                 execute=processutils.execute)
+    drv.target_driver.db = tgtd.NoDB()
+    drv.do_setup(CTX)
+    vols, inis, payloads = [], [], []
+    for n in range(2):
+        vol = _volume(n)
+        drv.create_volume(vol)
+        update = drv.create_export(CTX, vol, {'initiator': HOST})
+        vol.provider_location = update['provider_location']
+        vol.provider_auth = update['provider_auth']
+        info = drv.initialize_connection(vol, {'initiator': HOST})['data']
+        inis.append(_initiator(tgtd_daemon, tmp_path / ('ini%d' % n), info))
+        payloads.append(os.urandom(MiB))
+        inis[-1].write(n * 64 * MiB, payloads[-1])
+        vols.append(vol)
+    with mock.patch.object(drv, 'get_volume_stats') as stats, \
+            mock.patch.object(drv, '_update_volume_stats') as update:
+        fs.kill()
+        figures['faults'] += 1
+        fs.restart()
+        start = time.monotonic()
+        healed = sandbox.wait_for(
+            lambda: all(ini.read(n * 64 * MiB, MiB) == payloads[n]
+                        for n, ini in enumerate(inis)), BOUND, interval=0.2)
+        figures['heal_ms'] = int(1000 * (time.monotonic() - start))
+        stats.assert_not_called()
+        update.assert_not_called()
+    assert healed
+    figures['luns_reopened'] += len(inis)
+    figures['verified_bytes'] += len(inis) * MiB
+    for vol in vols:
+        drv.remove_export(CTX, vol)
+        drv.delete_volume(vol)
     assert tgt.parse_show_target(tgtd_daemon.show()) == {}
 
 
@@ -522,10 +580,40 @@ def test_tgtd_restart_ensure_export_restores_every_export(clean_stack,
     assert tgt.parse_show_target(stack.tgtd.show()) == {}
     assert volumes[0][1].inquiry()[0] != 0
 
-    # cinder-volume restarts: init_host calls ensure_export.
+    # cinder-volume keeps running: its watch compares tgtd with its
+    # records every fuse_tgt_reconcile_interval (10 s) and re-creates them.
+    start = time.monotonic()
+    assert sandbox.wait_for(
+        lambda: len(tgt.parse_show_target(stack.tgtd.show())) ==
+        len(volumes), BOUND, interval=0.2)
+    figures['reconciled_s'] = math.ceil(time.monotonic() - start)
+    _check_restored(stack, volumes, payloads, figures)
+
+    # Again, and cinder-volume restarts: init_host calls ensure_export.
+    stack.tgtd.restart()
+    figures['faults'] += 1
     aio.stop()
     aio.start()
     figures['ops'] += 1
+    _check_restored(stack, volumes, payloads, figures)
+
+    for vol, ini, att in volumes:
+        if att:
+            code, body = aio.http('DELETE', '/attachments/%s' % att,
+                                  microversion='3.44')
+            assert code == 200, body
+        else:
+            stack.delete_export(vol)
+        stack.settle(vol, {'available'})
+        stack.delete(vol)
+    figures['ops'] += 8
+
+
+def _check_restored(stack, volumes, payloads, figures):
+    """Every export back with its data, CHAP and ACL, records 0600."""
+    assert sandbox.wait_for(
+        lambda: len(tgt.parse_show_target(stack.tgtd.show())) ==
+        len(volumes), BOUND, interval=0.2)
     shown = tgt.parse_show_target(stack.tgtd.show())
     assert len({t.tid for t in shown.values()}) == len(volumes)
     for n, (vol, ini, att) in enumerate(volumes):
@@ -542,17 +630,6 @@ def test_tgtd_restart_ensure_export_restores_every_export(clean_stack,
     for name in stack.target_files():
         mode = os.stat(os.path.join(stack.targets_dir, name)).st_mode
         assert stat.S_IMODE(mode) == 0o600, (name, oct(mode))
-
-    for vol, ini, att in volumes:
-        if att:
-            code, body = aio.http('DELETE', '/attachments/%s' % att,
-                                  microversion='3.44')
-            assert code == 200, body
-        else:
-            stack.delete_export(vol)
-        stack.settle(vol, {'available'})
-        stack.delete(vol)
-    figures['ops'] += 8
 
 
 # -- 4. 100 concurrent life cycles on one backend ---------------------------

@@ -11,8 +11,10 @@
 #    under the License.
 """The driver's volume life cycle against the fake executor."""
 
+import gc
 import os
 import subprocess
+import time
 from unittest import mock
 
 from oslo_config import cfg
@@ -103,8 +105,10 @@ def test_setup_names_dead_mount(make_driver, fake_fs):
     assert 'ENOTCONN' in str(err.value)
 
 
-def test_setup_names_hung_mount(make_driver, fake_fs):
-    fake_fs.fail('statfs', '', exit_code=137)
+@pytest.mark.parametrize('code', [137, -9])
+def test_setup_names_hung_mount(make_driver, fake_fs, code):
+    """137, or -9 when timeout's own KILL to its group ended it too."""
+    fake_fs.fail('statfs', '', exit_code=code)
     drv = make_driver(fuse_fs_call_timeout=7)
     with pytest.raises(mount.FuseMountUnavailable) as err:
         drv.do_setup(CTX)
@@ -577,6 +581,7 @@ def test_image_upload_names_a_broken_mount(drv, conversion_dir, script,
 
 def test_export_model_update_and_connector(drv):
     vol = volume()
+    drv.create_volume(vol)
     connector = {'initiator': 'iqn.1993-08.org.debian:01:abc'}
     with mock.patch.object(drv.target_driver, 'create_export',
                            return_value={'location': 'loc', 'auth': 'CHAP u p'}
@@ -588,6 +593,85 @@ def test_export_model_update_and_connector(drv):
     with mock.patch.object(drv.target_driver, 'ensure_export',
                            return_value={'provider_auth': 'CHAP a b'}):
         assert drv.ensure_export(CTX, vol) == {'provider_auth': 'CHAP a b'}
+
+
+def test_export_of_a_dead_mount_fails_naming_it(drv, fake_fs):
+    vol = volume()
+    drv.create_volume(vol)
+    fake_fs.fail('stat', fake_executor.ENOTCONN)
+    fake_fs.fail('statfs', fake_executor.ENOTCONN)
+    with mock.patch.object(drv.target_driver, 'create_export') as create, \
+            mock.patch.object(drv.target_driver, 'ensure_export') as ensure:
+        with pytest.raises(mount.FuseMountUnavailable) as err:
+            drv.create_export(CTX, vol, None)
+        assert conftest.HOME in str(err.value)
+        with pytest.raises(mount.FuseMountUnavailable) as err:
+            drv.ensure_export(CTX, vol)
+        assert conftest.HOME in str(err.value)
+    create.assert_not_called()
+    ensure.assert_not_called()
+
+
+def test_export_of_a_missing_file_is_refused(drv):
+    with mock.patch.object(drv.target_driver, 'create_export') as create:
+        with pytest.raises(exception.VolumeBackendAPIException) as err:
+            drv.create_export(CTX, volume(), None)
+    assert 'no backing file' in str(err.value)
+    create.assert_not_called()
+
+
+def test_ensure_burst_looks_at_the_mount_once(drv, fake_fs):
+    fake_fs.calls.clear()
+    with mock.patch.object(drv.target_driver, 'ensure_export') as ensure:
+        for n in range(20):
+            drv.ensure_export(CTX, volume(vol_id='%08d-2222-3333-4444-'
+                                          '555555555555' % n))
+    assert ensure.call_count == 20
+    assert fake_fs.programs() == ['statfs']
+
+
+def test_watch_heals_and_reconciles_without_statistics(healing, backend_conf):
+    drv, remount, reopen = healing
+    backend_conf(fuse_tgt_reconcile_interval=10)
+    with mock.patch.object(drv.target_driver, 'reconcile',
+                           return_value=2) as reconcile:
+        drv.watch_once()
+        reopen.assert_not_called()
+        assert reconcile.call_count == 1
+        remount()
+        drv.watch_once()
+        reopen.assert_called_once_with(conftest.HOME)
+        assert reconcile.call_count == 1     # not again within 10 s
+        drv._last_reconcile -= 10
+        drv.watch_once()
+        assert reconcile.call_count == 2
+        reconcile.assert_called_with(conftest.HOME)
+
+
+def test_watch_leaves_an_unmounted_home_alone(healing, mounts_file):
+    drv, remount, reopen = healing
+    mounts_file.write_text('/dev/vda / ext4 rw 0 0\n')
+    remount()
+    with mock.patch.object(drv.target_driver, 'reconcile') as reconcile:
+        drv.watch_once()
+    reopen.assert_not_called()
+    reconcile.assert_not_called()
+
+
+def test_the_watch_ticks_until_the_driver_is_dropped(make_driver):
+    drv = make_driver(fuse_watch_interval=0.05)
+    ticks = []
+    drv.watch_once = lambda: ticks.append(1)
+    drv.do_setup(CTX)
+    thread = drv._watch
+    deadline = time.monotonic() + 5
+    while len(ticks) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(ticks) >= 3
+    del drv
+    gc.collect()
+    thread.join(5)
+    assert not thread.is_alive()
 
 
 # -- what manage and the listing may not take --------------------------------

@@ -967,3 +967,54 @@ def test_changes_to_one_volume_are_serialised(target):
         assert a not in got             # the same volume does
     same.join(5)
     assert got == {a: True, b: True}
+
+
+# -- reconciliation after tgtd restarted empty -------------------------------
+
+def test_reconcile_restores_every_lost_export(target, tgtd):
+    vols = [volume(n, provider_auth=auth_of(n)) for n in range(3)]
+    for vol in vols:
+        export(target, vol)
+    target.initialize_connection(vols[0], {'initiator': HOST1})
+    before = {PREFIX + v.name: tgtd.by_iqn(PREFIX + v.name) for v in vols}
+    tgtd.restart()
+    assert target.reconcile(HOME) == 3
+    for vol in vols:
+        now = tgtd.by_iqn(PREFIX + vol.name)
+        old = before[PREFIX + vol.name]
+        assert now.luns == old.luns and now.accounts == old.accounts
+    assert HOST1 in tgtd.by_iqn(PREFIX + vols[0].name).acl
+    assert sorted(tgtd.accounts) == sorted(a.split()[1] for a in
+                                           (auth_of(n) for n in range(3)))
+    assert target.reconcile(HOME) == 0          # nothing lost any more
+
+
+def test_reconcile_leaves_removed_and_foreign_exports_alone(
+        make_target, tgtd, targets_dir):
+    target = make_target()
+    kept = volume(0, provider_auth=AUTH)
+    removed = volume(1, provider_auth=auth_of(1))
+    export(target, kept)
+    export(target, removed)
+    target.remove_export(CTX, removed)
+    tgtd.restart()
+    assert target.reconcile('/somewhere/else') == 0
+    assert tgtd.by_iqn(PREFIX + kept.name) is None
+    assert target.reconcile(HOME) == 1
+    assert tgtd.by_iqn(PREFIX + removed.name) is None
+    assert tgtd.by_iqn(PREFIX + kept.name) is not None
+
+
+def test_reconcile_without_exports_asks_tgtd_nothing(target, tgtd):
+    assert target.reconcile(HOME) == 0
+    assert tgtd.calls == []
+
+
+def test_a_failed_reconcile_is_tried_again(target, tgtd, targets_dir):
+    vol = volume(provider_auth=AUTH)
+    export(target, vol)
+    tgtd.restart()
+    tgtd.fail('export_target', tgtd_mgmt.TgtdError('no', 22))
+    assert target.reconcile(HOME) == 0
+    assert os.path.exists(conf_file(targets_dir, vol))
+    assert target.reconcile(HOME) == 1
