@@ -32,14 +32,50 @@ import importlib.util
 import json
 import sys
 
+from cinderclient.apiclient import base as common_base
+from cinderclient import base
 from cinderclient import exceptions
+from cinderclient import shell_utils
 from cinderclient import utils
-import prettytable
 
 # The fields an initiator needs first, in the order a person reads them.
 _MAIN_FIELDS = ('volume_id', 'driver_volume_type', 'target_portal',
                 'target_iqn', 'target_lun', 'auth_method', 'auth_username',
-                'auth_password')
+                'auth_password', 'access_mode')
+
+
+class VolumeExportManager(base.Manager):
+    """Python API of the os-export / os-delete-export volume actions.
+
+    A client built with this module among its extensions has it as
+    ``cs.fuse_cinderclient_ext``; otherwise ``VolumeExportManager(cs)``::
+
+        info = VolumeExportManager(cs).export(volume)
+        # {'driver_volume_type': 'iscsi', 'data': {'target_portal': ...,
+        #  'target_iqn': ..., 'auth_username': ..., 'access_mode': ...}}
+        VolumeExportManager(cs).delete_export(volume)
+
+    Both take a volume or its ID and raise cinderclient's exceptions
+    (BadRequest for a volume in the wrong status or on a backend that
+    cannot export, NotFound, Forbidden, ...).
+    """
+
+    resource_class = None
+
+    def _post_action(self, volume, action):
+        url = '/volumes/%s/action' % base.getid(volume)
+        return self.api.client.post(url, body={action: {}})
+
+    def export(self, volume):
+        """Export the volume; returns its connection information."""
+        resp, body = self._post_action(volume, 'os-export')
+        info = (body or {}).get('connection_info') or {}
+        return common_base.DictWithMeta(info, resp)
+
+    def delete_export(self, volume):
+        """Remove the export; the volume becomes available again."""
+        resp, body = self._post_action(volume, 'os-delete-export')
+        return common_base.TupleWithMeta((resp, body), resp)
 
 
 def _flatten(volume, connection_info):
@@ -51,38 +87,56 @@ def _flatten(volume, connection_info):
     return row
 
 
-def _print_table(row):
-    """Print the main fields first, the driver's extras after them."""
-    table = prettytable.PrettyTable(['Property', 'Value'], caching=False)
-    table.align = 'l'
-    keys = [k for k in _MAIN_FIELDS if k in row]
-    keys += sorted(k for k in row if k not in _MAIN_FIELDS)
-    for key in keys:
-        value = row[key]
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value, sort_keys=True)
-        table.add_row([key, value])
-    print(table.get_string())
+def _json_value(field):
+    def format_value(row):
+        value = row.get(field)
+        if isinstance(value, (dict, list, bool)) or value is None:
+            return json.dumps(value, sort_keys=True)
+        return value
+    return format_value
+
+
+def _print_rows(rows):
+    """cinderclient's table: main fields first, the driver's extras after."""
+    keys = set()
+    for row in rows:
+        keys.update(row)
+    fields = [k for k in _MAIN_FIELDS if k in keys]
+    fields += sorted(k for k in keys if k not in _MAIN_FIELDS)
+    shell_utils.print_list(rows, fields,
+                           formatters={f: _json_value(f) for f in fields},
+                           sortby_index=None)
 
 
 def _for_each_volume(cs, names, action, verb):
     """Run action(volume) on every volume, reporting each failure.
 
-    Fails (non-zero exit) only when no volume succeeded, like
-    ``cinder delete`` does.
+    Returns the results of those that succeeded, and the number of
+    failures; the caller prints the results first and then fails
+    (non-zero exit) if any volume failed.
     """
     results = []
+    failed = 0
     for name in names:
         try:
             volume = utils.find_volume(cs, name)
             results.append((volume, action(volume)))
         except Exception as e:
+            failed += 1
             print('%s of volume %s failed: %s' % (verb, name, e),
                   file=sys.stderr)
+    return results, failed
+
+
+def _fail_if_any(results, failed, verb):
+    if not failed:
+        return
     if not results:
         raise exceptions.CommandError(
             'Unable to %s any of the specified volumes.' % verb.lower())
-    return results
+    raise exceptions.CommandError(
+        'Unable to %s %d of the %d specified volumes.'
+        % (verb.lower(), failed, failed + len(results)))
 
 
 @utils.arg('volume', metavar='<volume>', nargs='+',
@@ -94,31 +148,32 @@ def do_export(cs, args):
 
     Prints what the host needs to log in: portal, IQN, LUN and the CHAP
     credentials.  The volume stays in the 'exported' status until
-    delete-export.
+    delete-export.  Exits non-zero if any volume failed, after printing
+    those that did not.
     """
-    def export(volume):
-        resp, body = cs.volumes._action('os-export', volume)
-        return _flatten(volume, (body or {}).get('connection_info'))
-
-    results = _for_each_volume(cs, args.volume, export, 'Export')
+    manager = VolumeExportManager(cs)
+    results, failed = _for_each_volume(
+        cs, args.volume,
+        lambda volume: _flatten(volume, manager.export(volume)), 'Export')
+    rows = [row for _volume, row in results]
     if args.json:
-        print(json.dumps([row for _vol, row in results], indent=2,
-                         sort_keys=True))
-        return
-    for _volume, row in results:
-        _print_table(row)
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    elif rows:
+        _print_rows(rows)
+    _fail_if_any(results, failed, 'Export')
 
 
 @utils.arg('volume', metavar='<volume>', nargs='+',
            help='Name or ID of the exported volume(s).')
 def do_delete_export(cs, args):
     """Remove the export of volumes and make them available again."""
-    def delete_export(volume):
-        cs.volumes._action('os-delete-export', volume)
-
-    for volume, _none in _for_each_volume(cs, args.volume, delete_export,
-                                          'Delete-export'):
+    manager = VolumeExportManager(cs)
+    results, failed = _for_each_volume(cs, args.volume,
+                                       manager.delete_export,
+                                       'Delete-export')
+    for volume, _none in results:
         print('Export of volume %s removed.' % volume.id)
+    _fail_if_any(results, failed, 'Delete-export')
 
 
 class _SpecLoader(object):

@@ -17,6 +17,7 @@ a sparse copy ``<volumes_home>/<snapshot.name>``; tgtd serves the files as
 LUN 1 of one target per volume.
 """
 
+import inspect
 import math
 import threading
 import time
@@ -298,6 +299,12 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             'multiattach': False,
             'QoS_support': False,
             'shared_targets': False,
+            # os-export / os-delete-export (fuse_cinder/patches): the
+            # patched Cinder API sends them only to backends reporting
+            # this, and exports read-only volumes only where the second
+            # one is true.
+            'fuse_cinder_export': True,
+            'fuse_cinder_export_readonly': self._target_exports_readonly(),
         }
         try:
             total, avail = self.mount.capacity()
@@ -484,12 +491,36 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self.mount.capacity()
         self._mount_seen_alive = time.monotonic()
 
+    def _target_exports_readonly(self):
+        """Whether the tgt helper can serve a LUN read-only."""
+        try:
+            params = inspect.signature(
+                self.target_driver.create_export).parameters
+        except (TypeError, ValueError):
+            return False
+        return 'readonly' in params
+
     def create_export(self, context, volume, connector):
-        """Export with the connector so the target is never open to all."""
+        """Export with the connector so the target is never open to all.
+
+        A connector with ``access_mode`` 'ro' (os-export of a volume whose
+        admin metadata says readonly=True) asks for a read-only LUN: the
+        tgt helper receives ``readonly=True`` when it accepts that flag,
+        and the export is refused otherwise, never served read-write.
+        """
         self._check_exportable(volume)
+        kwargs = {}
+        if connector and connector.get('access_mode') == 'ro':
+            if not self._target_exports_readonly():
+                raise exception.VolumeDriverException(
+                    message=_('Volume %s is read-only, and this tgt helper '
+                              'cannot serve a LUN read-only yet.') %
+                    volume['id'])
+            kwargs['readonly'] = True
         data = self.target_driver.create_export(context, volume,
                                                 self.local_path(volume),
-                                                connector=connector)
+                                                connector=connector,
+                                                **kwargs)
         return {'provider_location': data['location'],
                 'provider_auth': data['auth']}
 

@@ -24,6 +24,7 @@ Cinder, wrong Cinder version or no patch program.
 """
 
 import argparse
+import configparser
 import glob
 import importlib.metadata
 import importlib.util
@@ -42,6 +43,18 @@ CONFLICT = 'conflict'
 EXIT_OK = 0
 EXIT_STATE = 1
 EXIT_ENV = 2
+
+DEFAULT_CINDER_CONF = '/etc/cinder/cinder.conf'
+# Statuses of patches 0001: an unpatched Cinder knows none of them, and
+# its detach or delete path would then leave the targets behind.
+EXPORT_STATUSES = ('exporting', 'exported', 'delete_exporting',
+                   'error_exporting')
+
+APPLY_ORDER = ('Restart every cinder-volume service first, then cinder-api '
+               'and cinder-scheduler.')
+REVERT_ORDER = ('Restart cinder-api and cinder-scheduler first, so that no '
+                'new os-export reaches a volume service, then every '
+                'cinder-volume service.')
 
 
 class PatchError(Exception):
@@ -244,9 +257,8 @@ def _change(tool, files, out, reverse, dry_run):
         drop_bytecode(tool.site, f)
         changed.append(f)
         out('%-40s %s' % (_name(f), done))
-    if changed:
-        out('Restart every cinder-volume service first, then cinder-api '
-            'and cinder-scheduler.')
+    if changed or (dry_run and todo):
+        out(REVERT_ORDER if reverse else APPLY_ORDER)
     return EXIT_OK
 
 
@@ -254,7 +266,73 @@ def cmd_apply(tool, files, out, dry_run=False):
     return _change(tool, files, out, reverse=False, dry_run=dry_run)
 
 
-def cmd_revert(tool, files, out, dry_run=False):
+def database_url(config_file):
+    """[database] connection of a cinder.conf, or None."""
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    if not parser.read(config_file):
+        return None
+    return parser.get('database', 'connection', fallback=None) or None
+
+
+def exported_volumes(url):
+    """(id, status) of every volume in an export status."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = sqlalchemy.text(
+                'SELECT id, status FROM volumes WHERE deleted = :no AND '
+                'status IN :statuses ORDER BY id').bindparams(
+                    sqlalchemy.bindparam('statuses', expanding=True))
+            rows = conn.execute(query, {'no': False,
+                                        'statuses': list(EXPORT_STATUSES)})
+            return [tuple(row) for row in rows]
+    finally:
+        engine.dispose()
+
+
+def _check_no_exports(config_file, out, force):
+    """Whether revert may go on; says what to do when it may not."""
+    advice = ('Remove every export first: "cinder delete-export VOLUME" '
+              '(any of these statuses), then revert.')
+    url = database_url(config_file) if config_file else None
+    if not url:
+        out('Could not check for volumes in the export statuses (%s): no '
+            '[database] connection in %s. Make sure no volume is in one '
+            '(cinder list --all-tenants --filters status=exported, and so '
+            'on): reverted, Cinder can neither show nor remove their '
+            'targets. %s' % (', '.join(EXPORT_STATUSES),
+                             config_file or DEFAULT_CINDER_CONF, advice))
+        return True
+    try:
+        volumes = exported_volumes(url)
+    except Exception as e:
+        out('Could not check the Cinder database for volumes in the export '
+            'statuses (%s): %s' % (', '.join(EXPORT_STATUSES), e))
+        if force:
+            return True
+        out('%s Or pass --force to revert without the check.' % advice)
+        return False
+    if not volumes:
+        return True
+    out('%d volume(s) are in an export status:' % len(volumes))
+    for vol_id, status in volumes:
+        out('  %s %s' % (vol_id, status))
+    if force:
+        out('--force: reverting anyway; their targets stay until removed '
+            'by hand.')
+        return True
+    out('Refusing to revert: the unpatched Cinder knows none of these '
+        'statuses and could not remove their targets. %s' % advice)
+    return False
+
+
+def cmd_revert(tool, files, out, dry_run=False, config_file=None,
+               force=False):
+    if not _check_no_exports(config_file, out, force):
+        out('Nothing was changed.')
+        return EXIT_STATE
     return _change(tool, files, out, reverse=True, dry_run=dry_run)
 
 
@@ -275,6 +353,14 @@ def parse_args(argv):
                              'GNU patch, else git apply).')
     parser.add_argument('--dry-run', action='store_true',
                         help='apply/revert: only say what would change.')
+    parser.add_argument('--config-file', metavar='FILE',
+                        help='revert: cinder.conf whose [database] '
+                             'connection is checked for volumes still in '
+                             'an export status (default: %s when it '
+                             'exists).' % DEFAULT_CINDER_CONF)
+    parser.add_argument('--force', action='store_true',
+                        help='revert even while volumes are in an export '
+                             'status.')
     return parser.parse_args(argv)
 
 
@@ -301,7 +387,11 @@ def main(argv=None, out=print):
         return cmd_check(tool, files, out)
     if args.command == 'apply':
         return cmd_apply(tool, files, out, dry_run=args.dry_run)
-    return cmd_revert(tool, files, out, dry_run=args.dry_run)
+    config_file = args.config_file
+    if config_file is None and os.path.exists(DEFAULT_CINDER_CONF):
+        config_file = DEFAULT_CINDER_CONF
+    return cmd_revert(tool, files, out, dry_run=args.dry_run,
+                      config_file=config_file, force=args.force)
 
 
 if __name__ == '__main__':

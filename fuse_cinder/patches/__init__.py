@@ -28,21 +28,32 @@ What they change:
     Policy rules ``volume_extension:volume_actions:export`` and
     ``...:delete_export``, default admin or a member of the owning project.
 0003
-    JSON schemas, the controller actions (HTTP 202; ``os-export`` returns
-    ``{"connection_info": ...}``) and ``volume.API.export`` /
-    ``delete_export``, which move the status by compare-and-swap; attach
-    and detach refuse an exported volume.
+    JSON schemas, the controller actions (``os-export`` answers 200 with
+    ``{"connection_info": ...}``, ``os-delete-export`` 202, a timeout 504)
+    and ``volume.API.export`` / ``delete_export``: the backend's
+    capabilities first (``fuse_cinder_export`` from the driver, the export
+    RPC version from the volume service, ``fuse_cinder_export_readonly``
+    for a read-only volume; 400 otherwise), then the status by
+    compare-and-swap. A timeout leaves ``error_exporting``; delete-export
+    is accepted from every export status. Attach, detach,
+    ``os-initialize_connection`` and ``os-terminate_connection`` refuse an
+    exported volume; extend accepts it.
 0004
-    Volume RPC API 3.21: ``export_volume`` and ``delete_volume_export``,
-    both synchronous calls guarded by ``assert_min_rpc_version``.  Until
-    every cinder-volume of the deployment runs the patched code, the API
-    answers 400 (ServiceTooOld) and leaves the volume as it was.
+    ``VolumeExportAPI``: the export RPC API 1.0 (``export_volume`` and
+    ``delete_volume_export``, synchronous calls) in the oslo.messaging
+    namespace ``fuse_cinder.volume_export``. Cinder's volume RPC API and
+    its version are untouched, so no upstream release can collide with it.
 0005
-    The volume manager side: ``create_export``/``initialize_connection``
-    on export and ``remove_export`` on delete-export, ``error_exporting``
-    on any failure; ``init_host`` re-creates the targets of exported
-    volumes and rolls back interrupted requests; detach never removes the
-    target of an exported volume.
+    The volume manager side: ``VolumeExportEndpoint`` (an additional
+    endpoint), the RPC version in the published capabilities, a
+    compare-and-swap status check before the backend is touched, one
+    request per volume at a time, ``create_export`` /
+    ``initialize_connection`` / ``_parse_connection_options`` on export,
+    ``terminate_connection`` / ``remove_export`` on delete-export,
+    notifications, a worker entry per running request (``_do_cleanup``
+    rolls back this service's own), ``init_host`` re-creating the targets
+    of exported volumes (saving new CHAP); detach never removes the target
+    of an exported volume; extend keeps it exported.
 0006
     ``MAPPING`` entry so ``cinder.volume.drivers.fuse.FuseISCSIDriver``
     (the driver's original class path) still loads.

@@ -43,7 +43,9 @@ from tests.functional import tgtd as tgtd_helper
 API_PORTS = range(18776, 18780)
 CONTROL_PORTS = range(31, 40)
 PORTAL_PORTS = range(13271, 13280)
-FAKE_DRIVER = 'cinder.tests.fake_driver.FakeLoggingVolumeDriver'
+# Cinder's logging fake driver with the os-export capabilities, and a log
+# of what the backend was asked to do (tests/functional/export_test_driver).
+FAKE_DRIVER = 'tests.functional.export_test_driver.ExportTestDriver'
 REAL_DRIVER = 'fuse_cinder.driver.FuseISCSIDriver'
 MiB = 1 << 20
 
@@ -137,6 +139,29 @@ class AllInOne(object):
         return status == 200 and any(
             s['binary'] == 'cinder-volume' and s['state'] == 'up' and
             s.get('backend_state') == 'up' for s in body['services'])
+
+    def kill(self):
+        """Stop every service at once, as a crash or power cut would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def driver_actions(self, vol_id=None):
+        """What ExportTestDriver was asked to do, oldest first."""
+        try:
+            with open(os.path.join(self.state_dir,
+                                   'driver-actions.log')) as f:
+                entries = [json.loads(line) for line in f]
+        except OSError:
+            return []
+        return [e for e in entries
+                if vol_id is None or e['volume_id'] == vol_id]
+
+    def delay(self, action, seconds):
+        """Make ExportTestDriver's next action sleep first."""
+        with open(os.path.join(self.state_dir, 'delay-' + action),
+                  'w') as f:
+            f.write(str(seconds))
 
     def stop(self, timeout=30):
         if self.proc is None or self.proc.poll() is not None:
@@ -242,9 +267,12 @@ def test_export_and_delete_export_with_the_cli(fake_cinder):
     assert 'driver_volume_type' in res.stdout and 'iscsi' in res.stdout
     assert aio.status(v1) == 'exported'
 
-    # Several volumes: one error each, success because one succeeded.
-    res = aio.cli('export', '--json', 'cli-1', 'cli-2', 'no-such-volume')
-    assert res.returncode == 0
+    # Several volumes: one error each, the connection information of those
+    # exported, and a failure because some were not.
+    res = aio.cli('export', '--json', 'cli-1', 'cli-2', 'no-such-volume',
+                  check=False)
+    assert res.returncode != 0
+    assert 'Unable to export 2 of the 3 specified volumes' in res.stderr
     rows = json.loads(res.stdout)
     assert [r['volume_id'] for r in rows] == [v2]
     assert 'Export of volume cli-1 failed' in res.stderr
@@ -281,7 +309,8 @@ def test_help_lists_the_commands(fake_cinder):
 def exported(fake_cinder):
     vol_id = fake_cinder.create('bad-%s' % uuid.uuid4().hex[:6])
     code, body = fake_cinder.action(vol_id, {'os-export': None})
-    assert code == 202, body
+    # Synchronous, with a body: 200 like os-initialize_connection.
+    assert code == 200, body
     assert body['connection_info']['driver_volume_type'] == 'iscsi'
     assert fake_cinder.status(vol_id) == 'exported'
     yield vol_id
@@ -357,14 +386,33 @@ def test_attach_detach_and_delete_leave_an_export_alone(fake_cinder,
     assert code == 400
     code, _r = aio.action(exported, {'os-force_detach': {}})
     assert code == 400
-    # An unknown attachment is refused earlier, by Cinder's own check.
-    code, _r = aio.action(exported, {'os-force_detach': {
+    # With an attachment id too: os-force_detach terminates the
+    # connection first, and that is refused on an exported volume (it
+    # was a 409 from Cinder's attachment check before issue 12).
+    code, reply = aio.action(exported, {'os-force_detach': {
         'attachment_id': str(uuid.uuid4())}})
-    assert code == 409
+    assert code == 400, reply
+    assert 'os-delete-export' in json.dumps(reply)
     code, _r = aio.action(exported, {'os-reserve': None})
     assert code == 400
     res = aio.cli('delete', exported, check=False)
     assert 'must not be migrating' in res.stdout + res.stderr
+    assert aio.status(exported) == 'exported'
+
+    # Connections change the target's ACL, which would lock out the
+    # outside host: refused, and the backend is not asked.
+    before = aio.driver_actions(exported)
+    connector = {'initiator': 'iqn.1993-08.org.debian:01:nova',
+                 'host': 'compute1', 'ip': '127.0.0.1'}
+    code, reply = aio.action(exported, {'os-initialize_connection': {
+        'connector': connector}})
+    assert code == 400, reply
+    assert 'no connection to it can be initialized' in json.dumps(reply)
+    code, reply = aio.action(exported, {'os-terminate_connection': {
+        'connector': connector}})
+    assert code == 400, reply
+    assert 'cannot be terminated' in json.dumps(reply)
+    assert aio.driver_actions(exported) == before
     assert aio.status(exported) == 'exported'
 
 
@@ -378,6 +426,186 @@ def test_admin_recovers_from_error_exporting(fake_cinder, exported):
     # And an admin may also force the status anywhere, e.g. back.
     aio.cli('reset-state', '--state', 'exported', exported)
     assert aio.status(exported) == 'exported'
+
+
+# -- timeouts, restarts and late messages (issue 12) --------------------
+
+RPC_TIMEOUT = 3
+
+
+@pytest.fixture(scope='module')
+def slow_cinder(site, tmp_path_factory):
+    """The export test driver, default policy, short RPC timeout."""
+    state = tmp_path_factory.mktemp('aio-slow')
+    extra = state / 'extra.conf'
+    extra.write_text('[DEFAULT]\nrpc_response_timeout = %d\n' % RPC_TIMEOUT)
+    aio = AllInOne(site, state / 'state', FAKE_DRIVER,
+                   extra_conf=str(extra))
+    aio.start()
+    yield aio
+    aio.stop()
+
+
+def _actions(aio, vol_id, since=0):
+    return [e['action'] for e in aio.driver_actions(vol_id)
+            if e['time'] >= since]
+
+
+def _worker(aio, vol_id):
+    import sqlite3
+    db = sqlite3.connect(os.path.join(aio.state_dir, 'cinder.sqlite'))
+    try:
+        return db.execute('SELECT status, service_id FROM workers WHERE '
+                          'resource_id = ? AND deleted = 0',
+                          (vol_id,)).fetchone()
+    finally:
+        db.close()
+
+
+def test_timed_out_export_is_recovered_by_its_owner(slow_cinder):
+    aio = slow_cinder
+    vol_id = aio.create('timeout-1')
+    aio.delay('create_export', RPC_TIMEOUT + 4)
+    code, reply = aio.action(vol_id, {'os-export': {}}, timeout=60)
+    # Not a 500 that leaves "exporting" behind: the API says what
+    # happened and leaves a status the owner can act on.
+    assert code == 504, reply
+    assert 'os-delete-export' in json.dumps(reply)
+    assert aio.status(vol_id) == 'error_exporting'
+
+    # The volume service finishes later; nobody got the credentials, so
+    # it takes its target down again and leaves the status alone.
+    _wait(lambda: 'remove_export' in _actions(aio, vol_id), 30,
+          'the late export removing its target')
+    assert _actions(aio, vol_id) == ['create_export',
+                                     'initialize_connection',
+                                     'remove_export']
+    assert aio.status(vol_id) == 'error_exporting'
+
+    # The owner recovers with delete-export, no reset-state.
+    aio.cli('delete-export', vol_id)
+    assert aio.status(vol_id) == 'available'
+    code, reply = aio.action(vol_id, {'os-export': {}})
+    assert code == 200, reply
+    aio.cli('delete-export', vol_id)
+    aio.delete(vol_id)
+
+
+def test_late_export_message_touches_nothing(slow_cinder):
+    """Timeout, the volume moves on (attach), then the queued call."""
+    aio = slow_cinder
+    vol_id = aio.create('late-1')
+    late = RPC_TIMEOUT + 8
+    aio.delay('claim', late)
+    start = time.time()
+    code, reply = aio.action(vol_id, {'os-export': {}}, timeout=60)
+    assert code == 504, reply
+    aio.cli('delete-export', vol_id)
+    assert aio.status(vol_id) == 'available'
+
+    # "Nova" attaches the volume meanwhile: a target of its own.
+    connector = {'initiator': 'iqn.1993-08.org.debian:01:nova',
+                 'host': 'compute1', 'ip': '127.0.0.1'}
+    code, reply = aio.action(vol_id, {'os-reserve': None})
+    assert code == 202, reply
+    code, reply = aio.action(vol_id, {'os-initialize_connection': {
+        'connector': connector}})
+    assert code == 200, reply
+    code, reply = aio.action(vol_id, {'os-attach': {
+        'mountpoint': '/dev/vdb', 'host_name': 'compute1'}})
+    assert code == 202, reply
+    aio.wait_status(vol_id, 'in-use')
+    attached = _actions(aio, vol_id)
+
+    # The export message arrives now: it must find the volume in-use
+    # and leave the backend alone.
+    _wait(lambda: 'Ignoring a stale os-export request' in aio.log_tail(400),
+          late + 30, 'the late export to be refused')
+    assert time.time() - start >= late
+    assert _actions(aio, vol_id) == attached
+    assert aio.status(vol_id) == 'in-use'
+
+    code, reply = aio.action(vol_id, {'os-detach': {}})
+    assert code == 202, reply
+    aio.wait_status(vol_id, 'available')
+    aio.delete(vol_id)
+
+
+def test_volume_service_stopped_during_export(slow_cinder):
+    """Stop the services in an os-export, recover as the volume's owner."""
+    import threading
+
+    aio = slow_cinder
+    vol_id = aio.create('stop-1')
+    aio.delay('create_export', 120)
+    answers = []
+    caller = threading.Thread(target=lambda: answers.append(
+        _try_action(aio, vol_id, {'os-export': {}})))
+    caller.start()
+    # The volume service took the request: its worker entry says so.
+    _wait(lambda: _worker(aio, vol_id), 30, 'the export to be running')
+    assert _worker(aio, vol_id)[0] == 'exporting'
+    assert aio.status(vol_id) == 'exporting'
+
+    aio.kill()
+    caller.join(60)
+    assert answers and answers[0] is None   # no answer, no credentials
+    aio.start()
+    # The restarted service rolled back its own interrupted request.
+    aio.wait_status(vol_id, 'available', timeout=60)
+    assert _worker(aio, vol_id) is None
+    assert _actions(aio, vol_id)[-1] == 'remove_export'
+
+    # A request whose API died before any volume service took it leaves
+    # "exporting" with no worker: its owner can still recover.
+    aio.cli('reset-state', '--state', 'exporting', vol_id)
+    aio.cli('delete-export', vol_id)
+    assert aio.status(vol_id) == 'available'
+    code, reply = aio.action(vol_id, {'os-export': {}})
+    assert code == 200, reply
+    aio.cli('delete-export', vol_id)
+    aio.delete(vol_id)
+
+
+def _try_action(aio, vol_id, body):
+    try:
+        return aio.action(vol_id, body, timeout=120)
+    except OSError:
+        return None
+
+
+def test_read_only_volume_is_exported_read_only(slow_cinder):
+    aio = slow_cinder
+    vol_id = aio.create('ro-1')
+    aio.cli('readonly-mode-update', vol_id, 'True')
+    [info] = json.loads(aio.cli('export', '--json', vol_id).stdout)
+    assert info['access_mode'] == 'ro'
+    # _parse_connection_options ran: the flags Nova would get too.
+    assert info['encrypted'] is False and 'qos_specs' in info
+    [create] = [e for e in aio.driver_actions(vol_id)
+                if e['action'] == 'create_export']
+    assert create['access_mode'] == 'ro'
+    aio.cli('delete-export', vol_id)
+
+    aio.cli('readonly-mode-update', vol_id, 'False')
+    [info] = json.loads(aio.cli('export', '--json', vol_id).stdout)
+    assert info['access_mode'] == 'rw'
+    aio.cli('delete-export', vol_id)
+    aio.delete(vol_id)
+
+
+def test_exported_volume_is_extended_online(slow_cinder):
+    aio = slow_cinder
+    vol_id = aio.create('extend-1')
+    aio.cli('export', vol_id)
+    aio.cli('extend', vol_id, '2')
+    _wait(lambda: aio.http('GET', '/volumes/%s' % vol_id)[1]['volume'][
+        'size'] == 2, 60, 'the volume to grow')
+    assert aio.status(vol_id) == 'exported'
+    assert 'extend_volume' in _actions(aio, vol_id)
+    assert 'remove_export' not in _actions(aio, vol_id)
+    aio.cli('delete-export', vol_id)
+    aio.delete(vol_id)
 
 
 def test_patched_code_paths(site):

@@ -22,6 +22,7 @@ from cinderclient import api_versions
 from cinderclient import client as cinder_client
 from cinderclient import exceptions
 from cinderclient import shell as cinder_shell
+from cinderclient import shell_utils as cinder_shell_utils
 import pytest
 
 import fuse_cinderclient_ext as ext
@@ -72,16 +73,22 @@ def test_commands_are_registered_for_every_microversion(repo_on_path):
 
 
 def _cs(answers):
-    """A client whose _action answers per volume id (dict or exception)."""
+    """A client whose HTTP POST answers per volume id (dict or exception).
+
+    The extension must go through the REST client, not cinderclient's
+    private VolumeManager._action.
+    """
     cs = mock.Mock()
 
-    def action(name, volume, info=None):
-        answer = answers[volume.id]
+    def post(url, body=None):
+        vol_id = url.split('/')[2]
+        answer = answers[vol_id]
         if isinstance(answer, Exception):
             raise answer
-        return mock.Mock(status_code=202), answer
+        return mock.Mock(status_code=200, headers={}), answer
 
-    cs.volumes._action.side_effect = action
+    cs.client.post.side_effect = post
+    cs.volumes._action.side_effect = AssertionError('private API used')
     return cs
 
 
@@ -101,7 +108,9 @@ def find_volume():
 def test_export_prints_connection_info(find_volume, capsys):
     cs = _cs({'id-1': {'connection_info': INFO}})
     ext.do_export(cs, argparse.Namespace(volume=['1'], json=False))
-    cs.volumes._action.assert_called_once_with('os-export', mock.ANY)
+    cs.client.post.assert_called_once_with('/volumes/id-1/action',
+                                           body={'os-export': {}})
+    cs.volumes._action.assert_not_called()
     out = capsys.readouterr().out
     for value in ('127.0.0.1:3260', 'iqn.2010-10.org.openstack:volume-v1',
                   'CHAP', 'user1', 'secret1', 'iscsi'):
@@ -122,12 +131,16 @@ def test_export_json(find_volume, capsys):
     assert rows[0]['target_lun'] == 1
 
 
-def test_export_reports_each_failure_and_succeeds_if_one_did(find_volume,
-                                                             capsys):
+def test_export_reports_each_failure_and_fails_if_any_did(
+        find_volume, capsys):
+    # The credentials of the volumes that were exported are printed all
+    # the same, then the command fails: a script must notice.
     cs = _cs({'id-1': {'connection_info': INFO},
               'id-bad': exceptions.BadRequest(400, 'wrong status')})
-    ext.do_export(cs, argparse.Namespace(volume=['bad', '1', 'missing'],
-                                         json=True))
+    with pytest.raises(exceptions.CommandError,
+                       match='Unable to export 2 of the 3 specified'):
+        ext.do_export(cs, argparse.Namespace(volume=['bad', '1', 'missing'],
+                                             json=True))
     captured = capsys.readouterr()
     assert 'Export of volume bad failed' in captured.err
     assert 'wrong status' in captured.err
@@ -146,8 +159,11 @@ def test_export_fails_when_every_volume_failed(find_volume, capsys):
 
 def test_delete_export(find_volume, capsys):
     cs = _cs({'id-1': None, 'id-2': exceptions.NotFound(404, 'gone')})
-    ext.do_delete_export(cs, argparse.Namespace(volume=['1', '2']))
-    cs.volumes._action.assert_any_call('os-delete-export', mock.ANY)
+    with pytest.raises(exceptions.CommandError,
+                       match='Unable to delete-export 1 of the 2'):
+        ext.do_delete_export(cs, argparse.Namespace(volume=['1', '2']))
+    cs.client.post.assert_any_call('/volumes/id-1/action',
+                                   body={'os-delete-export': {}})
     captured = capsys.readouterr()
     assert 'Export of volume id-1 removed.' in captured.out
     assert 'Delete-export of volume 2 failed' in captured.err
@@ -203,3 +219,35 @@ def test_fuse_cinder_console_script_runs_the_cinder_shell(monkeypatch):
                         lambda: called.append(0))
     ext.main()
     assert called == [0, 1]
+
+
+def test_manager_is_the_python_api():
+    cs = _cs({'id-1': {'connection_info': INFO}, 'id-2': None})
+    manager = ext.VolumeExportManager(cs)
+    info = manager.export(Volume('id-1'))
+    assert info == INFO
+    assert info.request_ids is not None
+    manager.delete_export('id-2')
+    cs.client.post.assert_called_with('/volumes/id-2/action',
+                                      body={'os-delete-export': {}})
+    cs.volumes._action.assert_not_called()
+
+
+def test_client_gets_the_manager_from_the_extension(repo_on_path):
+    from cinderclient.v3 import client as v3_client
+    extensions = [e for e in cinder_client.discover_extensions('3')
+                  if e.name == 'fuse_cinderclient_ext']
+    assert extensions[0].manager_class is ext.VolumeExportManager
+    cs = v3_client.Client(extensions=extensions,
+                          api_version=api_versions.APIVersion('3.0'))
+    assert isinstance(cs.fuse_cinderclient_ext, ext.VolumeExportManager)
+
+
+def test_table_uses_cinderclients_helper(find_volume, capsys):
+    cs = _cs({'id-1': {'connection_info': INFO}})
+    with mock.patch('cinderclient.shell_utils.print_list',
+                    wraps=cinder_shell_utils.print_list) as print_list:
+        ext.do_export(cs, argparse.Namespace(volume=['1'], json=False))
+    fields = print_list.call_args[0][1]
+    assert fields[:3] == ['volume_id', 'driver_volume_type', 'target_portal']
+    assert 'target_discovered' in fields

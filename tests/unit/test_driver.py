@@ -737,3 +737,41 @@ def test_mount_paths_keep_non_ascii_and_unescape_blanks():
             'bindfs /mnt/a\\040b\\134c fuse rw 0 0\n')
     points = [e.mount_point for e in mount.parse_mounts(text)]
     assert points == ['/mnt/\u00e9t\u00e9', '/mnt/a b\\c']
+
+
+# -- os-export (fuse_cinder/patches): capability and read-only ---------
+
+def test_stats_report_the_export_capabilities(drv):
+    stats = drv.get_volume_stats(refresh=True)
+    assert stats['fuse_cinder_export'] is True
+    # The tgt helper cannot serve a LUN read-only yet.
+    assert stats['fuse_cinder_export_readonly'] is False
+
+
+def test_read_only_export_is_refused_not_served_read_write(drv):
+    vol = volume()
+    with mock.patch.object(drv.target_driver, 'create_export') as create:
+        with pytest.raises(exception.VolumeDriverException,
+                           match='read-only'):
+            drv.create_export(CTX, vol, {'initiator': None,
+                                         'access_mode': 'ro'})
+    create.assert_not_called()
+
+
+def test_read_only_export_reaches_a_tgt_helper_that_takes_it(drv):
+    vol = volume()
+    seen = {}
+
+    def create_export(context, volume, volume_path, connector=None,
+                      readonly=False):
+        seen['readonly'] = readonly
+        return {'location': 'loc', 'auth': 'CHAP u p'}
+
+    with mock.patch.object(drv.target_driver, 'create_export',
+                           create_export):
+        assert drv.get_volume_stats(refresh=True)[
+            'fuse_cinder_export_readonly'] is True
+        drv.create_export(CTX, vol, {'access_mode': 'ro'})
+        assert seen == {'readonly': True}
+        drv.create_export(CTX, vol, {'access_mode': 'rw'})
+        assert seen == {'readonly': False}

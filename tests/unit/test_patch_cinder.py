@@ -274,3 +274,74 @@ def test_shipped_patches_touch_only_cinder_sources():
             'cinder/volume/api.py',
             'cinder/volume/rpcapi.py',
             'cinder/volume/manager.py'} <= touched
+
+
+# -- revert: order and volumes still exported --------------------------
+
+def _cinder_conf(tmp_path, volumes):
+    """A cinder.conf whose SQLite database holds these (id, status)."""
+    import sqlite3
+    path = tmp_path / 'cinder.sqlite'
+    db = sqlite3.connect(str(path))
+    db.execute('CREATE TABLE volumes (id VARCHAR(36), status VARCHAR(255), '
+               'deleted BOOLEAN)')
+    db.executemany('INSERT INTO volumes VALUES (?, ?, ?)',
+                   [(v, s, d) for v, s, d in volumes])
+    db.commit()
+    db.close()
+    conf = tmp_path / 'cinder.conf'
+    conf.write_text('[DEFAULT]\nhost = h\n[database]\n'
+                    'connection = sqlite:///%s\n' % path)
+    return str(conf)
+
+
+def test_revert_says_to_restart_cinder_api_first(site, series, tmp_path):
+    conf = _cinder_conf(tmp_path, [])
+    assert run(site, 'apply')[0] == 0
+    code, out = run(site, 'revert', '--config-file', conf)
+    assert code == 0, out
+    assert 'Restart cinder-api and cinder-scheduler first' in out
+    assert 'Restart every cinder-volume service first' not in out
+
+
+def test_revert_refuses_while_volumes_are_exported(site, series, tmp_path):
+    conf = _cinder_conf(tmp_path, [('v1', 'exported', False),
+                                   ('v2', 'error_exporting', False),
+                                   ('v3', 'available', False),
+                                   ('v4', 'exported', True)])   # deleted
+    assert run(site, 'apply')[0] == 0
+    code, out = run(site, 'revert', '--config-file', conf)
+    assert code == 1
+    assert 'v1 exported' in out and 'v2 error_exporting' in out
+    assert 'v3' not in out and 'v4' not in out
+    assert 'cinder delete-export' in out and 'Nothing was changed.' in out
+    assert (site / 'cinder' / 'a.py').read_text() == NEW_A
+    # --dry-run refuses too; --force goes on, saying what stays behind.
+    assert run(site, 'revert', '--dry-run', '--config-file', conf)[0] == 1
+    code, out = run(site, 'revert', '--force', '--config-file', conf)
+    assert code == 0, out
+    assert 'stay until removed by hand' in out
+    assert (site / 'cinder' / 'a.py').read_text() == ORIG_A
+
+
+def test_revert_without_a_database_says_what_to_check(site, series,
+                                                      tmp_path):
+    assert run(site, 'apply')[0] == 0
+    missing = str(tmp_path / 'no-such-cinder.conf')
+    code, out = run(site, 'revert', '--config-file', missing)
+    assert code == 0, out
+    assert 'Could not check for volumes in the export statuses' in out
+    assert 'cinder delete-export' in out
+
+
+def test_revert_with_an_unreachable_database_refuses(site, series,
+                                                     tmp_path):
+    conf = tmp_path / 'cinder.conf'
+    conf.write_text('[database]\nconnection = sqlite:///%s\n'
+                    % (tmp_path / 'no-such-dir' / 'x.sqlite'))
+    assert run(site, 'apply')[0] == 0
+    code, out = run(site, 'revert', '--config-file', str(conf))
+    assert code == 1
+    assert 'Could not check the Cinder database' in out
+    assert '--force' in out
+    assert run(site, 'revert', '--config-file', str(conf), '--force')[0] == 0
