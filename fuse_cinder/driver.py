@@ -17,7 +17,6 @@ a sparse copy ``<volumes_home>/<snapshot.name>``; tgtd serves the files as
 LUN 1 of one target per volume.
 """
 
-import inspect
 import math
 import threading
 import time
@@ -304,7 +303,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             # this, and exports read-only volumes only where the second
             # one is true.
             'fuse_cinder_export': True,
-            'fuse_cinder_export_readonly': self._target_exports_readonly(),
+            'fuse_cinder_export_readonly': True,
         }
         try:
             total, avail = self.mount.capacity()
@@ -491,36 +490,18 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self.mount.capacity()
         self._mount_seen_alive = time.monotonic()
 
-    def _target_exports_readonly(self):
-        """Whether the tgt helper can serve a LUN read-only."""
-        try:
-            params = inspect.signature(
-                self.target_driver.create_export).parameters
-        except (TypeError, ValueError):
-            return False
-        return 'readonly' in params
-
     def create_export(self, context, volume, connector):
         """Export with the connector so the target is never open to all.
 
         A connector with ``access_mode`` 'ro' (os-export of a volume whose
-        admin metadata says readonly=True) asks for a read-only LUN: the
-        tgt helper receives ``readonly=True`` when it accepts that flag,
-        and the export is refused otherwise, never served read-write.
+        admin metadata says readonly=True) gets a read-only LUN.
         """
         self._check_exportable(volume)
-        kwargs = {}
-        if connector and connector.get('access_mode') == 'ro':
-            if not self._target_exports_readonly():
-                raise exception.VolumeDriverException(
-                    message=_('Volume %s is read-only, and this tgt helper '
-                              'cannot serve a LUN read-only yet.') %
-                    volume['id'])
-            kwargs['readonly'] = True
+        readonly = bool(connector) and connector.get('access_mode') == 'ro'
         data = self.target_driver.create_export(context, volume,
                                                 self.local_path(volume),
                                                 connector=connector,
-                                                **kwargs)
+                                                readonly=readonly)
         return {'provider_location': data['location'],
                 'provider_auth': data['auth']}
 

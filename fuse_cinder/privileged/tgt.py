@@ -153,10 +153,10 @@ def check_serial(serial) -> str:
     return _check_str(serial, _('The serial'), _SERIAL_RE, 32)
 
 
-def check_write_cache(write_cache) -> bool:
-    if type(write_cache) is not bool:
-        raise _invalid(_('write_cache'), _('must be a bool'))
-    return write_cache
+def check_flag(value, what: str) -> bool:
+    if type(value) is not bool:
+        raise _invalid(what, _('must be a bool'))
+    return value
 
 
 def is_volume_path(path) -> bool:
@@ -220,10 +220,12 @@ def _ours(targets: dict, iqn: str) -> Optional[tgtd_mgmt.Target]:
     return target
 
 
-def _lun_params(serial: str, write_cache: bool) -> str:
+def _lun_params(serial: str, write_cache: bool, readonly: bool) -> str:
     params = 'scsi_id=%s,scsi_sn=%s' % (serial, serial)
     if not write_cache:
         params += ',mode_page=' + WRITE_CACHE_OFF_MODE_PAGE
+    if readonly:
+        params += ',readonly=1'
     return params
 
 
@@ -346,7 +348,8 @@ def _sync_acl(client: tgtd_mgmt.TgtdClient, target: tgtd_mgmt.Target,
 
 
 def _add_lun(client: tgtd_mgmt.TgtdClient, pid: int, tid: int, path: str,
-             bsoflags: str, write_cache: bool, serial: str) -> None:
+             bsoflags: str, write_cache: bool, serial: str,
+             readonly: bool) -> None:
     """LUN 1 on ``path``, proven to be that very file, with its params."""
     before = _open_files(pid)
     client.new_lun(tid, LUN, path, bstype='rdwr', bsoflags=bsoflags)
@@ -355,7 +358,7 @@ def _add_lun(client: tgtd_mgmt.TgtdClient, pid: int, tid: int, path: str,
     except Exception:
         client.delete_lun(tid, LUN)
         raise
-    client.update_lun(tid, LUN, _lun_params(serial, write_cache))
+    client.update_lun(tid, LUN, _lun_params(serial, write_cache, readonly))
 
 
 def _tgtd_pid(client: tgtd_mgmt.TgtdClient) -> int:
@@ -367,11 +370,12 @@ def _tgtd_pid(client: tgtd_mgmt.TgtdClient) -> int:
 
 
 def _same_export(target: tgtd_mgmt.Target, path: str, chap_user: str,
-                 bsoflags: str, serial: str) -> bool:
+                 bsoflags: str, serial: str, readonly: bool) -> bool:
     lun = target.luns.get(LUN)
     return (lun is not None and lun.path == path
             and target.accounts == [chap_user] and lun.scsi_sn == serial
-            and set(lun.bsoflags.split(':')) == set(bsoflags.split(':')))
+            and set(lun.bsoflags.split(':')) == set(bsoflags.split(':'))
+            and (lun.readonly == 'Yes') == readonly)
 
 
 def _rollback(client: tgtd_mgmt.TgtdClient, tid: Optional[int],
@@ -400,13 +404,16 @@ def show(port: int) -> str:
 @privileged.tgt_pctxt.entrypoint
 def export_target(port: int, iqn: str, path: str, chap_user: str,
                   chap_secret: str, initiators, bsoflags: str,
-                  write_cache: bool, serial: str) -> int:
+                  write_cache: bool, serial: str,
+                  readonly: bool = False) -> int:
     """Export ``path`` as LUN 1 of a new target ``iqn``; returns its tid.
 
     Order: target, LUN (checked against tgtd's open files), LUN params,
     CHAP account, account binding, and only then the ACL. Any failure
-    removes what this call created. An existing target of that name that
-    already serves ``path`` with this user, serial and bsoflags is
+    removes what this call created. ``readonly`` serves the LUN
+    read-only (tgtd then fails every write). An existing target of that
+    name that already serves ``path`` with this user, serial, bsoflags
+    and read-only setting is
     accepted as is (its ACL is set to ``initiators``; a live target's
     secret is never changed, tgtd cannot show it); any other existing
     target of that name raises TargetRefused.
@@ -417,13 +424,15 @@ def export_target(port: int, iqn: str, path: str, chap_user: str,
     check_chap(chap_user, chap_secret)
     initiators = check_initiators(initiators)
     check_bsoflags(bsoflags)
-    check_write_cache(write_cache)
+    check_flag(write_cache, _('write_cache'))
     check_serial(serial)
+    check_flag(readonly, _('readonly'))
 
     targets = client.targets()
     existing = _ours(targets, iqn)
     if existing is not None:
-        if not _same_export(existing, path, chap_user, bsoflags, serial):
+        if not _same_export(existing, path, chap_user, bsoflags, serial,
+                            readonly):
             raise TargetRefused(reason=_('target %s exists with other '
                                          'settings') % iqn)
         _sync_acl(client, existing, initiators)
@@ -433,7 +442,8 @@ def export_target(port: int, iqn: str, path: str, chap_user: str,
     tid = _new_target(client, iqn, targets)
     account = None
     try:
-        _add_lun(client, pid, tid, path, bsoflags, write_cache, serial)
+        _add_lun(client, pid, tid, path, bsoflags, write_cache, serial,
+                 readonly)
         _new_account(client, chap_user, chap_secret)
         account = chap_user
         client.bind_account(tid, chap_user)
@@ -491,7 +501,7 @@ def set_acl(port: int, iqn: str, initiators) -> None:
 
 @privileged.tgt_pctxt.entrypoint
 def reopen_lun(port: int, iqn: str, path: str, bsoflags: str,
-               write_cache: bool, serial: str) -> None:
+               write_cache: bool, serial: str, readonly: bool = False) -> None:
     """Delete and re-add LUN 1; sessions and the ACL stay.
 
     tgtd refuses to delete a LUN with commands in flight; they drain
@@ -502,8 +512,9 @@ def reopen_lun(port: int, iqn: str, path: str, bsoflags: str,
     check_iqn(iqn)
     check_path(path)
     check_bsoflags(bsoflags)
-    check_write_cache(write_cache)
+    check_flag(write_cache, _('write_cache'))
     check_serial(serial)
+    check_flag(readonly, _('readonly'))
     target = _ours(client.targets(), iqn)
     if target is None:
         raise TargetRefused(reason=_('target %s does not exist') % iqn)
@@ -518,7 +529,8 @@ def reopen_lun(port: int, iqn: str, path: str, bsoflags: str,
                         or attempt == LUN_BUSY_ATTEMPTS):
                     raise
                 time.sleep(0.2 * attempt)
-    _add_lun(client, pid, target.tid, path, bsoflags, write_cache, serial)
+    _add_lun(client, pid, target.tid, path, bsoflags, write_cache, serial,
+             readonly)
     LOG.info('Re-opened LUN %(lun)d of target %(iqn)s on %(path)s.',
              {'lun': LUN, 'iqn': iqn, 'path': path})
 

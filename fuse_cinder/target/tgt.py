@@ -100,6 +100,18 @@ _CONTROL_ERRORS = (exception.InvalidInput, priv_tgt.TargetRefused,
 
 
 @dataclasses.dataclass
+class LunSettings:
+    """What tgtd shows of a LUN beyond its file."""
+
+    serial: str = ''
+    bsoflags: str = ''
+    readonly: bool = False
+
+
+_LUN_SETTING_FIELDS = {'SCSI SN': 'serial', 'Backing store flags': 'bsoflags'}
+
+
+@dataclasses.dataclass
 class TargetState:
     """What tgtd reports about one target."""
 
@@ -109,7 +121,7 @@ class TargetState:
     acl: list = dataclasses.field(default_factory=list)
     accounts: list = dataclasses.field(default_factory=list)
     connected: bool = False
-    #: {lun: (SCSI serial, backing store flags)}
+    #: {lun: LunSettings}
     lun_settings: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -131,6 +143,9 @@ class ExportSpec:
     chap_user: str
     chap_secret: str
     initiators: frozenset = frozenset()
+    #: Served read-only (os-export of a volume whose admin metadata says
+    #: readonly=True): tgtd fails every write.
+    readonly: bool = False
 
     @property
     def serial(self) -> str:
@@ -179,17 +194,16 @@ def parse_show_target(output: str) -> dict:
             if key == 'LUN':
                 lun = int(value)
                 current.luns[lun] = None
-                current.lun_settings[lun] = ('', '')
+                current.lun_settings[lun] = LunSettings()
             elif lun is None:
                 continue
             elif key == 'Backing store path':
                 current.luns[lun] = None if value == 'None' else value
-            elif key == 'SCSI SN':
-                current.lun_settings[lun] = (value,
-                                             current.lun_settings[lun][1])
-            elif key == 'Backing store flags':
-                current.lun_settings[lun] = (current.lun_settings[lun][0],
-                                             value)
+            elif key == 'Readonly':
+                current.lun_settings[lun].readonly = value == 'Yes'
+            elif key in _LUN_SETTING_FIELDS:
+                setattr(current.lun_settings[lun], _LUN_SETTING_FIELDS[key],
+                        value)
         elif section == 'ACL information':
             current.acl.append(line)
         elif section == 'Account information':
@@ -222,6 +236,8 @@ def render_config(spec: ExportSpec, write_cache: bool,
     # Stable identity for udev/multipath across tgtd restarts (tids vary).
     lines.append('    scsi_id %s' % spec.serial)
     lines.append('    scsi_sn %s' % spec.serial)
+    if spec.readonly:
+        lines.append('    readonly 1')
     if spec.initiators:
         # Matches no initiator; stops tgt-admin from adding ALL, which
         # would let any initiator name in.
@@ -236,6 +252,7 @@ def parse_config(text: str) -> Optional[ExportSpec]:
     """Read back a file written by render_config (None if unusable)."""
     iqn = path = user = secret = volume_id = None
     initiators = set()
+    readonly = False
     for raw in text.splitlines():
         line = raw.strip()
         header = _HEADER_RE.match(line)
@@ -252,11 +269,13 @@ def parse_config(text: str) -> Optional[ExportSpec]:
                 user, secret = value.split()
             elif key == 'initiator-name':
                 initiators.add(value)
+            elif key == 'readonly':
+                readonly = value == '1'
     if not (iqn and path and user and secret and volume_id):
         return None
     return ExportSpec(iqn=iqn, volume_id=volume_id, path=path,
                       chap_user=user, chap_secret=secret,
-                      initiators=frozenset(initiators))
+                      initiators=frozenset(initiators), readonly=readonly)
 
 
 def write_file_atomic(path: str, content: str, mode: int = 0o600) -> None:
@@ -454,11 +473,12 @@ class TgtFileTarget(iscsi.ISCSITarget):
     def _serves(self, state: TargetState, spec: ExportSpec) -> bool:
         """Is the live target already the export ``spec`` describes?"""
         bsoflags, _write_cache = self._lun_options()
-        serial, flags = state.lun_settings.get(LUN, ('', ''))
+        lun = state.lun_settings.get(LUN, LunSettings())
         return (state.luns.get(LUN) == spec.path
                 and state.accounts == [spec.chap_user]
-                and serial == spec.serial
-                and set(flags.split(':')) == set(bsoflags.split(':')))
+                and lun.serial == spec.serial
+                and lun.readonly == spec.readonly
+                and set(lun.bsoflags.split(':')) == set(bsoflags.split(':')))
 
     def _apply(self, spec: ExportSpec,
                state: Optional[TargetState] = None,
@@ -489,7 +509,9 @@ class TgtFileTarget(iscsi.ISCSITarget):
             tid=tid, iqn=spec.iqn, luns={LUN: spec.path},
             acl=acl_for(spec.initiators), accounts=[spec.chap_user],
             connected=bool(state and state.connected),
-            lun_settings={LUN: (spec.serial, self._lun_options()[0])})
+            lun_settings={LUN: LunSettings(spec.serial,
+                                           self._lun_options()[0],
+                                           spec.readonly)})
 
     def _export(self, spec: ExportSpec,
                 state: Optional[TargetState]) -> int:
@@ -504,7 +526,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
             if state.connected:
                 self._call(_('re-opening the LUN of %s') % spec.iqn,
                            self._control.reopen_lun, spec.iqn, spec.path,
-                           bsoflags, write_cache, spec.serial)
+                           bsoflags, write_cache, spec.serial, spec.readonly)
             else:
                 LOG.info('Replacing target %(iqn)s, which does not serve '
                          '%(path)s as configured.',
@@ -516,7 +538,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
             % {'path': spec.path, 'lun': LUN, 'iqn': spec.iqn},
             self._control.export_target, spec.iqn, spec.path,
             spec.chap_user, spec.chap_secret, sorted(spec.initiators),
-            bsoflags, write_cache, spec.serial,
+            bsoflags, write_cache, spec.serial, spec.readonly,
             secrets=(spec.chap_secret,))
 
     def _sync_acl(self, state: TargetState, initiators) -> None:
@@ -568,25 +590,28 @@ class TgtFileTarget(iscsi.ISCSITarget):
         self._remove_conf(iqn)
         LOG.info('Removed target %s.', iqn)
 
-    def _reopen(self, iqn: str, path: str, volume_id: str) -> None:
+    def _reopen(self, iqn: str, path: str, volume_id: str,
+                readonly: bool) -> None:
         """Replace LUN 1 by a fresh one on ``path``; sessions stay up."""
         bsoflags, write_cache = self._lun_options()
         self._call(_('re-opening LUN %(lun)d of %(iqn)s on %(path)s')
                    % {'lun': LUN, 'iqn': iqn, 'path': path},
                    self._control.reopen_lun, iqn, path, bsoflags,
-                   write_cache, volume_id.replace('-', ''))
+                   write_cache, volume_id.replace('-', ''), readonly)
         LOG.info('Re-opened LUN %(lun)d of target %(iqn)s on %(path)s.',
                  {'lun': LUN, 'iqn': iqn, 'path': path})
 
     # ------------------------------------------------------------------
     # Target API used by the driver
 
-    def create_export(self, context, volume, volume_path, connector=None):
+    def create_export(self, context, volume, volume_path, connector=None,
+                      readonly=False):
         """Export the volume file; returns location and CHAP like LVM.
 
         ``connector`` is optional: with it the target is restricted to
         that initiator from the start instead of at initialize_connection.
         Initiators of other live attachments (multi-attach) are kept.
+        ``readonly`` serves the LUN read-only, also after any re-export.
         """
         iqn = '%s%s' % (self.configuration.target_prefix, volume['name'])
         _check_iqn(iqn)
@@ -603,7 +628,8 @@ class TgtFileTarget(iscsi.ISCSITarget):
             spec = ExportSpec(iqn=iqn, volume_id=volume['id'],
                               path=volume_path, chap_user=chap[0],
                               chap_secret=chap[1],
-                              initiators=frozenset(initiators))
+                              initiators=frozenset(initiators),
+                              readonly=bool(readonly))
             state = self._apply(spec)
         location = self._iscsi_location(
             self.configuration.target_ip_address, state.tid, iqn, LUN,
@@ -637,7 +663,8 @@ class TgtFileTarget(iscsi.ISCSITarget):
                           else frozenset(self._attached_initiators(volume)))
             want = ExportSpec(iqn=iqn, volume_id=volume['id'],
                               path=volume_path, chap_user=chap[0],
-                              chap_secret=chap[1], initiators=initiators)
+                              chap_secret=chap[1], initiators=initiators,
+                              readonly=spec is not None and spec.readonly)
             state = self._targets_for_ensure().get(iqn)
             if state is not None and state.luns.get(LUN) == volume_path:
                 self._write_spec(want)
@@ -742,15 +769,16 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 LOG.debug('Volume %s has no target to re-open.',
                           volume['id'])
                 return False
-            path = volume_path or state.luns.get(LUN)
-            if not path:
-                spec = self._read_spec(iqn)
-                path = spec.path if spec else None
+            spec = self._read_spec(iqn)
+            path = (volume_path or state.luns.get(LUN) or
+                    (spec.path if spec else None))
             if not path:
                 msg = (_('No backing file known for target %s') % iqn)
                 raise exception.TargetUpdateFailed(volume_id=volume['id'],
                                                    message=msg)
-            self._reopen(iqn, path, volume['id'])
+            readonly = (spec.readonly if spec else
+                        state.lun_settings.get(LUN, LunSettings()).readonly)
+            self._reopen(iqn, path, volume['id'], readonly)
         return True
 
     def reopen_all(self, directory: str) -> int:
@@ -780,7 +808,8 @@ class TgtFileTarget(iscsi.ISCSITarget):
                                  'dir': self.volumes_dir})
                     continue
                 try:
-                    self._reopen(state.iqn, path, spec.volume_id)
+                    self._reopen(state.iqn, path, spec.volume_id,
+                                 spec.readonly)
                     reopened += 1
                 except exception.CinderException as err:
                     failures.append((spec.volume_id, err))

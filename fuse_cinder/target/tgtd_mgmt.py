@@ -190,6 +190,7 @@ class Lun:
     scsi_id: str = ''
     scsi_sn: str = ''
     bsoflags: str = ''
+    readonly: str = ''
 
 
 @dataclasses.dataclass
@@ -205,7 +206,8 @@ class Target:
 
 
 _LUN_FIELDS = {'Backing store path': 'path', 'SCSI ID': 'scsi_id',
-               'SCSI SN': 'scsi_sn', 'Backing store flags': 'bsoflags'}
+               'SCSI SN': 'scsi_sn', 'Backing store flags': 'bsoflags',
+               'Readonly': 'readonly'}
 
 
 def parse_targets(text: str) -> dict:

@@ -349,3 +349,27 @@ def test_export_of_a_missing_file_fails_cleanly(daemon, fuse, target,
     # no CHAP account and no config file left either
     assert sandbox.list_accounts(daemon.control_port) == []
     assert not os.path.exists(target._conf_path(target._iqn(vol)))
+
+
+def test_read_only_lun_refuses_writes(daemon, fuse, target, new_volume,
+                                      tmp_path):
+    """os-export of a read-only volume: tgtd itself fails every write."""
+    vol = new_volume()
+    data = os.urandom(MiB)
+    with open(path_of(fuse, vol), 'r+b') as f:
+        f.write(data)
+    exported = target.create_export(CTX, vol, path_of(fuse, vol),
+                                    readonly=True)
+    vol.provider_location = exported['location']
+    vol.provider_auth = exported['auth']
+    ini = attached(daemon, tmp_path, target, vol)
+    assert ini.read(0, MiB) == data
+    with pytest.raises(AssertionError):
+        ini.write(0, bytes(MiB))
+    assert read_file(path_of(fuse, vol), 0, MiB) == data
+    shown = tgt.parse_show_target(daemon.show())
+    assert shown[ini.iqn].lun_settings[1].readonly is True
+    target.reopen_lun(vol)
+    shown = tgt.parse_show_target(daemon.show())
+    assert shown[ini.iqn].lun_settings[1].readonly is True
+    target.remove_export(CTX, vol)

@@ -81,19 +81,21 @@ class FakeTgt:
         return self.by_iqn(iqn)
 
     @staticmethod
-    def _check_lun_args(path, bsoflags, write_cache, serial):
+    def _check_lun_args(path, bsoflags, write_cache, serial, readonly):
         if not priv_tgt.is_volume_path(path):
             raise priv_tgt._invalid('The backing file', 'is no volume path')
         priv_tgt.check_bsoflags(bsoflags)
-        priv_tgt.check_write_cache(write_cache)
+        priv_tgt.check_flag(write_cache, 'write_cache')
         priv_tgt.check_serial(serial)
+        priv_tgt.check_flag(readonly, 'readonly')
 
-    def _add_lun(self, target, path, bsoflags, write_cache, serial):
+    def _add_lun(self, target, path, bsoflags, write_cache, serial,
+                 readonly):
         if path in self.missing:
             raise tgtd_mgmt.TgtdError("can't open %s" % path)
         target.luns[priv_tgt.LUN] = path
         params = {'scsi_id': serial, 'scsi_sn': serial,
-                  'bsoflags': bsoflags}
+                  'bsoflags': bsoflags, 'readonly': readonly}
         if not write_cache:
             params['mode_page'] = priv_tgt.WRITE_CACHE_OFF_MODE_PAGE
         target.lun_params[priv_tgt.LUN] = params
@@ -111,11 +113,13 @@ class FakeTgt:
         return self.render()
 
     def export_target(self, port, iqn, path, chap_user, chap_secret,
-                      initiators, bsoflags, write_cache, serial):
+                      initiators, bsoflags, write_cache, serial,
+                      readonly=False):
         self._enter('export_target', port, iqn, path, chap_user,
-                    chap_secret, initiators, bsoflags, write_cache, serial)
+                    chap_secret, initiators, bsoflags, write_cache, serial,
+                    readonly)
         existing = self._ours(iqn)
-        self._check_lun_args(path, bsoflags, write_cache, serial)
+        self._check_lun_args(path, bsoflags, write_cache, serial, readonly)
         priv_tgt.check_chap(chap_user, chap_secret)
         initiators = priv_tgt.check_initiators(initiators)
         if existing is not None:
@@ -123,6 +127,7 @@ class FakeTgt:
             if (existing.luns.get(priv_tgt.LUN) != path
                     or existing.accounts != [chap_user]
                     or params.get('scsi_sn') != serial
+                    or params.get('readonly') != readonly
                     or set(params.get('bsoflags', '').split(':'))
                     != set(bsoflags.split(':'))):
                 raise priv_tgt.TargetRefused(
@@ -135,7 +140,8 @@ class FakeTgt:
         target = Target(tid=tid, iqn=iqn)
         self.targets[tid] = target
         try:
-            self._add_lun(target, path, bsoflags, write_cache, serial)
+            self._add_lun(target, path, bsoflags, write_cache, serial,
+                          readonly)
             if any(chap_user in t.accounts for t in self.targets.values()):
                 raise priv_tgt.TargetRefused(
                     reason='CHAP user %s is in use' % chap_user)
@@ -171,17 +177,18 @@ class FakeTgt:
                                          'account' % iqn)
         target.acl = self._acl(initiators)
 
-    def reopen_lun(self, port, iqn, path, bsoflags, write_cache, serial):
+    def reopen_lun(self, port, iqn, path, bsoflags, write_cache, serial,
+                   readonly=False):
         self._enter('reopen_lun', port, iqn, path, bsoflags, write_cache,
-                    serial)
+                    serial, readonly)
         target = self._ours(iqn)
-        self._check_lun_args(path, bsoflags, write_cache, serial)
+        self._check_lun_args(path, bsoflags, write_cache, serial, readonly)
         if target is None:
             raise priv_tgt.TargetRefused(reason='target %s does not exist'
                                          % iqn)
         target.luns.pop(priv_tgt.LUN, None)
         target.lun_params.pop(priv_tgt.LUN, None)
-        self._add_lun(target, path, bsoflags, write_cache, serial)
+        self._add_lun(target, path, bsoflags, write_cache, serial, readonly)
 
     def delete_account(self, port, user):
         self._enter('delete_account', port, user)
@@ -220,6 +227,8 @@ class FakeTgt:
                         '            SCSI ID: %s' % params.get('scsi_id', ''),
                         '            SCSI SN: %s' % params.get('scsi_sn', ''),
                         '            Size: 67 MB, Block size: 512',
+                        '            Readonly: %s'
+                        % ('Yes' if params.get('readonly') else 'No'),
                         '            Backing store type: rdwr',
                         '            Backing store path: %s' % t.luns[lun],
                         '            Backing store flags: %s'

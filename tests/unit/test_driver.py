@@ -589,7 +589,7 @@ def test_export_model_update_and_connector(drv):
         update = drv.create_export(CTX, vol, connector)
     assert update == {'provider_location': 'loc', 'provider_auth': 'CHAP u p'}
     create.assert_called_once_with(CTX, vol, path(vol.name),
-                                   connector=connector)
+                                   connector=connector, readonly=False)
     with mock.patch.object(drv.target_driver, 'ensure_export',
                            return_value={'provider_auth': 'CHAP a b'}):
         assert drv.ensure_export(CTX, vol) == {'provider_auth': 'CHAP a b'}
@@ -744,34 +744,18 @@ def test_mount_paths_keep_non_ascii_and_unescape_blanks():
 def test_stats_report_the_export_capabilities(drv):
     stats = drv.get_volume_stats(refresh=True)
     assert stats['fuse_cinder_export'] is True
-    # The tgt helper cannot serve a LUN read-only yet.
-    assert stats['fuse_cinder_export_readonly'] is False
+    assert stats['fuse_cinder_export_readonly'] is True
 
 
-def test_read_only_export_is_refused_not_served_read_write(drv):
+@pytest.mark.parametrize('connector, readonly', [
+    ({'access_mode': 'ro'}, True), ({'access_mode': 'rw'}, False),
+    ({'initiator': 'iqn.1993-08.org.debian:01:abc'}, False), (None, False)])
+def test_read_only_exports_reach_the_target_helper(
+        drv, connector, readonly):
     vol = volume()
-    with mock.patch.object(drv.target_driver, 'create_export') as create:
-        with pytest.raises(exception.VolumeDriverException,
-                           match='read-only'):
-            drv.create_export(CTX, vol, {'initiator': None,
-                                         'access_mode': 'ro'})
-    create.assert_not_called()
-
-
-def test_read_only_export_reaches_a_tgt_helper_that_takes_it(drv):
-    vol = volume()
-    seen = {}
-
-    def create_export(context, volume, volume_path, connector=None,
-                      readonly=False):
-        seen['readonly'] = readonly
-        return {'location': 'loc', 'auth': 'CHAP u p'}
-
+    drv.create_volume(vol)
     with mock.patch.object(drv.target_driver, 'create_export',
-                           create_export):
-        assert drv.get_volume_stats(refresh=True)[
-            'fuse_cinder_export_readonly'] is True
-        drv.create_export(CTX, vol, {'access_mode': 'ro'})
-        assert seen == {'readonly': True}
-        drv.create_export(CTX, vol, {'access_mode': 'rw'})
-        assert seen == {'readonly': False}
+                           return_value={'location': 'loc',
+                                         'auth': 'CHAP u p'}) as create:
+        drv.create_export(CTX, vol, connector)
+    assert create.call_args[1]['readonly'] is readonly

@@ -174,8 +174,8 @@ def test_hostile_serials(serial):
 
 
 @pytest.mark.parametrize('value', [0, 1, None, 'False', ''])
-def test_write_cache_must_be_a_bool(value):
-    refused(ptgt.check_write_cache, value)
+def test_flags_must_be_bools(value):
+    refused(ptgt.check_flag, value, 'readonly')
 
 
 def target(name=IQN, luns=None):
@@ -215,4 +215,4 @@ def test_reopen_lun_waits_for_a_busy_lun(mountinfo):
         privileged.tgt_pctxt.set_client_mode(True)
     assert sleep.call_count == 2 and client.delete_lun.call_count == 3
     add_lun.assert_called_once_with(client, 123, 1, PATH, 'direct', True,
-                                    SERIAL)
+                                    SERIAL, False)

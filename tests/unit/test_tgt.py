@@ -154,7 +154,7 @@ def test_create_export_serves_the_file_as_lun_1(target, tgtd, targets_dir):
         'location': '192.0.2.10:3260,%d %s%s 1' % (t.tid, PREFIX, vol.name),
         'auth': AUTH}
     assert ('export_target', PREFIX + vol.name, path_of(vol), USER, SECRET,
-            [], 'direct', True, serial_of(vol)) in tgtd.calls
+            [], 'direct', True, serial_of(vol), False) in tgtd.calls
     assert os.path.exists(conf_file(targets_dir, vol))
 
 
@@ -759,7 +759,7 @@ def test_extend_target_reopens_the_lun_and_keeps_sessions(make_target,
     assert tgtd.calls[n:] == [
         ('show',),
         ('reopen_lun', PREFIX + vol.name, path_of(vol), 'direct:sync',
-         False, serial_of(vol))]
+         False, serial_of(vol), False)]
     params = t.lun_params[1]
     assert params['scsi_id'] == params['scsi_sn'] == serial_of(vol)
     assert params['mode_page'] == priv_tgt.WRITE_CACHE_OFF_MODE_PAGE
@@ -926,7 +926,8 @@ def test_parse_show_target():
     s = targets['iqn.2010-10.org.openstack:volume-s']
     assert (s.tid, s.luns, s.accounts, s.connected) == (
         1, {0: None, 1: '/tmp/exp/m2/v'}, ['user1'], True)
-    assert s.lun_settings == {0: ('beaf10', ''), 1: ('beaf11', '')}
+    assert s.lun_settings == {0: tgt.LunSettings('beaf10', ''),
+                              1: tgt.LunSettings('beaf11', '')}
     assert s.acl_names == {'iqn.2004-10.com.ubuntu:01:aaa'}
     assert s.acl_addresses == {'0.0.0.0/32'}
     t = targets['iqn.2010-10.org.openstack:volume-t']
@@ -1018,3 +1019,31 @@ def test_a_failed_reconcile_is_tried_again(target, tgtd, targets_dir):
     assert target.reconcile(HOME) == 0
     assert os.path.exists(conf_file(targets_dir, vol))
     assert target.reconcile(HOME) == 1
+
+
+# -- read-only LUNs ----------------------------------------------------------
+
+def test_read_only_export_survives_reexport_and_reopen(target, tgtd,
+                                                       targets_dir):
+    vol = volume(provider_auth=AUTH)
+    target.create_export(CTX, vol, path_of(vol), readonly=True)
+    vol.provider_location = '192.0.2.10:3260,1 %s%s 1' % (PREFIX, vol.name)
+    lun = tgtd.by_iqn(PREFIX + vol.name).lun_params[1]
+    assert lun['readonly'] is True
+    assert 'readonly 1' in read(conf_file(targets_dir, vol))
+    target.reopen_lun(vol)
+    assert tgtd.by_iqn(PREFIX + vol.name).lun_params[1]['readonly'] is True
+    tgtd.restart()
+    target.ensure_export(CTX, vol, path_of(vol))
+    assert tgtd.by_iqn(PREFIX + vol.name).lun_params[1]['readonly'] is True
+    tgtd.restart()
+    assert target.reconcile(HOME) == 1
+    assert tgtd.by_iqn(PREFIX + vol.name).lun_params[1]['readonly'] is True
+
+
+def test_read_write_target_is_replaced_by_a_read_only_one(target, tgtd):
+    vol = volume(provider_auth=AUTH)
+    target.create_export(CTX, vol, path_of(vol))
+    assert tgtd.by_iqn(PREFIX + vol.name).lun_params[1]['readonly'] is False
+    target.create_export(CTX, vol, path_of(vol), readonly=True)
+    assert tgtd.by_iqn(PREFIX + vol.name).lun_params[1]['readonly'] is True
