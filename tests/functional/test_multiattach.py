@@ -261,6 +261,7 @@ def _initiator(daemon, tmp_path, info, host):
                           name=host)
 
 
+@api_base.patched_cinder.needs_cinder_cli
 def test_multiattach_through_the_attachments_api(real_cinder, tmp_path):
     aio, daemon, mount = real_cinder
     code, body = aio.http('POST', '/types', {'volume_type': {
