@@ -295,7 +295,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             'provisioned_capacity_gb':
                 round(self._provisioned_bytes / units.Gi, 2),
             'sparse_copy_volume': True,
-            'multiattach': False,
+            'multiattach': True,
             'QoS_support': False,
             'shared_targets': False,
             # os-export / os-delete-export (fuse_cinder/patches): the

@@ -93,6 +93,11 @@ _VOLUME_ID_RE = re.compile(
 _TARGET_LINE_RE = re.compile(r'^Target (\d+): (\S+)\s*$')
 _HEADER_RE = re.compile(r'^# fuse_cinder target of volume (\S+);')
 
+# Attachment statuses that hold no connection any more.
+_GONE = ('detached', 'deleted')
+# "No failed connection", where None is a failure without an initiator.
+_NOTHING = object()
+
 # What the privileged entry points raise: bad arguments, a refusal, or
 # tgtd failing, refusing or not answering (tgtd_mgmt).
 _CONTROL_ERRORS = (exception.InvalidInput, priv_tgt.TargetRefused,
@@ -337,6 +342,9 @@ class TgtFileTarget(iscsi.ISCSITarget):
         self.control_port = int(
             self.configuration.safe_get('fuse_tgt_control_port') or 0)
         self._show_cache: Optional[tuple] = None
+        # {volume id: initiator} of failed initialize_connection calls,
+        # for the remove_export that follows (see _keeps_target).
+        self._failed_connections: dict = {}
 
     @contextlib.contextmanager
     def _locked(self, iqn: str):
@@ -683,16 +691,86 @@ class TgtFileTarget(iscsi.ISCSITarget):
     def remove_export(self, context, volume):
         """Delete the target, its CHAP account and its config file.
 
-        Idempotent: a target or file that is already gone is fine.
+        Unless another attachment still uses the target (multi-attach):
+        Cinder calls remove_export after each legacy detach and after a
+        failed initialize_connection, also while other attachments are
+        live (see _keeps_target). Idempotent: a target or file that is
+        already gone is fine.
         """
         iqn = self._iqn(volume)
         with self._locked(iqn):
             self._show_cache = None
+            if self._keeps_target(volume, iqn):
+                return
             self._delete_target(iqn, volume['id'])
 
+    def _keeps_target(self, volume, iqn: str) -> bool:
+        """Whether remove_export must leave the target to other users.
+
+        The attachments listed with the volume still include the one
+        going away (detach, attachment delete), so the target stays when
+        more than one has a connection. After a failed
+        initialize_connection the new connection is not listed (Cinder
+        records the connector only on success): the target then stays
+        for any live connection, and only the new initiator is withdrawn
+        unless a live attachment uses it.
+        """
+        live = _live_connectors(volume)
+        failed = self._failed_connections.pop(volume['id'], _NOTHING)
+        if failed is not _NOTHING:
+            if not live:
+                return False
+            keep = {c['initiator'] for c in live}
+            spec = self._read_spec(iqn)
+            if failed and spec is not None and failed not in keep:
+                self._withdraw(spec, failed)
+            LOG.info('Keeping target %(iqn)s after a failed connection: '
+                     'volume %(vol)s has %(n)d other live attachments.',
+                     {'iqn': iqn, 'vol': volume['id'], 'n': len(live)})
+            return True
+        if len(live) > 1:
+            LOG.info('Keeping target %(iqn)s: volume %(vol)s has %(n)d '
+                     'more live attachments.',
+                     {'iqn': iqn, 'vol': volume['id'], 'n': len(live) - 1})
+            return True
+        return False
+
+    def _withdraw(self, spec: ExportSpec, initiator: str) -> None:
+        """Take the initiator of a failed connection off the ACL.
+
+        Best effort: a failure here must not hide the one Cinder is
+        handling; CHAP still guards the target.
+        """
+        spec = dataclasses.replace(
+            spec, initiators=spec.initiators - {initiator})
+        try:
+            self._write_spec(spec)
+            state = self._show().get(spec.iqn)
+            if state is not None:
+                self._sync_acl(state, spec.initiators)
+        except exception.CinderException as err:
+            LOG.warning('Could not take %(ini)s off the ACL of %(iqn)s: '
+                        '%(err)s', {'ini': initiator, 'iqn': spec.iqn,
+                                    'err': err})
+
     def initialize_connection(self, volume, connector):
-        """Restrict the target to this initiator, then return the info."""
-        initiator = _requested_initiator(connector)
+        """Restrict the target to this initiator, then return the info.
+
+        With multi-attach the initiator joins those already allowed. A
+        failure is remembered for the remove_export that Cinder calls
+        next, which then leaves other attachments their target.
+        """
+        initiator = None
+        try:
+            initiator = _requested_initiator(connector)
+            info = self._initialize(volume, connector, initiator)
+        except Exception:
+            self._failed_connections[volume['id']] = initiator
+            raise
+        self._failed_connections.pop(volume['id'], None)
+        return info
+
+    def _initialize(self, volume, connector, initiator):
         if initiator:
             iqn = self._iqn(volume)
             with self._locked(iqn):
@@ -716,33 +794,38 @@ class TgtFileTarget(iscsi.ISCSITarget):
         """Take the initiator off the ACL unless it still has attachments.
 
         Several attachments may come from one host (multi-attach); the
-        host's initiator stays allowed until its last one goes. Without a
-        connector (forced detach) nothing changes: remove_export follows.
+        host's initiator stays allowed until its last one goes
+        (are_same_connector, as Cinder's LVM driver does). Without a
+        connector (forced detach) the ACL is left alone: remove_export
+        follows. Returns whether other attachments share the target
+        (the one going is still listed), which tells Cinder's attachment
+        delete not to call remove_export.
         """
+        live = _live_connectors(volume)
+        shared = len(live) > 1
         initiator = _requested_initiator(connector)
         if not initiator:
-            return
-        same = [a for a in _attachments(volume)
-                if a.get('attach_status') not in ('detached',)
-                and _connector_initiator(a) == initiator]
+            return shared
+        same = [c for c in live if self.are_same_connector(c, connector)]
         if len(same) > 1:
             LOG.debug('Initiator %(ini)s still has %(n)d attachments of '
                       'volume %(vol)s; keeping it on the ACL.',
                       {'ini': initiator, 'n': len(same) - 1,
                        'vol': volume['id']})
-            return
+            return True
         iqn = self._iqn(volume)
         with self._locked(iqn):
             self._show_cache = None
             spec = self._read_spec(iqn)
             if spec is None or initiator not in spec.initiators:
-                return
+                return shared
             spec = dataclasses.replace(
                 spec, initiators=spec.initiators - {initiator})
             self._write_spec(spec)
             state = self._show().get(iqn)
             if state is not None:
                 self._sync_acl(state, spec.initiators)
+        return shared
 
     def validate_connector(self, connector):
         super().validate_connector(connector)
@@ -931,6 +1014,33 @@ def _attachments(volume) -> list:
         return list(volume.get('volume_attachment') or [])
     except Exception:  # not loadable (e.g. an orphaned object)
         return []
+
+
+def _live_connectors(volume) -> list:
+    """The connectors of the volume's attachments that made a connection.
+
+    An attachment gets its connector when its connection is made, and
+    keeps it until the attachment is deleted; one that is only reserved
+    has none, and one that is detached no longer counts.
+    """
+    live = []
+    for attachment in _attachments(volume):
+        if attachment.get('attach_status') in _GONE:
+            continue
+        connector = _connector_dict(attachment.get('connector'))
+        if connector and connector.get('initiator'):
+            live.append(connector)
+    return live
+
+
+def _connector_dict(connector) -> Optional[dict]:
+    """A connector as a dict, also from the JSON of a DB row."""
+    if isinstance(connector, str):
+        try:
+            connector = json.loads(connector)
+        except ValueError:
+            return None
+    return connector if isinstance(connector, dict) else None
 
 
 def _connector_initiator(connector):

@@ -348,6 +348,22 @@ def test_stats_report_capacity_and_provisioning(drv, fake_fs):
     assert stats['volume_backend_name'] == 'fuse-test'
 
 
+def test_stats_offer_multiattach_on_one_target_per_volume(drv, fake_fs):
+    stats = drv.get_volume_stats(refresh=True)
+    # a multiattach volume type's volumes may be scheduled here
+    assert stats['multiattach'] is True
+    assert stats['shared_targets'] is False
+
+
+def test_terminate_connection_reports_shared_connections(drv):
+    # Cinder's attachment delete calls remove_export only on False.
+    vol = volume()
+    with mock.patch.object(drv.target_driver, 'terminate_connection',
+                           return_value=True) as term:
+        assert drv.terminate_connection(vol, {'initiator': 'x'}) is True
+    term.assert_called_once_with(vol, {'initiator': 'x'})
+
+
 def test_stats_cost_does_not_grow_with_volumes(drv, fake_fs):
     for i in range(50):
         fake_fs.add('volume-%04d' % i, GiB)

@@ -481,6 +481,175 @@ def test_forced_detach_without_connector_changes_nothing(target, tgtd):
     assert len(tgtd.calls) == n
 
 
+def attachments(vol, *rows):
+    """volume_attachment from (initiator or None, attach_status) rows."""
+    vol.volume_attachment = objects.VolumeAttachmentList(objects=[
+        objects.VolumeAttachment(
+            CTX, id=IDS[200 + i], volume_id=vol.id, attach_status=status,
+            connector={'initiator': ini} if ini else None)
+        for i, (ini, status) in enumerate(rows)])
+
+
+def two_hosts(target, tgtd, vol):
+    """vol attached to HOST1 and HOST2, as Cinder records it."""
+    for host in (HOST1, HOST2):
+        export(target, vol, connector={'initiator': host})
+        target.initialize_connection(vol, {'initiator': host})
+    attach(vol, HOST1, HOST2)
+    assert acl(tgtd, vol) == ['0.0.0.0/32', HOST1, HOST2]
+
+
+def test_terminate_connection_tells_cinder_whether_others_remain(target,
+                                                                 tgtd):
+    vol = volume(provider_auth=AUTH, multiattach=True)
+    two_hosts(target, tgtd, vol)
+    # True: Cinder's attachment delete then does not call remove_export
+    assert target.terminate_connection(vol, {'initiator': HOST1}) is True
+    assert acl(tgtd, vol) == ['0.0.0.0/32', HOST2]
+    attach(vol, HOST2)
+    assert target.terminate_connection(vol, {'initiator': HOST2}) is False
+    assert target.terminate_connection(vol, None, force=True) is False
+
+
+def test_one_host_twice_is_a_shared_connection(target, tgtd):
+    vol = volume(provider_auth=AUTH, multiattach=True)
+    export(target, vol)
+    target.initialize_connection(vol, {'initiator': HOST1})
+    attach(vol, HOST1, HOST1)
+    assert target.terminate_connection(vol, {'initiator': HOST1}) is True
+    assert acl(tgtd, vol) == ['0.0.0.0/32', HOST1]
+    attach(vol, HOST1)
+    assert target.terminate_connection(vol, {'initiator': HOST1}) is False
+    assert acl(tgtd, vol) == ['ALL']
+
+
+def test_remove_export_keeps_the_target_while_others_are_attached(
+        target, tgtd, targets_dir):
+    # The legacy detach calls remove_export for every attachment, with
+    # the one leaving still listed.
+    vol = volume(provider_auth=AUTH, multiattach=True)
+    two_hosts(target, tgtd, vol)
+    tid = tgtd.by_iqn(PREFIX + vol.name).tid
+    target.terminate_connection(vol, {'initiator': HOST1})
+    target.remove_export(CTX, vol)
+
+    kept = tgtd.by_iqn(PREFIX + vol.name)
+    assert kept is not None and kept.tid == tid and kept.luns
+    assert kept.accounts == [USER] and USER in tgtd.accounts
+    assert acl(tgtd, vol) == ['0.0.0.0/32', HOST2]
+    assert 'initiator-name %s' % HOST1 not in read(conf_file(targets_dir,
+                                                             vol))
+    assert tgtd.count('delete_target') == 0
+
+    attach(vol, HOST2)                          # HOST1's attachment is gone
+    target.terminate_connection(vol, {'initiator': HOST2})
+    target.remove_export(CTX, vol)
+    assert tgtd.targets == {} and tgtd.accounts == {}
+    assert not os.path.exists(conf_file(targets_dir, vol))
+
+
+def test_only_attachments_with_a_connection_keep_the_target(target, tgtd):
+    vol = volume(provider_auth=AUTH, multiattach=True)
+    export(target, vol)
+    target.initialize_connection(vol, {'initiator': HOST1})
+    # a reserved attachment (no connector yet) and a detached one
+    attachments(vol, (HOST1, 'attached'), (None, 'reserved'),
+                (HOST2, 'detached'))
+    assert target.terminate_connection(vol, {'initiator': HOST1}) is False
+    target.remove_export(CTX, vol)
+    assert tgtd.targets == {} and tgtd.accounts == {}
+
+
+def test_connectors_as_stored_json_count_too(target, tgtd):
+    # manager.remove_export hands the driver a DB row, connector as JSON
+    vol = volume(provider_auth=AUTH, multiattach=True)
+    two_hosts(target, tgtd, vol)
+    row = {'id': vol.id, 'name': vol.name,
+           'provider_location': vol.provider_location,
+           'provider_auth': vol.provider_auth,
+           'volume_attachment': [
+               {'attach_status': 'attached',
+                'connector': '{"initiator": "%s"}' % h}
+               for h in (HOST1, HOST2)]}
+    target.remove_export(CTX, row)
+    assert tgtd.by_iqn(PREFIX + vol.name) is not None
+
+
+def test_a_failed_connection_leaves_the_others_their_target(target, tgtd,
+                                                            targets_dir):
+    vol = volume(provider_auth=AUTH, multiattach=True)
+    export(target, vol, connector={'initiator': HOST1})
+    target.initialize_connection(vol, {'initiator': HOST1})
+    attach(vol, HOST1)
+    # HOST2's attachment: create_export allows it, then the connection
+    # fails and Cinder calls remove_export, HOST2 not being recorded
+    export(target, vol, connector={'initiator': HOST2})
+    tgtd.fail('show', tgtd_mgmt.TgtdTimeout('no answer in 30 s'))
+    with pytest.raises(exception.ISCSITargetHelperCommandFailed):
+        target.initialize_connection(vol, {'initiator': HOST2})
+    target.remove_export(CTX, vol)
+
+    assert acl(tgtd, vol) == ['0.0.0.0/32', HOST1]
+    assert 'initiator-name %s' % HOST2 not in read(conf_file(targets_dir,
+                                                             vol))
+    assert USER in tgtd.accounts and tgtd.count('delete_target') == 0
+    # the failure was used up: the last detach removes everything
+    target.terminate_connection(vol, {'initiator': HOST1})
+    target.remove_export(CTX, vol)
+    assert tgtd.targets == {} and tgtd.accounts == {}
+
+
+def test_a_failed_connection_of_an_attached_host_keeps_it(target, tgtd):
+    vol = volume(provider_auth=AUTH, multiattach=True)
+    export(target, vol, connector={'initiator': HOST1})
+    target.initialize_connection(vol, {'initiator': HOST1})
+    attach(vol, HOST1)
+    tgtd.fail('show', tgtd_mgmt.TgtdTimeout('no answer in 30 s'))
+    with pytest.raises(exception.ISCSITargetHelperCommandFailed):
+        target.initialize_connection(vol, {'initiator': HOST1})
+    target.remove_export(CTX, vol)
+    assert acl(tgtd, vol) == ['0.0.0.0/32', HOST1]
+
+
+def test_a_failed_first_connection_removes_the_export(target, tgtd):
+    vol = volume(provider_auth=AUTH)
+    export(target, vol, connector={'initiator': HOST1})
+    tgtd.fail('show', tgtd_mgmt.TgtdTimeout('no answer in 30 s'))
+    with pytest.raises(exception.ISCSITargetHelperCommandFailed):
+        target.initialize_connection(vol, {'initiator': HOST1})
+    target.remove_export(CTX, vol)
+    assert tgtd.targets == {} and tgtd.accounts == {}
+
+
+def test_a_successful_connection_clears_an_earlier_failure(target, tgtd):
+    vol = volume(provider_auth=AUTH, multiattach=True)
+    export(target, vol, connector={'initiator': HOST1})
+    tgtd.fail('show', tgtd_mgmt.TgtdTimeout('no answer in 30 s'))
+    with pytest.raises(exception.ISCSITargetHelperCommandFailed):
+        target.initialize_connection(vol, {'initiator': HOST1})
+    target.initialize_connection(vol, {'initiator': HOST1})   # a retry
+    attach(vol, HOST1)
+    target.terminate_connection(vol, {'initiator': HOST1})
+    target.remove_export(CTX, vol)
+    assert tgtd.targets == {}
+
+
+def test_a_failed_withdrawal_does_not_hide_the_first_error(target, tgtd,
+                                                           caplog):
+    vol = volume(provider_auth=AUTH, multiattach=True)
+    export(target, vol, connector={'initiator': HOST1})
+    target.initialize_connection(vol, {'initiator': HOST1})
+    attach(vol, HOST1)
+    export(target, vol, connector={'initiator': HOST2})
+    tgtd.fail('show', tgtd_mgmt.TgtdTimeout('no answer in 30 s'), times=2)
+    with pytest.raises(exception.ISCSITargetHelperCommandFailed):
+        target.initialize_connection(vol, {'initiator': HOST2})
+    with caplog.at_level(logging.WARNING):
+        target.remove_export(CTX, vol)        # does not raise
+    assert 'Could not take %s off the ACL' % HOST2 in caplog.text
+    assert tgtd.by_iqn(PREFIX + vol.name) is not None
+
+
 @pytest.mark.parametrize('name', [
     'iqn.1994-05.com.redhat:x; rm -rf /',
     'iqn.1994-05.com.redhat:x\n</target>',
