@@ -20,27 +20,16 @@ privsep-helper of that one context). The entry points check their own
 work (LUN 1 is the volume's very file, CHAP is bound before the ACL) and
 roll a failed export back, so their success is tgtd's state.
 
-Each export also has a small config file in ``volumes_dir``: the
-driver's record of the export (its CHAP pair and initiators, read back by
-create_export, ensure_export and reopen_all) and what tgtd's own service
-loads after a host reboot (see ``etc/tgt/fuse_cinder.conf``). Writing it
-changes nothing in a running tgtd.
-
-Initiator restriction: tgtd lets an initiator in when *either* its
-address or its name is on the target's ACL, and tgt-admin (at boot) adds
-the address ``ALL`` to every target whose config has no
-``initiator-address``. A restricted target therefore also carries the
-address ``0.0.0.0/32``, which no initiator can come from, so that its
-initiator names are what decides - in tgtd now and whenever tgtd re-reads
-the file. CHAP is required in every case.
+Each export also has a record in ``volumes_dir`` (export_record.py): its
+CHAP pair, initiators and read-only flag, read back by create_export,
+ensure_export, reopen_all and reconcile, and loaded by tgtd's own service
+after a host reboot. Writing it changes nothing in a running tgtd.
 """
 
 import contextlib
 import dataclasses
 import json
 import os
-import re
-import tempfile
 import time
 from typing import Optional
 
@@ -56,42 +45,18 @@ from cinder.volume import volume_utils
 
 from fuse_cinder import options
 from fuse_cinder.privileged import tgt as priv_tgt
+from fuse_cinder.target import export_record as record
 from fuse_cinder.target import tgtd_mgmt
 
 LOG = logging.getLogger(__name__)
 
 #: Every target exports exactly one LUN; LUN 0 is tgtd's controller.
 LUN = 1
-#: The ACL address entry that lets every initiator address in.
-ALL_ADDRESSES = 'ALL'
-#: An ACL address no initiator connects from; see the module docstring.
-NO_ADDRESS = '0.0.0.0/32'
-#: Suffix of the per-volume config files; the include glob relies on it.
-CONF_SUFFIX = '.conf'
-
 #: Seconds a tgtd listing may be reused by ensure_export. cinder-volume
 #: calls ensure_export for every in-use volume right after start-up; one
 #: listing serves that whole burst.
 SHOW_CACHE_TTL = 10.0
 
-# Everything rendered into a config file (which tgt-admin parses at boot
-# with Config::General and hands to a shell) is held to these patterns,
-# always with fullmatch: '$' would let a trailing newline through.
-_SAFE_VALUE_RE = re.compile(r'[A-Za-z0-9._:/+-]+')
-_CHAP_RE = re.compile(r'[A-Za-z0-9._-]{1,255}')
-# RFC 3720 names, limited to the characters real initiators use.
-_INITIATOR_RE = re.compile(
-    r'iqn\.\d{4}-\d{2}\.[A-Za-z0-9.-]+(:[A-Za-z0-9.:_-]+)?'
-    r'|eui\.[0-9A-Fa-f]{16}'
-    r'|naa\.[0-9A-Fa-f]{16}([0-9A-Fa-f]{16})?')
-_MAX_INITIATOR_LEN = 223
-_IQN_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9.:_-]*')
-# Cinder's volume ids; the LUN serial is one without its dashes.
-_VOLUME_ID_RE = re.compile(
-    r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}')
-
-_TARGET_LINE_RE = re.compile(r'^Target (\d+): (\S+)\s*$')
-_HEADER_RE = re.compile(r'^# fuse_cinder target of volume (\S+);')
 
 # Attachment statuses that hold no connection any more.
 _GONE = ('detached', 'deleted')
@@ -113,9 +78,6 @@ class LunSettings:
     readonly: bool = False
 
 
-_LUN_SETTING_FIELDS = {'SCSI SN': 'serial', 'Backing store flags': 'bsoflags'}
-
-
 @dataclasses.dataclass
 class TargetState:
     """What tgtd reports about one target."""
@@ -131,185 +93,28 @@ class TargetState:
 
     @property
     def acl_names(self) -> set:
-        return {e for e in self.acl if is_initiator_name(e)}
+        return {e for e in self.acl if record.is_initiator_name(e)}
 
     @property
     def acl_addresses(self) -> set:
-        return {e for e in self.acl if not is_initiator_name(e)}
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportSpec:
-    """Everything a target config file describes."""
-
-    iqn: str
-    volume_id: str
-    path: str
-    chap_user: str
-    chap_secret: str
-    initiators: frozenset = frozenset()
-    #: Served read-only (os-export of a volume whose admin metadata says
-    #: readonly=True): tgtd fails every write.
-    readonly: bool = False
-
-    @property
-    def serial(self) -> str:
-        """SCSI id and serial of the LUN: stable across tgtd restarts."""
-        return self.volume_id.replace('-', '')
-
-
-def is_initiator_name(value: str) -> bool:
-    return bool(value) and value.split('.', 1)[0] in ('iqn', 'eui', 'naa')
-
-
-def acl_for(initiators) -> list:
-    """The ACL of a target restricted to ``initiators`` (ALL if none)."""
-    if not initiators:
-        return [ALL_ADDRESSES]
-    return [NO_ADDRESS] + sorted(initiators)
+        return {e for e in self.acl if not record.is_initiator_name(e)}
 
 
 def parse_show_target(output: str) -> dict:
-    """Parse ``tgtadm --mode target --op show`` into {iqn: TargetState}."""
-    targets: dict = {}
-    current: Optional[TargetState] = None
-    section = None
-    lun = None
-    for raw in output.splitlines():
-        match = _TARGET_LINE_RE.match(raw)
-        if match:
-            current = TargetState(tid=int(match.group(1)),
-                                  iqn=match.group(2))
-            targets[current.iqn] = current
-            section = lun = None
-            continue
-        if current is None or not raw.strip():
-            continue
-        line = raw.strip()
-        indent = len(raw) - len(raw.lstrip())
-        if indent <= 4 and line.endswith(':'):
-            section = line[:-1]
-            lun = None
-            continue
-        if section == 'I_T nexus information':
-            current.connected = True
-        elif section == 'LUN information':
-            key, _sep, value = line.partition(':')
-            value = value.strip()
-            if key == 'LUN':
-                lun = int(value)
-                current.luns[lun] = None
-                current.lun_settings[lun] = LunSettings()
-            elif lun is None:
-                continue
-            elif key == 'Backing store path':
-                current.luns[lun] = None if value == 'None' else value
-            elif key == 'Readonly':
-                current.lun_settings[lun].readonly = value == 'Yes'
-            elif key in _LUN_SETTING_FIELDS:
-                setattr(current.lun_settings[lun], _LUN_SETTING_FIELDS[key],
-                        value)
-        elif section == 'ACL information':
-            current.acl.append(line)
-        elif section == 'Account information':
-            current.accounts.append(line.split()[0])
-    return targets
+    """{iqn: TargetState} of a tgtd target listing (tgtd_mgmt parses it)."""
+    return {name: _state(target)
+            for name, target in tgtd_mgmt.parse_targets(output).items()}
 
 
-def render_config(spec: ExportSpec, write_cache: bool,
-                  bsoflags: str) -> str:
-    """The tgt-admin config of one exported volume (tgtd's boot include).
-
-    Call _check_spec first: every value lands in the file verbatim.
-    """
-    lines = [
-        '# fuse_cinder target of volume %s; cinder-volume rewrites this '
-        'file.' % spec.volume_id,
-        '# It holds the CHAP secret: keep it mode 0600. Do not edit.',
-        '<target %s>' % spec.iqn,
-        '    driver iscsi',
-        '    backing-store %s' % spec.path,
-        # The file is exported by this one target only; this also keeps
-        # tgt-admin from running lsof across a possibly hung FUSE mount.
-        '    allow-in-use yes',
-        '    incominguser %s %s' % (spec.chap_user, spec.chap_secret),
-        '    write-cache %s' % ('on' if write_cache else 'off'),
-    ]
-    if bsoflags:
-        # tgtd separates open flags with ':'; with ',' it keeps only one.
-        lines.append('    bsoflags %s' % bsoflags.replace(',', ':'))
-    # Stable identity for udev/multipath across tgtd restarts (tids vary).
-    lines.append('    scsi_id %s' % spec.serial)
-    lines.append('    scsi_sn %s' % spec.serial)
-    if spec.readonly:
-        lines.append('    readonly 1')
-    if spec.initiators:
-        # Matches no initiator; stops tgt-admin from adding ALL, which
-        # would let any initiator name in.
-        lines.append('    initiator-address %s' % NO_ADDRESS)
-    for name in sorted(spec.initiators):
-        lines.append('    initiator-name %s' % name)
-    lines.append('</target>')
-    return '\n'.join(lines) + '\n'
-
-
-def parse_config(text: str) -> Optional[ExportSpec]:
-    """Read back a file written by render_config (None if unusable)."""
-    iqn = path = user = secret = volume_id = None
-    initiators = set()
-    readonly = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        header = _HEADER_RE.match(line)
-        if header:
-            volume_id = header.group(1)
-        elif line.startswith('<target ') and line.endswith('>'):
-            iqn = line[len('<target '):-1].strip()
-        else:
-            key, _sep, value = line.partition(' ')
-            value = value.strip()
-            if key == 'backing-store':
-                path = value
-            elif key == 'incominguser' and len(value.split()) == 2:
-                user, secret = value.split()
-            elif key == 'initiator-name':
-                initiators.add(value)
-            elif key == 'readonly':
-                readonly = value == '1'
-    if not (iqn and path and user and secret and volume_id):
-        return None
-    return ExportSpec(iqn=iqn, volume_id=volume_id, path=path,
-                      chap_user=user, chap_secret=secret,
-                      initiators=frozenset(initiators), readonly=readonly)
-
-
-def write_file_atomic(path: str, content: str, mode: int = 0o600) -> None:
-    """Replace ``path`` so readers see the old or the new file, never half.
-
-    The temporary file is a dot file in the same directory, so tgt's
-    ``include dir/*.conf`` never picks it up.
-    """
-    dirname, basename = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix='.%s.' % basename, suffix='.tmp',
-                               dir=dirname)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, 'w') as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(dirname, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _state(target: tgtd_mgmt.Target) -> TargetState:
+    return TargetState(
+        tid=target.tid, iqn=target.name,
+        luns={n: lun.path for n, lun in target.luns.items()},
+        acl=list(target.acl), accounts=list(target.accounts),
+        connected=target.nexus,
+        lun_settings={n: LunSettings(lun.scsi_sn, lun.bsoflags,
+                                     lun.readonly == 'Yes')
+                      for n, lun in target.luns.items()})
 
 
 class TgtFileTarget(iscsi.ISCSITarget):
@@ -419,12 +224,12 @@ class TgtFileTarget(iscsi.ISCSITarget):
             iqn = location.split(' ')[1]
         else:
             iqn = '%s%s' % (self.configuration.target_prefix, volume['name'])
-        _check_iqn(iqn)
+        record.check_iqn(iqn)
         return iqn
 
     def _conf_path(self, iqn: str) -> str:
         name = iqn.rsplit(':', 1)[-1]
-        return os.path.join(self.volumes_dir, name + CONF_SUFFIX)
+        return os.path.join(self.volumes_dir, name + record.CONF_SUFFIX)
 
     def _chap_for(self, context, volume) -> Optional[tuple]:
         """The volume's CHAP pair, kept across exports (volume, then DB)."""
@@ -435,19 +240,19 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 return parts[1], parts[2]
         return self._get_target_chap_auth(context, volume)
 
-    def _read_spec(self, iqn: str) -> Optional[ExportSpec]:
+    def _read_spec(self, iqn: str) -> Optional[record.ExportSpec]:
         try:
             with open(self._conf_path(iqn)) as f:
-                return parse_config(f.read())
+                return record.parse_config(f.read())
         except FileNotFoundError:
             return None
 
-    def _write_spec(self, spec: ExportSpec) -> bool:
+    def _write_spec(self, spec: record.ExportSpec) -> bool:
         """Write the config file if it changed; True if it was written."""
-        _check_spec(spec)
+        record.check_spec(spec)
         bsoflags, write_cache = self._lun_options()
-        content = render_config(spec, write_cache=write_cache,
-                                bsoflags=bsoflags)
+        content = record.render_config(spec, write_cache=write_cache,
+                                       bsoflags=bsoflags)
         path = self._conf_path(spec.iqn)
         try:
             with open(path) as f:
@@ -455,7 +260,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
                     return False
         except FileNotFoundError:
             fileutils.ensure_tree(self.volumes_dir, mode=0o750)
-        write_file_atomic(path, content)
+        record.write_file_atomic(path, content)
         LOG.debug('Wrote tgt config %s for target %s.', path, spec.iqn)
         return True
 
@@ -478,7 +283,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
     # ------------------------------------------------------------------
     # tgtd state changes (callers hold self._locked(iqn))
 
-    def _serves(self, state: TargetState, spec: ExportSpec) -> bool:
+    def _serves(self, state: TargetState, spec: record.ExportSpec) -> bool:
         """Is the live target already the export ``spec`` describes?"""
         bsoflags, _write_cache = self._lun_options()
         lun = state.lun_settings.get(LUN, LunSettings())
@@ -488,7 +293,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 and lun.readonly == spec.readonly
                 and set(lun.bsoflags.split(':')) == set(bsoflags.split(':')))
 
-    def _apply(self, spec: ExportSpec,
+    def _apply(self, spec: record.ExportSpec,
                state: Optional[TargetState] = None,
                known: bool = False) -> TargetState:
         """Make tgtd export ``spec``; the record file is written first.
@@ -515,13 +320,13 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 volume_id=spec.volume_id, message=err.msg)
         return TargetState(
             tid=tid, iqn=spec.iqn, luns={LUN: spec.path},
-            acl=acl_for(spec.initiators), accounts=[spec.chap_user],
+            acl=record.acl_for(spec.initiators), accounts=[spec.chap_user],
             connected=bool(state and state.connected),
             lun_settings={LUN: LunSettings(spec.serial,
                                            self._lun_options()[0],
                                            spec.readonly)})
 
-    def _export(self, spec: ExportSpec,
+    def _export(self, spec: record.ExportSpec,
                 state: Optional[TargetState]) -> int:
         """export_target, after replacing a target that is not ``spec``.
 
@@ -552,11 +357,11 @@ class TgtFileTarget(iscsi.ISCSITarget):
     def _sync_acl(self, state: TargetState, initiators) -> None:
         """Make the live ACL match the config file, if it does not yet.
 
-        With initiators: their names plus NO_ADDRESS. Without: ``ALL``
+        With initiators: their names plus record.NO_ADDRESS. Without: ``ALL``
         (CHAP only). set_acl binds new entries before it unbinds old ones,
         so an initiator that stays allowed is never locked out meanwhile.
         """
-        want = acl_for(initiators)
+        want = record.acl_for(initiators)
         if sorted(state.acl) == sorted(want):
             return
         self._call(_('setting the ACL of %s') % state.iqn,
@@ -622,7 +427,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         ``readonly`` serves the LUN read-only, also after any re-export.
         """
         iqn = '%s%s' % (self.configuration.target_prefix, volume['name'])
-        _check_iqn(iqn)
+        record.check_iqn(iqn)
         initiator = _requested_initiator(connector)
         chap = self._chap_for(context, volume) or (
             volume_utils.generate_username(),
@@ -633,11 +438,10 @@ class TgtFileTarget(iscsi.ISCSITarget):
             initiators = set(old.initiators) if old else set()
             if initiator:
                 initiators.add(initiator)
-            spec = ExportSpec(iqn=iqn, volume_id=volume['id'],
-                              path=volume_path, chap_user=chap[0],
-                              chap_secret=chap[1],
-                              initiators=frozenset(initiators),
-                              readonly=bool(readonly))
+            spec = record.ExportSpec(
+                iqn=iqn, volume_id=volume['id'], path=volume_path,
+                chap_user=chap[0], chap_secret=chap[1],
+                initiators=frozenset(initiators), readonly=bool(readonly))
             state = self._apply(spec)
         location = self._iscsi_location(
             self.configuration.target_ip_address, state.tid, iqn, LUN,
@@ -669,10 +473,10 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 new_auth = self._iscsi_authentication('CHAP', *chap)
             initiators = (spec.initiators if spec is not None
                           else frozenset(self._attached_initiators(volume)))
-            want = ExportSpec(iqn=iqn, volume_id=volume['id'],
-                              path=volume_path, chap_user=chap[0],
-                              chap_secret=chap[1], initiators=initiators,
-                              readonly=spec is not None and spec.readonly)
+            want = record.ExportSpec(
+                iqn=iqn, volume_id=volume['id'], path=volume_path,
+                chap_user=chap[0], chap_secret=chap[1], initiators=initiators,
+                readonly=spec is not None and spec.readonly)
             state = self._targets_for_ensure().get(iqn)
             if state is not None and state.luns.get(LUN) == volume_path:
                 self._write_spec(want)
@@ -735,7 +539,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
             return True
         return False
 
-    def _withdraw(self, spec: ExportSpec, initiator: str) -> None:
+    def _withdraw(self, spec: record.ExportSpec, initiator: str) -> None:
         """Take the initiator of a failed connection off the ACL.
 
         Best effort: a failure here must not hide the one Cinder is
@@ -829,7 +633,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
 
     def validate_connector(self, connector):
         super().validate_connector(connector)
-        _check_initiator(connector['initiator'])
+        record.check_initiator(connector['initiator'])
         return True
 
     def extend_target(self, volume):
@@ -921,11 +725,11 @@ class TgtFileTarget(iscsi.ISCSITarget):
             return []
         specs = []
         for name in files:
-            if name.startswith('.') or not name.endswith(CONF_SUFFIX):
+            if name.startswith('.') or not name.endswith(record.CONF_SUFFIX):
                 continue
             try:
                 with open(os.path.join(self.volumes_dir, name)) as f:
-                    spec = parse_config(f.read())
+                    spec = record.parse_config(f.read())
             except OSError:
                 continue
             if spec is not None and spec.path.startswith(prefix):
@@ -989,8 +793,9 @@ class TgtFileTarget(iscsi.ISCSITarget):
                          volume_utils.generate_password())
         volume_id = kwargs.get('volume_id') or name.rsplit(
             ':', 1)[-1].replace('volume-', '', 1)
-        spec = ExportSpec(iqn=name, volume_id=volume_id, path=path,
-                          chap_user=chap_auth[0], chap_secret=chap_auth[1])
+        spec = record.ExportSpec(iqn=name, volume_id=volume_id, path=path,
+                                 chap_user=chap_auth[0],
+                                 chap_secret=chap_auth[1])
         with self._locked(name):
             self._show_cache = None
             return self._apply(spec).tid
@@ -1067,45 +872,5 @@ def _requested_initiator(connector) -> Optional[str]:
     """The connector's initiator name, checked; None if it has none."""
     initiator = _connector_initiator(connector)
     if initiator is not None:
-        _check_initiator(initiator)
+        record.check_initiator(initiator)
     return initiator
-
-
-def _check_initiator(name) -> None:
-    # The name ends up in the config file that tgt-admin reads at boot.
-    if (not isinstance(name, str) or len(name) > _MAX_INITIATOR_LEN
-            or not _INITIATOR_RE.fullmatch(name)):
-        raise exception.InvalidConnectorException(
-            missing=_('a valid iSCSI initiator name'))
-
-
-def _check_iqn(iqn) -> None:
-    # The name also names the config file.
-    if not isinstance(iqn, str) or not _IQN_RE.fullmatch(iqn):
-        msg = _('Unsupported characters in the target name %r') % iqn
-        raise exception.VolumeBackendAPIException(data=msg)
-
-
-def _check_spec(spec: ExportSpec) -> None:
-    """Every value that render_config writes, fully matched."""
-    _check_iqn(spec.iqn)
-    if not (isinstance(spec.volume_id, str)
-            and _VOLUME_ID_RE.fullmatch(spec.volume_id)):
-        msg = _('Unsupported volume id %r') % spec.volume_id
-        raise exception.VolumeBackendAPIException(data=msg)
-    if not (isinstance(spec.path, str)
-            and _SAFE_VALUE_RE.fullmatch(spec.path)):
-        msg = (_('Unsupported characters in the backing file %r')
-               % spec.path)
-        raise exception.VolumeBackendAPIException(data=msg)
-    if not os.path.isabs(spec.path):
-        msg = _('The backing file %s must be an absolute path') % spec.path
-        raise exception.VolumeBackendAPIException(data=msg)
-    if not all(isinstance(value, str) and _CHAP_RE.fullmatch(value)
-               for value in (spec.chap_user, spec.chap_secret)):
-        # Never echo the credentials themselves.
-        msg = _('The CHAP credentials of target %s contain unsupported '
-                'characters') % spec.iqn
-        raise exception.VolumeBackendAPIException(data=msg)
-    for name in spec.initiators:
-        _check_initiator(name)

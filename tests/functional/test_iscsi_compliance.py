@@ -27,6 +27,7 @@ import pytest
 
 from cinder import context
 
+from fuse_cinder.target import export_record
 from fuse_cinder.target import tgt
 from fuse_cinder.target import tgtd_mgmt
 from tests.functional import fusemount
@@ -107,7 +108,7 @@ def export_local(daemon, path, iqn, tid=100):
     client.new_target(tid, iqn)
     client.new_lun(tid, tgt.LUN, path, bsoflags='direct')
     client.update_lun(tid, tgt.LUN, 'scsi_id=local,scsi_sn=local')
-    client.bind_initiator_address(tid, tgt.ALL_ADDRESSES)
+    client.bind_initiator_address(tid, export_record.ALL_ADDRESSES)
     return daemon.url(iqn)
 
 

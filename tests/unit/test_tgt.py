@@ -27,6 +27,7 @@ from cinder import objects
 from cinder.tests.unit import fake_volume
 
 from fuse_cinder.privileged import tgt as priv_tgt
+from fuse_cinder.target import export_record
 from fuse_cinder.target import tgt
 from fuse_cinder.target import tgtd_mgmt
 from tests.unit import fake_tgt
@@ -247,8 +248,9 @@ def test_write_file_atomic_syncs_file_and_directory(tmp_path):
         real_fsync(fd)
 
     with mock.patch('os.fsync', side_effect=fsync), \
-            mock.patch('tempfile.mkstemp', wraps=tgt.tempfile.mkstemp) as mk:
-        tgt.write_file_atomic(path, 'new\n')
+            mock.patch('tempfile.mkstemp',
+                       wraps=export_record.tempfile.mkstemp) as mk:
+        export_record.write_file_atomic(path, 'new\n')
     assert synced == [False, True]
     # the temporary name is a dot file: tgt's "include dir/*.conf" skips it
     tmp_name = os.path.basename(mk.call_args.kwargs['prefix'])
@@ -717,11 +719,11 @@ def test_volume_id_cannot_inject_a_target(target, tgtd, targets_dir):
     'iqn', 'volume_id', 'path', 'chap_user', 'chap_secret', 'initiators'])
 @pytest.mark.parametrize('suffix', ['\n', INJECTED, ' x'])
 def test_every_rendered_value_is_fully_matched(field, suffix):
-    good = tgt.ExportSpec(iqn=PREFIX + 'volume-' + IDS[1],
-                          volume_id=IDS[1], path=HOME + '/volume-' + IDS[1],
-                          chap_user=USER, chap_secret=SECRET,
-                          initiators=frozenset([HOST1]))
-    tgt._check_spec(good)
+    good = export_record.ExportSpec(
+        iqn=PREFIX + 'volume-' + IDS[1], volume_id=IDS[1],
+        path=HOME + '/volume-' + IDS[1], chap_user=USER, chap_secret=SECRET,
+        initiators=frozenset([HOST1]))
+    export_record.check_spec(good)
     if field == 'initiators':
         bad = dataclasses.replace(good,
                                   initiators=frozenset([HOST1 + suffix]))
@@ -730,7 +732,7 @@ def test_every_rendered_value_is_fully_matched(field, suffix):
                                   **{field: getattr(good, field) + suffix})
     with pytest.raises((exception.VolumeBackendAPIException,
                         exception.InvalidConnectorException)) as err:
-        tgt._check_spec(bad)
+        export_record.check_spec(bad)
     assert SECRET not in str(err.value)
 
 
@@ -1106,13 +1108,13 @@ def test_parse_show_target():
 
 
 def test_parse_config_round_trip():
-    spec = tgt.ExportSpec(iqn=PREFIX + 'volume-1', volume_id=IDS[1],
-                          path='/mnt/v/volume-1', chap_user=USER,
-                          chap_secret=SECRET,
-                          initiators=frozenset([HOST1, HOST2]))
-    text = tgt.render_config(spec, write_cache=True, bsoflags='')
-    assert tgt.parse_config(text) == spec
-    assert tgt.parse_config('garbage') is None
+    spec = export_record.ExportSpec(
+        iqn=PREFIX + 'volume-1', volume_id=IDS[1], path='/mnt/v/volume-1',
+        chap_user=USER, chap_secret=SECRET,
+        initiators=frozenset([HOST1, HOST2]))
+    text = export_record.render_config(spec, write_cache=True, bsoflags='')
+    assert export_record.parse_config(text) == spec
+    assert export_record.parse_config('garbage') is None
 
 
 # -- locking --------------------------------------------------------------
