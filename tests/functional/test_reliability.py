@@ -144,6 +144,44 @@ def _assert_names_mount(errors, home, *words):
         assert any(w in text for w in words), (name, text)
 
 
+def _exported(fs, daemon, backend_conf, tmp_path, figures, count, **opts):
+    """A driver on ``fs`` with ``count`` exported volumes holding data.
+
+    Returns (driver, volumes, initiators, payloads): volume n holds its
+    payload at n * 64 MiB, written over iSCSI and found in its file.
+    """
+    os.mkdir(os.path.join(fs.backing, 'volumes'))
+    conf = backend_conf(volumes_home=os.path.join(fs.mountpoint, 'volumes'),
+                        fuse_fs_call_timeout=CALL_TIMEOUT,
+                        volumes_dir=str(tmp_path / 'targets'),
+                        fuse_tgt_control_port=daemon.control_port,
+                        target_ip_address='127.0.0.1',
+                        target_port=daemon.portal_port, **opts)
+    drv = driver.FuseISCSIDriver(configuration=conf,
+                                 execute=processutils.execute)
+    drv.target_driver.db = tgtd.NoDB()      # these volumes are in no DB
+    drv.do_setup(CTX)
+    vols, inis, payloads = [], [], []
+    for n in range(count):
+        vol = _volume(n)
+        drv.create_volume(vol)
+        update = drv.create_export(CTX, vol, {'initiator': HOST})
+        vol.provider_location = update['provider_location']
+        vol.provider_auth = update['provider_auth']
+        info = drv.initialize_connection(vol, {'initiator': HOST})['data']
+        ini = _initiator(daemon, tmp_path / ('ini%d' % n), info)
+        payload = os.urandom(MiB)
+        ini.write(n * 64 * MiB, payload)
+        assert _read(os.path.join(fs.backing, 'volumes', vol.name),
+                     n * 64 * MiB, MiB) == payload
+        figures['ops'] += 3
+        figures['verified_bytes'] += MiB
+        vols.append(vol)
+        inis.append(ini)
+        payloads.append(payload)
+    return drv, vols, inis, payloads
+
+
 # -- 1. the FUSE daemon hangs, then dies, under exported volumes ----------
 
 def test_fuse_daemon_killed_while_volumes_are_exported(
@@ -154,37 +192,10 @@ def test_fuse_daemon_killed_while_volumes_are_exported(
     The driver is called as cinder-volume calls it, statistics included:
     Cinder's own periodic task would take a minute per update.
     """
-    os.mkdir(os.path.join(fs.backing, 'volumes'))
     home = os.path.join(fs.mountpoint, 'volumes')
-    conf = backend_conf(volumes_home=home, fuse_fs_call_timeout=CALL_TIMEOUT,
-                        volumes_dir=str(tmp_path / 'targets'),
-                        fuse_tgt_control_port=tgtd_daemon.control_port,
-                        target_ip_address='127.0.0.1',
-                        target_port=tgtd_daemon.portal_port)
-    drv = driver.FuseISCSIDriver(configuration=conf,
-                                 execute=processutils.execute)
-    drv.target_driver.db = tgtd.NoDB()      # these volumes are in no DB
-    drv.do_setup(CTX)
+    drv, vols, inis, payloads = _exported(fs, tgtd_daemon, backend_conf,
+                                          tmp_path, figures, 3)
     drv.check_for_setup_error()
-
-    vols, inis, payloads = [], [], []
-    for n in range(3):
-        vol = _volume(n)
-        drv.create_volume(vol)
-        update = drv.create_export(CTX, vol, {'initiator': HOST})
-        vol.provider_location = update['provider_location']
-        vol.provider_auth = update['provider_auth']
-        info = drv.initialize_connection(vol, {'initiator': HOST})['data']
-        ini = _initiator(tgtd_daemon, tmp_path / ('ini%d' % n), info)
-        payload = os.urandom(MiB)
-        ini.write(n * 64 * MiB, payload)
-        assert _read(os.path.join(fs.backing, 'volumes', vol.name),
-                     n * 64 * MiB, MiB) == payload
-        figures['ops'] += 3
-        figures['verified_bytes'] += MiB
-        vols.append(vol)
-        inis.append(ini)
-        payloads.append(payload)
 
     def broken_mount_calls():
         return {
@@ -269,30 +280,9 @@ def test_remount_heals_luns_without_statistics(
     No statistics update is made: the heal comes from the watch on
     /proc/self/mountinfo (fuse_watch_interval, 1 s by default).
     """
-    os.mkdir(os.path.join(fs.backing, 'volumes'))
-    conf = backend_conf(volumes_home=os.path.join(fs.mountpoint, 'volumes'),
-                        fuse_fs_call_timeout=CALL_TIMEOUT,
-                        fuse_watch_interval=1.0,
-                        volumes_dir=str(tmp_path / 'targets'),
-                        fuse_tgt_control_port=tgtd_daemon.control_port,
-                        target_ip_address='127.0.0.1',
-                        target_port=tgtd_daemon.portal_port)
-    drv = driver.FuseISCSIDriver(configuration=conf,
-                                 execute=processutils.execute)
-    drv.target_driver.db = tgtd.NoDB()
-    drv.do_setup(CTX)
-    vols, inis, payloads = [], [], []
-    for n in range(2):
-        vol = _volume(n)
-        drv.create_volume(vol)
-        update = drv.create_export(CTX, vol, {'initiator': HOST})
-        vol.provider_location = update['provider_location']
-        vol.provider_auth = update['provider_auth']
-        info = drv.initialize_connection(vol, {'initiator': HOST})['data']
-        inis.append(_initiator(tgtd_daemon, tmp_path / ('ini%d' % n), info))
-        payloads.append(os.urandom(MiB))
-        inis[-1].write(n * 64 * MiB, payloads[-1])
-        vols.append(vol)
+    drv, vols, inis, payloads = _exported(fs, tgtd_daemon, backend_conf,
+                                          tmp_path, figures, 2,
+                                          fuse_watch_interval=1.0)
     with mock.patch.object(drv, 'get_volume_stats') as stats, \
             mock.patch.object(drv, '_update_volume_stats') as update:
         fs.kill()
