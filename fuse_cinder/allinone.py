@@ -175,6 +175,37 @@ def _privsep_root_helper():
     return ['env', 'PATH=%s' % os.environ['PATH']]
 
 
+def _serialise_fake_transport():
+    """Make the in-process transport send JSON, as real transports do.
+
+    oslo.messaging's fake driver checks that a message could be encoded
+    but hands the Python objects themselves over, replies included: the
+    API then got the scheduler's ReadOnlyDicts (``get-pools --detail``
+    failed with HTTP 500) and every side could change the other's data.
+    A round trip through jsonutils gives each side its own copy of
+    exactly what a broker would have carried.
+    """
+    from oslo_messaging._drivers import impl_fake
+    from oslo_serialization import jsonutils
+
+    def over_the_wire(value):
+        return None if value is None else jsonutils.loads(
+            jsonutils.dumps(value))
+
+    send = impl_fake.FakeDriver._send
+    reply = impl_fake.FakeIncomingMessage.reply
+
+    def _send(self, target, ctxt, message, *args, **kwargs):
+        return send(self, target, over_the_wire(ctxt),
+                    over_the_wire(message), *args, **kwargs)
+
+    def _reply(self, reply_value=None, failure=None):
+        return reply(self, over_the_wire(reply_value), failure)
+
+    impl_fake.FakeDriver._send = _send
+    impl_fake.FakeIncomingMessage.reply = _reply
+
+
 def _service_class(service):
     """cinder.service.Service fit for sharing a process with others.
 
@@ -225,6 +256,7 @@ def run(config_args):
     log = logging.getLogger(__name__)
     _put_own_bin_on_path()
     priv_context.init(root_helper=_privsep_root_helper())
+    _serialise_fake_transport()
 
     migration.db_sync()
     coordination.COORDINATOR.start()

@@ -26,6 +26,7 @@ all on 127.0.0.1; everything started here is stopped here.
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -741,3 +742,34 @@ def test_export_survives_a_volume_service_restart(real_cinder, tmp_path):
 
     aio.cli('delete-export', vol_id)
     aio.delete(vol_id)
+
+
+def test_admin_commands_work_in_the_all_in_one(real_cinder):
+    """What an operator types first, through the real cinder command.
+
+    get-pools --detail needs the scheduler's answer as a broker would
+    carry it (the in-process transport handed over ReadOnlyDicts: 500).
+    """
+    aio, _tgtd, mount = real_cinder
+    pools = aio.cli('get-pools', '--detail').stdout
+    assert 'fuse_cinder_export' in pools and 'free_capacity_gb' in pools
+    name = re.search(r'\|\s+name\s+\|\s+(\S+)\s+\|', pools).group(1)
+    services = aio.cli('service-list').stdout
+    assert re.search(r'cinder-volume\s+\|\s+%s' % re.escape(
+        name.split('#')[0]), services)
+    assert 'cinder-scheduler' in services
+    open(os.path.join(mount.volumes_home, 'legacy.img'), 'wb').close()
+    host = name.split('#')[0]
+    listing = aio.cli('--os-volume-api-version', '3.8', 'manageable-list',
+                      host).stdout
+    assert 'legacy.img' in listing
+    aio.cli('--os-volume-api-version', '3.8', 'snapshot-manageable-list',
+            host)
+    aio.cli('type-create', 'fuse-admin')
+    aio.cli('type-key', 'fuse-admin', 'set', 'volume_backend_name=%s'
+            % name.split('@')[1].split('#')[0])
+    vol = aio.create('admin-1')
+    aio.cli('reset-state', '--state', 'error', vol)
+    assert aio.status(vol) == 'error'
+    aio.cli('reset-state', '--state', 'available', vol)
+    aio.delete(vol)
