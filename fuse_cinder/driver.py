@@ -432,12 +432,15 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         return max(1, int(math.ceil(size / units.Gi)))
 
     def unmanage(self, volume):
-        """Rename the file so it is visibly no longer Cinder's."""
+        """Leave the file as it is, as Cinder's other drivers do.
+
+        Once Cinder has forgotten the volume, its ``volume-<id>`` is listed
+        as safe to manage again (Tempest's manage_volume_ref is
+        ``source-name,volume-%s``).
+        """
         size = self.files.size(volume.name)
-        if size is None:
-            return
-        self.files.rename(volume.name, names.UNMANAGED_PREFIX + volume.name)
-        self._account(-size)
+        if size is not None:
+            self._account(-size)
 
     def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
                                sort_keys, sort_dirs):

@@ -24,7 +24,6 @@ VOLUME_PREFIX = 'volume-'
 SNAPSHOT_PREFIX = 'snapshot-'
 TEMP_PREFIX = '.fuse_cinder_tmp-'
 PROBE_PREFIX = '.fuse_cinder_probe-'
-UNMANAGED_PREFIX = 'unmanaged-'
 
 UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
 #: volume-<uuid> or snapshot-<uuid>: what Cinder knows by name.
@@ -33,13 +32,11 @@ OBJECT = '(?:volume|snapshot)-' + UUID
 TEMP = re.escape(TEMP_PREFIX) + OBJECT + '-[0-9a-f]{8}'
 #: The empty file that shows the mount is writable.
 PROBE = re.escape(PROBE_PREFIX) + '[0-9a-f]{32}'
-#: A volume given back to the operator by unmanage.
-UNMANAGED = re.escape(UNMANAGED_PREFIX) + 'volume-' + UUID
 
 #: Files the driver owns and may read, write, serve or delete.
 OWNED = '(?:%s|%s|%s)' % (OBJECT, TEMP, PROBE)
 #: What a file may be renamed to.
-RENAME_TARGET = '(?:%s|%s|%s)' % (OBJECT, TEMP, UNMANAGED)
+RENAME_TARGET = '(?:%s|%s)' % (OBJECT, TEMP)
 #: A file an operator asks to manage: any one plain name in volumes_home.
 PLAIN = r'(?!\.\.?\Z)[^/\x00\n]{1,255}'
 

@@ -228,7 +228,7 @@ def test_manage_refuses_symlink_out_of_volumes_home(backend_conf, fuse,
     drv.manage_existing(vol, ref)
     assert os.path.getsize(fuse.backing_path(vol.name)) == 2 * GiB
     drv.unmanage(vol)
-    assert os.path.exists(fuse.backing_path('unmanaged-' + vol.name))
+    assert os.path.getsize(fuse.backing_path(vol.name)) == 2 * GiB
 
 
 @pytest.fixture

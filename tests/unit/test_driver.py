@@ -495,8 +495,24 @@ def test_unmanage_keeps_the_data(drv, fake_fs):
     vol = volume(size=1)
     drv.create_volume(vol)
     drv.unmanage(vol)
-    assert fake_fs.names() == ['unmanaged-' + vol.name]
+    assert fake_fs.names() == [vol.name]
     assert drv._provisioned_bytes == 0
+
+
+def test_unmanaged_volume_is_managed_back_by_its_name(drv, fake_fs):
+    """Tempest's flow: unmanage, then manage 'volume-<old id>' again."""
+    old = volume(size=1)
+    drv.create_volume(old)
+    drv.unmanage(old)
+    listing = drv.get_manageable_volumes([], None, 10, 0, ['size'], ['asc'])
+    assert [(e['reference'], e['safe_to_manage']) for e in listing] == [
+        ({'source-name': old.name}, True)]
+    new = volume(size=1, vol_id=VOL2_ID)
+    with mock.patch('cinder.objects.Volume.get_by_id',
+                    side_effect=exception.VolumeNotFound(volume_id=VOL_ID)):
+        drv.manage_existing(new, {'source-name': old.name})
+    assert fake_fs.names() == [new.name]
+    assert drv._provisioned_bytes == GiB
 
 
 def test_manageable_listing(drv, fake_fs):

@@ -163,6 +163,8 @@ HOSTILE = [
     T + [F, 'rename', HOME, VOL, '../../../etc/passwd', 'replace'],
     T + [F, 'rename', HOME, '..', VOL, 'keep'],
     T + [F, 'rename', HOME, VOL, 'passwd', 'replace'],
+    T + [F, 'rename', HOME, VOL, '', 'replace'],
+    T + [F, 'rename', HOME, VOL, 'unmanaged-' + VOL, 'keep'],
     # trailing newlines, which rootwrap's own '$' would let through
     T + [F, 'delete', HOME, VOL + '\n'], T + [F, 'delete', HOME + '\n', VOL],
     T + [F, 'create', HOME, VOL, '1\n', 'thin'],
