@@ -428,11 +428,12 @@ def make_user(stack, prefix='fuse-cinder-t'):
     ``stack`` (a contextlib.ExitStack) deletes it again.
     """
     name = '%s%s' % (prefix, secrets.token_hex(3))
+    # Registered first: a signal during useradd must not leave the user.
+    stack.callback(subprocess.run, ['userdel', name], capture_output=True,
+                   timeout=30)
     subprocess.run(['useradd', '--system', '--no-create-home', '--shell',
                     '/usr/sbin/nologin', name],
                    check=True, capture_output=True, timeout=30)
-    stack.callback(subprocess.run, ['userdel', name], capture_output=True,
-                   timeout=30)
     return pwd.getpwnam(name)
 
 
