@@ -19,7 +19,8 @@ separately, on RabbitMQ and MariaDB.
 
 Two ways to run it:
 
-``fuse-cinder-allinone [--work-dir DIR] [--volumes-home DIR] [--self-check]``
+``fuse-cinder-allinone [--work-dir DIR] [--volumes-home DIR] [--self-check]
+[--unprivileged]``
     The whole deployment on this machine, as root: applies the export
     patches to the Cinder this Python imports (if not applied yet),
     starts a private tgtd on a loopback portal, mounts bindfs over a
@@ -27,6 +28,9 @@ Two ways to run it:
     existing FUSE mount, runs the Cinder services in a child process,
     prints the ``cinder`` CLI environment and waits.  SIGINT (Ctrl-C) or
     SIGTERM stops everything: no target, mount or process is left.
+    ``--unprivileged`` runs that child as a throw-away user whose only
+    root power is ``sudo cinder-rootwrap`` with the package's filters
+    (README install step 4); the user is removed at the end.
 
 ``fuse-cinder-allinone --state-dir DIR --api-port 8776 --volumes-home ...``
     Only the Cinder services, in this process; tgtd and the mount are the
@@ -39,6 +43,7 @@ Two ways to run it:
 
 import argparse
 import configparser
+import contextlib
 import importlib.util
 import json
 import os
@@ -139,10 +144,15 @@ def build_config(state_dir, api_port=8776, volume_driver=DEFAULT_DRIVER,
     return conf
 
 
-def write_config(conf, state_dir):
-    """Write cinder.conf into the state directory and return its path."""
+def make_state_dirs(state_dir):
+    """The state directory and the subdirectories cinder.conf names."""
     for sub in ('', 'locks', 'coordination', 'targets'):
         os.makedirs(os.path.join(state_dir, sub), exist_ok=True)
+
+
+def write_config(conf, state_dir):
+    """Write cinder.conf into the state directory and return its path."""
+    make_state_dirs(state_dir)
     path = os.path.join(state_dir, 'cinder.conf')
     with open(path, 'w') as f:
         conf.write(f)
@@ -357,6 +367,11 @@ def parse_args(argv):
     parser.add_argument('--debug', action='store_true')
     parser.add_argument('--write-config-only', action='store_true',
                         help='Write cinder.conf, print its path and exit.')
+    parser.add_argument('--use-config', metavar='FILE',
+                        help='Run with this cinder.conf instead of one '
+                             'generated from the options (which are then '
+                             'ignored): the whole deployment\'s '
+                             '--unprivileged writes it under /etc.')
     args, rest = parser.parse_known_args(argv)
     extra = {}
     for item in args.backend_option:
@@ -371,6 +386,8 @@ def parse_args(argv):
 def run_services(argv):
     """Only the Cinder services, in this process (``--state-dir``)."""
     args, rest = parse_args(argv)
+    if args.use_config:
+        return run(['--config-file', args.use_config] + rest)
     paste = args.api_paste_config or find_api_paste()
     if not paste:
         sys.stderr.write('Cannot find the api-paste.ini of the installed '
@@ -398,6 +415,8 @@ API_PORTS = range(18780, 18790)
 READY_TIMEOUT = 300
 #: Seconds the service process gets to stop before it is killed.
 SERVICES_STOP_TIMEOUT = 30
+#: The root helper of --unprivileged, next to this Python.
+ROOTWRAP = os.path.join(os.path.dirname(sys.executable), 'cinder-rootwrap')
 MiB = 1 << 20
 
 
@@ -607,6 +626,12 @@ class Deployment(object):
         self.volumes_home = None
         self.services = None
         self.api = None
+        # --unprivileged: the service user, its sudoers rules and /etc
+        # directory, undone by stop().
+        self.cleanup = contextlib.ExitStack()
+        self.user = None
+        self.etc_dir = None
+        self.sudo_log = os.path.join(self.work_dir, 'sudo.log')
 
     @property
     def log(self):
@@ -639,6 +664,15 @@ class Deployment(object):
             needed.append('bindfs')
         if self.args.self_check:
             needed.append('qemu-io')
+        if self.args.unprivileged:
+            needed += ['sudo', 'visudo', 'useradd', 'userdel']
+            if not os.access(ROOTWRAP, os.X_OK):
+                raise LaunchError('no cinder-rootwrap next to %s'
+                                  % sys.executable)
+            if not os.path.isdir(sandbox.FILTERS_PATH):
+                raise LaunchError('no rootwrap filters in %s (the package '
+                                  'must run from its checkout)'
+                                  % sandbox.FILTERS_PATH)
         missing = sandbox.missing_programs(*needed)
         if missing:
             raise LaunchError('not installed: %s (see bindep.txt)'
@@ -705,18 +739,25 @@ class Deployment(object):
                               % (port or '18780-18789'))
         url = 'http://127.0.0.1:%d/v3' % port
         cmd = [sys.executable, '-m', 'fuse_cinder.allinone',
-               '--state-dir', self.state_dir, '--api-port', str(port),
-               '--volumes-home', self.volumes_home,
-               '--tgt-control-port', str(self.tgtd.control_port),
-               '--target-ip', self.tgtd.ip,
-               '--target-port', str(self.tgtd.portal_port)]
-        if self.args.debug:
-            cmd.append('--debug')
+               '--state-dir', self.state_dir]
+        popen_args = {}
+        if self.args.unprivileged:
+            cmd += ['--use-config', self._prepare_user(port)]
+            popen_args = sandbox.as_user(self.user, self.state_dir,
+                                         os.environ.get('PYTHONPATH'))
+        else:
+            cmd += ['--api-port', str(port),
+                    '--volumes-home', self.volumes_home,
+                    '--tgt-control-port', str(self.tgtd.control_port),
+                    '--target-ip', self.tgtd.ip,
+                    '--target-port', str(self.tgtd.portal_port)]
+            if self.args.debug:
+                cmd.append('--debug')
         with open(os.path.join(self.state_dir, 'console.log'), 'ab') as log:
             self.services = subprocess.Popen(
                 cmd + self.cinder_args, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=True, **popen_args)
         self.out('cinder: API, scheduler and volume service starting '
                  '(log %s)' % self.log)
         self.api = Api(url)
@@ -729,6 +770,103 @@ class Deployment(object):
         if not ready:
             raise LaunchError('the Cinder services were not up after %d s:'
                               '\n%s' % (READY_TIMEOUT, self.log_tail()))
+        uids = sandbox.proc_uids(self.services.pid)
+        if self.user is not None:
+            self.out('cinder: services run as %s, uid %s; root only '
+                     'through sudo cinder-rootwrap %s'
+                     % (self.user.pw_name, uids and uids[1],
+                        os.path.join(self.etc_dir, 'rootwrap.conf')))
+
+    def _prepare_user(self, api_port):
+        """README install step 4 for a throw-away service user.
+
+        The user's only root power is ``sudo cinder-rootwrap CONF`` with
+        the package's own filters; privsep daemons (the tgt context and
+        Cinder's) start through it. The configs live in a root-owned
+        directory under /etc, where the privsep-helper filter wants
+        ``--config-file``; the state directory becomes the user's.
+        Returns the path of the services' cinder.conf.
+        """
+        stack = self.cleanup
+        venv_bin = os.path.dirname(sys.executable)
+        try:
+            self.user = sandbox.make_user(stack, 'fuse-cinder-aio-')
+        except subprocess.CalledProcessError as err:
+            raise LaunchError('useradd failed: %s' % err.stderr.decode(
+                errors='replace').strip())
+        self.etc_dir = tempfile.mkdtemp(prefix='fuse-cinder-aio-',
+                                        dir='/etc')
+        stack.callback(shutil.rmtree, self.etc_dir, ignore_errors=True)
+        os.chmod(self.etc_dir, 0o755)
+        rootwrap_conf = sandbox.write_rootwrap_conf(
+            os.path.join(self.etc_dir, 'rootwrap.conf'), venv_bin)
+        scratch = os.path.join(self.etc_dir, 'sudo')
+        os.mkdir(scratch, 0o700)
+        pythonpath = os.environ.get('PYTHONPATH')
+        try:
+            sandbox.allow_root_helper(stack, self.user, ROOTWRAP,
+                                      rootwrap_conf, scratch, pythonpath,
+                                      sudo_log=self.sudo_log)
+        except sandbox.SandboxError as err:
+            raise LaunchError(str(err))
+        why = sandbox.user_cannot_run(
+            self.user, sys.executable,
+            ['cinder.volume.driver', 'fuse_cinder.driver'], pythonpath)
+        if why:
+            raise LaunchError(why)
+
+        if self.temp_work_dir:
+            os.chmod(self.work_dir, 0o711)
+        make_state_dirs(self.state_dir)
+        for top, dirs, files in os.walk(self.state_dir):
+            for name in [top] + [os.path.join(top, n) for n in dirs + files]:
+                os.lchown(name, self.user.pw_uid, self.user.pw_gid)
+        reach = subprocess.run(
+            ['test', '-w', self.state_dir, '-a', '-x', self.state_dir],
+            **sandbox.as_user(self.user, '/'))
+        if reach.returncode != 0:
+            raise LaunchError('user %s cannot write %s: a directory above '
+                              'it is closed to others'
+                              % (self.user.pw_name, self.state_dir))
+
+        conf = build_config(
+            self.state_dir, api_port=api_port,
+            volumes_home=self.volumes_home,
+            tgt_control_port=self.tgtd.control_port,
+            target_ip=self.tgtd.ip, target_port=self.tgtd.portal_port,
+            debug=self.args.debug)
+        conf['DEFAULT']['rootwrap_config'] = rootwrap_conf
+        path = os.path.join(self.etc_dir, 'cinder.conf')
+        with open(sandbox.write_new(path, ''), 'w') as f:
+            conf.write(f)
+        self.out('cinder: unprivileged, as user %s (rootwrap filters %s, '
+                 'configs in %s)' % (self.user.pw_name, sandbox.FILTERS_PATH,
+                                     self.etc_dir))
+        return path
+
+    def _remove_user(self, left):
+        """Undo _prepare_user, once the user's processes are gone."""
+        if self.user is None:
+            return
+        try:
+            with open(self.sudo_log, errors='replace') as f:
+                commands = [line for line in f
+                            if 'COMMAND=%s ' % ROOTWRAP in line]
+        except OSError:
+            commands = []
+        self.out('root helper: %d commands through sudo cinder-rootwrap, '
+                 '%d of them privsep daemons'
+                 % (len(commands), sum('privsep-helper' in line
+                                       for line in commands)))
+        self.out('removing user %s, its sudoers rules and %s'
+                 % (self.user.pw_name, self.etc_dir))
+        self.cleanup.close()
+        if sandbox.user_exists(self.user.pw_name):
+            left.append('the user %s' % self.user.pw_name)
+        if os.path.exists(sandbox.sudoers_path(self.user)):
+            left.append(sandbox.sudoers_path(self.user))
+        if os.path.exists(self.etc_dir):
+            left.append(self.etc_dir)
 
     def print_environment(self):
         env_file = os.path.join(self.work_dir, 'cinderrc')
@@ -768,6 +906,7 @@ class Deployment(object):
             # Also whatever they left running (timeout, privsep daemons).
             sandbox.kill_session(self.services.pid)
             self.services.wait(timeout=30)
+        self._remove_user(left)
         if self.tgtd is not None:
             targets = len(self.tgtd.targets())
             self.out('stopping tgtd (%d targets)' % targets)
@@ -822,6 +961,13 @@ def parse_deploy_args(argv):
     parser.add_argument('--self-check', action='store_true',
                         help='Create, export, write and read over iSCSI, '
                              'unexport and delete a volume, then stop.')
+    parser.add_argument('--unprivileged', action='store_true',
+                        help='Run the Cinder services as a throw-away '
+                             'system user whose only root power is sudo '
+                             'cinder-rootwrap with the package\'s filters '
+                             '(README install step 4); the user, its '
+                             'sudoers file and /etc/fuse-cinder-aio-* are '
+                             'removed at the end.')
     parser.add_argument('--debug', action='store_true')
     return parser.parse_known_args(argv)
 

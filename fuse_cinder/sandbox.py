@@ -22,6 +22,8 @@ before anything loads it.
 """
 
 import os
+import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -400,3 +402,139 @@ def kill_session(sid, sig=signal.SIGKILL):
         except ProcessLookupError:
             pass
     return pids
+
+
+# -- an unprivileged service user with Cinder's root helper ----------------
+
+#: PATH of a service, and what sudo keeps after the venv's bin directory.
+SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+#: The rootwrap filters this checkout ships (README install step 4).
+FILTERS_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    'etc', 'cinder', 'rootwrap.d')
+
+
+def write_new(path, text, mode=0o644):
+    """Create ``path`` (never an existing file) with ``text``."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode),
+              'w') as f:
+        f.write(text)
+    return path
+
+
+def make_user(stack, prefix='fuse-cinder-t'):
+    """A system user with no home, no shell and no group but its own.
+
+    ``stack`` (a contextlib.ExitStack) deletes it again.
+    """
+    name = '%s%s' % (prefix, secrets.token_hex(3))
+    # Registered first: a signal during useradd must not leave the user.
+    stack.callback(subprocess.run, ['userdel', name], capture_output=True,
+                   timeout=30)
+    subprocess.run(['useradd', '--system', '--no-create-home', '--shell',
+                    '/usr/sbin/nologin', name],
+                   check=True, capture_output=True, timeout=30)
+    return pwd.getpwnam(name)
+
+
+def user_exists(name):
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def write_rootwrap_conf(path, venv_bin, filters_path=FILTERS_PATH):
+    """rootwrap.conf reading only ``filters_path``; returns ``path``."""
+    return write_new(
+        path, '[DEFAULT]\nfilters_path = %s\nexec_dirs = %s\n'
+        'use_syslog = False\n'
+        % (filters_path, ','.join([venv_bin] + SYSTEM_PATH.split(':'))))
+
+
+def sudoers_path(user):
+    # No dot in the name: sudo skips files in sudoers.d that have one.
+    return '/etc/sudoers.d/%s' % user.pw_name
+
+
+def allow_root_helper(stack, user, rootwrap, rootwrap_conf, scratch,
+                      pythonpath=None, sudo_log=None):
+    """sudoers: the user may run ``rootwrap`` with our config, only.
+
+    Cinder runs the bare name (``sudo cinder-rootwrap CONF``) and sudo
+    resets PATH, so secure_path must hold the venv's bin directory.
+    sudo logs every command it runs for the user to ``sudo_log``. Root's
+    side (rootwrap, the file helper, the privsep daemons) gets
+    ``pythonpath``, as the user's side does: PYTHONPATH comes from a
+    root-owned env_file in ``scratch``, never from the user's environment.
+    The rules are checked with visudo before they go to /etc/sudoers.d;
+    ``stack`` removes them again. Returns the path of the rules.
+    """
+    values = {'user': user.pw_name, 'rootwrap': rootwrap,
+              'bin': os.path.dirname(rootwrap), 'path': SYSTEM_PATH,
+              'conf': rootwrap_conf}
+    rules = 'Defaults:%(user)s secure_path="%(bin)s:%(path)s"\n'
+    if sudo_log:
+        values['log'] = sudo_log
+        rules += 'Defaults:%(user)s logfile="%(log)s", loglinelen=0\n'
+    if pythonpath:
+        values['env'] = write_new(os.path.join(scratch, 'sudo-env'),
+                                  'PYTHONPATH=%s\n' % pythonpath, 0o400)
+        rules += 'Defaults:%(user)s env_file="%(env)s"\n'
+    rules = (rules + '%(user)s ALL = (root) NOPASSWD: %(rootwrap)s '
+             '%(conf)s *\n') % values
+    candidate = write_new(os.path.join(scratch, 'sudoers'), rules, 0o440)
+    check = subprocess.run(['visudo', '-cf', candidate], capture_output=True,
+                           text=True, timeout=30)
+    if check.returncode != 0:
+        raise SandboxError('bad sudoers rules: %s%s\n%s'
+                           % (check.stdout, check.stderr, rules))
+    path = write_new(sudoers_path(user), rules, 0o440)
+    stack.callback(os.unlink, path)
+    return path
+
+
+def as_user(user, workdir, pythonpath=None):
+    """Popen arguments running a process as ``user``, as a service would.
+
+    No TMPDIR: privsep's sockets go to /tmp, where filters expect them.
+    """
+    env = {'PATH': SYSTEM_PATH, 'HOME': workdir, 'LANG': 'C.UTF-8',
+           'PYTHONDONTWRITEBYTECODE': '1',
+           'PYTHONWARNINGS': 'ignore::DeprecationWarning'}
+    if pythonpath:
+        env['PYTHONPATH'] = pythonpath
+    return dict(cwd=workdir, user=user.pw_uid, group=user.pw_gid,
+                extra_groups=[], env=env)
+
+
+def user_cannot_run(user, python, modules, pythonpath=None):
+    """Why ``user`` cannot import ``modules`` with ``python``, or None.
+
+    A venv built on an interpreter under /root (pyenv) is root's only.
+    """
+    probe = [python, '-c', 'import %s' % ', '.join(modules)]
+    try:
+        res = subprocess.run(probe, capture_output=True, text=True,
+                             timeout=60, **as_user(user, '/', pythonpath))
+    except OSError as exc:
+        return ('an unprivileged user cannot run %s (%s): build the venv '
+                'on a Python outside /root'
+                % (os.path.realpath(python), exc.strerror))
+    if res.returncode != 0:
+        return ('an unprivileged user cannot import %s with %s: %s'
+                % (', '.join(modules), python, res.stderr.strip()[-300:]))
+    return None
+
+
+def proc_uids(pid):
+    """(real, effective) uid of a process, or None once it is gone."""
+    try:
+        with open('/proc/%s/status' % pid) as f:
+            for line in f:
+                if line.startswith('Uid:'):
+                    return tuple(int(u) for u in line.split()[1:3])
+    except OSError:
+        pass
+    return None

@@ -22,12 +22,15 @@ Ports: whatever the launcher picks among its defaults (API 18780-18789,
 tgtd control 41-49, portal 127.0.0.1:13281-13289).
 """
 
+import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -47,8 +50,14 @@ pytestmark = [
 
 
 @pytest.fixture(scope='module')
-def site(tmp_path_factory):
-    return patched_cinder.patched_copy(tmp_path_factory.mktemp('cinder'))
+def site():
+    # Readable by all: --unprivileged runs Cinder as another user.
+    top = tempfile.mkdtemp(prefix='fuse-cinder-aio-test-', dir='/var/tmp')
+    try:
+        os.chmod(top, 0o755)
+        yield patched_cinder.patched_copy(os.path.join(top, 'cinder'))
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def _start_time(pid):
@@ -310,3 +319,59 @@ def test_refuses_a_volumes_home_off_fuse(site, tmp_path):
     assert 'is not on a FUSE mount' in out
     assert 'tgtd:' not in out       # refused before starting anything
     assert 'stopped: no targets, mounts or processes left' in out
+
+
+@pytest.mark.skipif(
+    bool(sandbox.missing_programs('sudo', 'visudo', 'useradd', 'userdel')),
+    reason='sudo or useradd missing (bindep.txt)')
+def test_self_check_unprivileged_leaves_no_user(site, tmp_path):
+    etc_before = set(glob.glob('/etc/fuse-cinder-aio-*'))
+    sudoers_before = set(os.listdir('/etc/sudoers.d'))
+    launcher = Launcher(site, tmp_path / 'launcher.out', '--unprivileged',
+                        '--self-check')
+    uids = {}
+    try:
+        def services_uid():
+            # The services process, seen while it runs.
+            for pid in sandbox.descendants(launcher.proc.pid):
+                try:
+                    with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                        cmd = f.read().split(b'\0')
+                except OSError:
+                    continue
+                if b'fuse_cinder.allinone' in cmd and b'--use-config' in cmd:
+                    found = sandbox.proc_uids(pid)
+                    if found:
+                        uids[pid] = found
+            return launcher.proc.poll() is not None
+        sandbox.wait_for(services_uid, 400, interval=0.5)
+        code = launcher.wait(60)
+    finally:
+        launcher.kill()
+    out = launcher.output
+    if 'an unprivileged user cannot' in out:
+        pytest.skip(re.search(r'^ERROR: (.*)$', out, re.M).group(1))
+    assert code == 0, out
+    assert 'self-check passed' in out
+    assert 'stopped: no targets, mounts or processes left' in out
+    user, uid = re.search(r'^cinder: services run as (\S+), uid (\d+); root '
+                          r'only through sudo cinder-rootwrap '
+                          r'/etc/fuse-cinder-aio-\S+/rootwrap\.conf$',
+                          out, re.M).groups()
+    assert int(uid) != 0
+    assert uids and all(real == eff == int(uid)
+                        for real, eff in uids.values()), uids
+    assert re.search(r'^cinder: unprivileged, as user %s \(rootwrap filters '
+                     r'%s, ' % (re.escape(user),
+                                re.escape(sandbox.FILTERS_PATH)), out, re.M)
+    # Everything went through the root helper, tgt's privsep daemon too.
+    helped, daemons = map(int, re.search(
+        r'^root helper: (\d+) commands through sudo cinder-rootwrap, '
+        r'(\d+) of them privsep daemons$', out, re.M).groups())
+    assert helped >= 3 and daemons >= 1, out
+    # Nothing of the user is left.
+    assert not sandbox.user_exists(user)
+    assert set(os.listdir('/etc/sudoers.d')) == sudoers_before
+    assert set(glob.glob('/etc/fuse-cinder-aio-*')) == etc_before
+    work = re.search(r'^work dir: (\S+)$', out, re.M).group(1)
+    assert not os.path.exists(work)

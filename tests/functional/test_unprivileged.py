@@ -26,9 +26,7 @@ Ports: tgtd control ports 70-79 and portals 127.0.0.1:13311-13319.
 import contextlib
 import json
 import os
-import pwd
 import queue
-import secrets
 import shutil
 import stat
 import subprocess
@@ -50,7 +48,6 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(
 FILTERS_PATH = os.path.join(CHECKOUT, 'etc', 'cinder', 'rootwrap.d')
 VENV_BIN = os.path.dirname(sys.executable)
 ROOTWRAP = os.path.join(VENV_BIN, 'cinder-rootwrap')
-SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 BACKEND = 'fuse_unpriv'
 IDS = ['%08d-0000-4000-8000-00000000a%03d' % (i, i) for i in range(4)]
 HOST = test_tgt_export.HOST1
@@ -84,13 +81,6 @@ def _mkdir(path, mode, owner=None):
     return path
 
 
-def _write(path, text, mode=0o644):
-    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode),
-              'w') as f:
-        f.write(text)
-    return path
-
-
 def _read(path):
     try:
         with open(path, errors='replace') as f:
@@ -99,57 +89,9 @@ def _read(path):
         return ''
 
 
-def make_user(stack):
-    """A system user with no home, no shell and no group but its own."""
-    name = 'fuse-cinder-t%s' % secrets.token_hex(3)
-    subprocess.run(['useradd', '--system', '--no-create-home', '--shell',
-                    '/usr/sbin/nologin', name],
-                   check=True, capture_output=True, timeout=30)
-    stack.callback(subprocess.run, ['userdel', name], capture_output=True,
-                   timeout=30)
-    return pwd.getpwnam(name)
-
-
-def allow_root_helper(stack, user, rootwrap_conf, sudo_log, scratch):
-    """sudoers: the user may run cinder-rootwrap with our config, only.
-
-    Cinder runs the bare name (``sudo cinder-rootwrap CONF``) and sudo
-    resets PATH, so secure_path must hold the venv's bin directory.
-    sudo logs every command it runs for the user to ``sudo_log``. Root's
-    side (rootwrap, the file helper, the privsep daemons) imports this
-    checkout, as the user's side does: PYTHONPATH comes from a root-owned
-    env_file, never from the user's environment.
-    """
-    env_file = _write(os.path.join(scratch, 'sudo-env'),
-                      'PYTHONPATH=%s\n' % CHECKOUT, 0o400)
-    rules = ('Defaults:%(user)s secure_path="%(bin)s:%(path)s"\n'
-             'Defaults:%(user)s logfile="%(log)s", loglinelen=0\n'
-             'Defaults:%(user)s env_file="%(env)s"\n'
-             '%(user)s ALL = (root) NOPASSWD: %(rootwrap)s %(conf)s *\n'
-             % {'user': user.pw_name, 'bin': VENV_BIN, 'path': SYSTEM_PATH,
-                'log': sudo_log, 'env': env_file, 'rootwrap': ROOTWRAP,
-                'conf': rootwrap_conf})
-    candidate = _write(os.path.join(scratch, 'sudoers'), rules, 0o440)
-    check = subprocess.run(['visudo', '-cf', candidate], capture_output=True,
-                           text=True, timeout=30)
-    assert check.returncode == 0, 'bad sudoers rules: %s%s\n%s' % (
-        check.stdout, check.stderr, rules)
-    # No dot in the name: sudo skips files in sudoers.d that have one.
-    path = '/etc/sudoers.d/%s' % user.pw_name
-    _write(path, rules, 0o440)
-    stack.callback(os.unlink, path)
-
-
 def as_user(user, workdir):
-    """Popen arguments running a process as ``user``, as a service would.
-
-    No TMPDIR: privsep's sockets go to /tmp, where filters expect them.
-    """
-    return dict(cwd=workdir, user=user.pw_uid, group=user.pw_gid,
-                extra_groups=[], env={
-                    'PATH': SYSTEM_PATH, 'HOME': workdir, 'LANG': 'C.UTF-8',
-                    'PYTHONPATH': CHECKOUT, 'PYTHONDONTWRITEBYTECODE': '1',
-                    'PYTHONWARNINGS': 'ignore::DeprecationWarning'})
+    """Popen arguments running a process as ``user``, with this checkout."""
+    return sandbox.as_user(user, workdir, CHECKOUT)
 
 
 def skip_unless_usable(user):
@@ -158,19 +100,11 @@ def skip_unless_usable(user):
     A venv built on an interpreter under /root (pyenv) is root's only;
     CI builds it on the system Python.
     """
-    probe = [sys.executable, '-c', 'import cinder.volume.driver, '
-             'fuse_cinder.driver, tests.functional.volumes']
-    try:
-        res = subprocess.run(probe, capture_output=True, text=True,
-                             timeout=60, **as_user(user, '/'))
-    except OSError as exc:
-        pytest.skip('an unprivileged user cannot run %s (%s): build the '
-                    'venv on a Python outside /root'
-                    % (os.path.realpath(sys.executable), exc.strerror))
-    if res.returncode != 0:
-        pytest.skip('an unprivileged user cannot import Cinder and '
-                    'fuse_cinder with %s: %s'
-                    % (sys.executable, res.stderr.strip()[-300:]))
+    why = sandbox.user_cannot_run(
+        user, sys.executable, ['cinder.volume.driver', 'fuse_cinder.driver',
+                               'tests.functional.volumes'], CHECKOUT)
+    if why:
+        pytest.skip(why)
 
 
 class Child:
@@ -248,7 +182,7 @@ class Deployment:
         self.base = tempfile.mkdtemp(prefix='fuse-cinder-unpriv-')
         stack.callback(shutil.rmtree, self.base, ignore_errors=True)
         os.chmod(self.base, 0o755)
-        self.user = make_user(stack)
+        self.user = sandbox.make_user(stack)
         skip_unless_usable(self.user)
 
         # Root's: the root helper's config, and what sudo and tgtd log.
@@ -257,15 +191,13 @@ class Deployment:
         etc = tempfile.mkdtemp(prefix='fuse-cinder-unpriv-', dir='/etc')
         stack.callback(shutil.rmtree, etc, ignore_errors=True)
         os.chmod(etc, 0o755)
-        self.rootwrap_conf = _write(
-            os.path.join(etc, 'rootwrap.conf'),
-            '[DEFAULT]\nfilters_path = %s\nexec_dirs = %s\n'
-            'use_syslog = False\n'
-            % (FILTERS_PATH, ','.join([VENV_BIN] + SYSTEM_PATH.split(':'))))
+        self.rootwrap_conf = sandbox.write_rootwrap_conf(
+            os.path.join(etc, 'rootwrap.conf'), VENV_BIN, FILTERS_PATH)
         self.sudo_log = os.path.join(self.base, 'sudo.log')
-        allow_root_helper(stack, self.user, self.rootwrap_conf,
-                          self.sudo_log, _mkdir(
-                              os.path.join(self.base, 'scratch'), 0o700))
+        sandbox.allow_root_helper(
+            stack, self.user, ROOTWRAP, self.rootwrap_conf,
+            _mkdir(os.path.join(self.base, 'scratch'), 0o700),
+            pythonpath=CHECKOUT, sudo_log=self.sudo_log)
         self.initiator_dir = _mkdir(os.path.join(self.base, 'initiator'),
                                     0o700)
 
@@ -284,24 +216,25 @@ class Deployment:
         self.volumes_dir = os.path.join(self.workdir, 'targets')
         self.log_file = os.path.join(self.workdir, 'cinder-volume.log')
         _mkdir(os.path.join(self.workdir, 'locks'), 0o700, self.user)
-        self.cinder_conf = _write(os.path.join(etc, 'cinder.conf'), '\n'.join([
-            '[DEFAULT]',
-            'rootwrap_config = %s' % self.rootwrap_conf,
-            'state_path = %s' % self.workdir,
-            'enabled_backends = %s' % BACKEND,
-            'debug = True',
-            'log_file = %s' % self.log_file,
-            '[oslo_concurrency]',
-            'lock_path = %s' % os.path.join(self.workdir, 'locks'),
-            '[%s]' % BACKEND,
-            'volume_driver = fuse_cinder.driver.FuseISCSIDriver',
-            'volume_backend_name = %s' % BACKEND,
-            'volumes_home = %s' % self.fuse.volumes_home,
-            'volumes_dir = %s' % self.volumes_dir,
-            'target_ip_address = 127.0.0.1',
-            'target_port = %d' % self.daemon.portal_port,
-            'fuse_tgt_control_port = %d' % self.daemon.control_port,
-            'fuse_fs_call_timeout = 30', '']))
+        self.cinder_conf = sandbox.write_new(
+            os.path.join(etc, 'cinder.conf'), '\n'.join([
+                '[DEFAULT]',
+                'rootwrap_config = %s' % self.rootwrap_conf,
+                'state_path = %s' % self.workdir,
+                'enabled_backends = %s' % BACKEND,
+                'debug = True',
+                'log_file = %s' % self.log_file,
+                '[oslo_concurrency]',
+                'lock_path = %s' % os.path.join(self.workdir, 'locks'),
+                '[%s]' % BACKEND,
+                'volume_driver = fuse_cinder.driver.FuseISCSIDriver',
+                'volume_backend_name = %s' % BACKEND,
+                'volumes_home = %s' % self.fuse.volumes_home,
+                'volumes_dir = %s' % self.volumes_dir,
+                'target_ip_address = 127.0.0.1',
+                'target_port = %d' % self.daemon.portal_port,
+                'fuse_tgt_control_port = %d' % self.daemon.control_port,
+                'fuse_fs_call_timeout = 30', '']))
 
     def start_child(self):
         return Child(self.stack, self.user, self.cinder_conf, self.workdir)
@@ -344,7 +277,7 @@ def test_life_cycle_through_cinder_rootwrap(deployment):
     # The user can change neither the root helper's rules nor the files.
     for path in (os.path.dirname(deployment.rootwrap_conf),
                  deployment.rootwrap_conf,
-                 '/etc/sudoers.d/%s' % deployment.user.pw_name):
+                 sandbox.sudoers_path(deployment.user)):
         st = os.stat(path)
         assert st.st_uid == 0 and not st.st_mode & (stat.S_IWGRP |
                                                     stat.S_IWOTH), path

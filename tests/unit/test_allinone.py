@@ -71,6 +71,21 @@ def test_unknown_arguments_go_to_cinder(tmp_path, monkeypatch):
     assert conf['DEFAULT']['debug'] == 'True'
 
 
+def test_use_config_runs_that_file_and_writes_none(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(allinone, 'run', seen.append)
+    allinone.main(['--state-dir', str(tmp_path),
+                   '--use-config', '/etc/fuse-cinder-aio-x/cinder.conf'])
+    assert seen == [['--config-file', '/etc/fuse-cinder-aio-x/cinder.conf']]
+    assert os.listdir(tmp_path) == []
+
+
+def test_unprivileged_is_a_launcher_option():
+    args, rest = allinone.parse_deploy_args(['--unprivileged'])
+    assert args.unprivileged and rest == []
+    assert not allinone.parse_deploy_args([])[0].unprivileged
+
+
 def test_bad_backend_option_is_rejected(tmp_path):
     with pytest.raises(SystemExit):
         allinone.main(['--state-dir', str(tmp_path),
