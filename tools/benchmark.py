@@ -22,7 +22,7 @@ Every figure is a ratio of two things measured in the same run, small
 operations interleaved and repeated (medians), because the machines this
 runs on are shared and noisy. Nothing is asserted: the report says which
 goal is met. The script brings its own bindfs and faultfs mounts and its
-own tgtd instances (control ports 61-69, portals 127.0.0.1:13301-13309),
+own tgtd instances (control ports 90-99, portals 127.0.0.1:13331-13339),
 talks to 127.0.0.1 only and removes everything it made, also on failure.
 """
 
@@ -114,8 +114,8 @@ SIZES = {
 class BenchTgtd(tgtd.Tgtd):
     """A private tgtd on ports that no test suite uses."""
 
-    control_ports = range(61, 70)
-    portal_ports = range(13301, 13310)
+    control_ports = range(90, 100)
+    portal_ports = range(13331, 13340)
 
 
 Sample = collections.namedtuple(
@@ -1340,8 +1340,8 @@ def render(report, mode, started, elapsed, info, loads, memory):
         '   # tox -e bench -- --quick  # a small smoke run, to stdout',
         '',
         'The run mounts its own bindfs and faultfs filesystems, starts its '
-        'own tgtd instances (control ports 61-69, portals '
-        '127.0.0.1:13301-13309) and removes everything afterwards. It '
+        'own tgtd instances (control ports 90-99, portals '
+        '127.0.0.1:13331-13339) and removes everything afterwards. It '
         'needs about 25 GiB free in ``/var/tmp`` (``--workdir``).',
         '',
         'Machine',
