@@ -1391,7 +1391,8 @@ def main():
                         help='small sizes and few repetitions (smoke test)')
     parser.add_argument('--output', help='where to write the report '
                         '(default: BENCHMARKS.rst in the checkout, or '
-                        'stdout only with --quick); "-" for stdout only')
+                        'stdout only with --quick or --only); "-" for '
+                        'stdout only')
     parser.add_argument('--workdir', default='/var/tmp',
                         help='local (not tmpfs) directory for the scratch '
                         'files (default /var/tmp)')
@@ -1407,7 +1408,8 @@ def main():
     if missing:
         sys.exit('not installed: %s (see bindep.txt)' % ', '.join(missing))
     mode = 'quick' if args.quick else 'full'
-    output = args.output or ('-' if args.quick
+    # A partial or small run never replaces the full report.
+    output = args.output or ('-' if args.quick or args.only
                              else os.path.join(ROOT, 'BENCHMARKS.rst'))
     p = SIZES[mode]
     parts = args.only or ['create', 'stats', 'export', 'copy', 'io']
