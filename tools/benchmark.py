@@ -58,6 +58,7 @@ from cinder.volume import volume_utils
 from fuse_cinder.cmd import sparse_copy
 from fuse_cinder import driver
 from fuse_cinder import options
+from fuse_cinder import privileged
 from tests.functional import faultfs
 from tests.functional import fusemount
 from tests.functional import tgtd
@@ -314,6 +315,20 @@ class FaultfsMount(faultfs.FaultFS):
         return os.path.join(self.backing_dir, 'volumes', name)
 
 
+def privsep_root_helper():
+    """Start the drivers' privsep daemon as production does, from here.
+
+    The benchmark runs as root, so no sudo or rootwrap: ``env`` runs the
+    privsep-helper of this interpreter's virtualenv, with this checkout
+    first on PYTHONPATH so that the daemon runs the code measured.
+    """
+    pythonpath = [ROOT] + [d for d in os.environ.get(
+        'PYTHONPATH', '').split(os.pathsep) if d and d != ROOT]
+    return ['env', 'PATH=%s' % os.pathsep.join(
+        [os.path.dirname(sys.executable), os.environ.get('PATH', '')]),
+        'PYTHONPATH=%s' % os.pathsep.join(pythonpath)]
+
+
 class Env:
     """Mounts, tgtd instances and drivers of one run; all torn down."""
 
@@ -322,6 +337,15 @@ class Env:
         self.base = tempfile.mkdtemp(prefix='fuse-cinder-bench-',
                                      dir=workdir)
         stack.callback(shutil.rmtree, self.base, ignore_errors=True)
+        # Not imported at the top among the other libraries: oslo.privsep
+        # picks green or plain pipes when first imported, and only the
+        # cinder.tests.unit imports (after those) patch this process with
+        # eventlet, as cinder-volume is. With a plain pipe the whole
+        # process blocks while the daemon starts.
+        from oslo_privsep import priv_context
+        # Started by the first tgt call; stopped after every tgtd.
+        priv_context.init(root_helper=privsep_root_helper())
+        stack.callback(privileged.tgt_pctxt.stop)
         self.commands = Commands()
         self.peak = {}
         self._ids = itertools.count(1)
