@@ -575,7 +575,7 @@ TGT_TOOLS = ('tgt-admin', 'tgtadm')
 FILE_CHECK = 'fuse-cinder-files'
 
 ExportSample = collections.namedtuple(
-    'ExportSample', 'seconds target target_calls files tools')
+    'ExportSample', 'seconds target target_calls files tools by_call')
 
 
 class TimedControl:
@@ -586,7 +586,7 @@ class TimedControl:
     """
 
     def __init__(self):
-        self.seconds = 0.0
+        self.seconds = collections.Counter()
         self.calls = collections.Counter()
 
     def __getattr__(self, name):
@@ -599,7 +599,7 @@ class TimedControl:
             try:
                 return func(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
+                self.seconds[name] += time.perf_counter() - start
                 self.calls[name] += 1
         return timed
 
@@ -613,6 +613,16 @@ def _export(drv, vol, connector):
 
 def _tools(argvs):
     return sum(os.path.basename(argv[0]) in TGT_TOOLS for argv in argvs)
+
+
+def _split(samples):
+    """Median seconds per privsep entry point, at 0 / N other targets."""
+    low, high = (samples[n] for n in sorted(samples))
+    names = sorted({name for s in low + high
+                    for name, seconds in s.by_call.items() if seconds})
+    return ', '.join('``%s`` %s / %s' % (
+        name, ms(median(s.by_call[name] for s in low)),
+        ms(median(s.by_call[name] for s in high))) for name in names)
 
 
 def privsep_daemon():
@@ -652,11 +662,15 @@ def bench_export(env, report, p):
         return drv
 
     def measure(func):
-        seconds, calls = control.seconds, sum(control.calls.values())
+        seconds = control.seconds.copy()
+        calls = sum(control.calls.values())
         sample = env.commands.measure(func)
-        return ExportSample(sample.seconds, control.seconds - seconds,
+        by_call = control.seconds.copy()
+        by_call.subtract(seconds)
+        return ExportSample(sample.seconds, sum(by_call.values()),
                             sum(control.calls.values()) - calls,
-                            sample.programs[FILE_CHECK], _tools(sample.argv))
+                            sample.programs[FILE_CHECK], _tools(sample.argv),
+                            by_call)
 
     drv = {n: new_driver(n) for n in daemons}
     # Start the privsep daemon now, not inside the first export measured.
@@ -777,7 +791,10 @@ def bench_export(env, report, p):
          'ratio of target', 'privsep calls (0 / %d)' % others,
          'tgt-admin or tgtadm runs', 'samples'],
         rows,
-        notes='Start-up with %d volumes in tgtd took %s in all with the '
+        notes='The privsep calls of one create_export + '
+              'initialize_connection, medians with 0 / %d others: %s; of '
+              'one remove_export: %s. '
+              'Start-up with %d volumes in tgtd took %s in all with the '
               'targets present and %s after an empty restart; one '
               'reconcile re-created %s of %d lost exports in %s. While '
               'the second tgtd filled up, one export took %s (target %s) '
@@ -785,6 +802,7 @@ def bench_export(env, report, p):
               '10 (medians). tgtd held %d and %d targets at the end. The '
               'driver ran %d commands in this section, %d of them '
               'tgt-admin or tgtadm: %s.' % (
+                  others, _split(export), _split(remove),
                   others + 1, duration(med(present[others], 'seconds')),
                   duration(med(restart[others], 'seconds')),
                   '/'.join('%d' % r for r in restored[others]), others + 1,
@@ -817,21 +835,25 @@ def bench_export(env, report, p):
             ('reconcile', 'reconcile after tgtd restart')):
         t0, a0, tn, an = checks[key]
         report.goal('%s, 0 vs %d others' % (label, others),
-                    'per volume <= 2x', '%s -> %s per volume (%s)' % (
-                        ms(t0), ms(tn), ratio(div(tn, t0))),
-                    div(tn, t0) <= 2)
+                    'target work per volume <= 2x',
+                    '%s -> %s per volume (%s); total %s -> %s' % (
+                        ms(a0), ms(an), ratio(div(an, a0)), ms(t0),
+                        ms(tn)),
+                    div(an, a0) <= 2)
     t0, a0, tn, an = checks['export']
     r0, _ra0, rn, _ran = checks['remove']
     report.finding(
         'Exports: one create_export + initialize_connection took %s next '
         'to %d other targets vs %s alone, of which the privsep calls to '
-        'tgtd %s vs %s (%s); remove_export %s vs %s. A restarted '
+        'tgtd %s vs %s (%s): %s the 30 ms goal for the target work '
+        '(per entry point: %s); remove_export %s vs %s. A restarted '
         'cinder-volume re-exports %d volumes whose targets survived in %s '
         '(%s per volume); after tgtd restarted empty, ensure_export takes '
         '%s per volume and one reconcile %s per export. No tgt-admin or '
         'tgtadm ran.' % (
             ms(tn), others, ms(t0), ms(an), ms(a0), ratio(div(an, a0)),
-            ms(rn), ms(r0), others + 1,
+            'within' if max(a0, an) <= 0.030 else 'beyond',
+            _split(export), ms(rn), ms(r0), others + 1,
             duration(checks['present'][2] * (others + 1)),
             ms(checks['present'][2]), ms(checks['restart'][2]),
             ms(checks['reconcile'][2]))
