@@ -785,7 +785,10 @@ def bench_export(env, report, p):
         'in tgtd (cinder-volume restart) and after tgtd restarted empty '
         '(killed); such a tgtd is also healed by the driver\'s background '
         '``reconcile``, one call that re-creates every lost export, '
-        'timed here per export re-created.' % (others, FILE_CHECK),
+        'timed here per export re-created. "privsep calls" and '
+        '"tgt-admin or tgtadm runs" (processes the driver\'s executor '
+        'started) count per sample: one operation, one start-up burst or '
+        'one reconcile.' % (others, FILE_CHECK),
         ['operation', '0 others', 'target', 'file check',
          '%d others' % others, 'target', 'file check', 'ratio',
          'ratio of target', 'privsep calls (0 / %d)' % others,
