@@ -61,6 +61,7 @@ from fuse_cinder import options
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as priv_tgt
 from fuse_cinder.target import tgt as target_tgt
+from fuse_cinder.target import tgtd_mgmt
 from tests.functional import faultfs
 from tests.functional import fusemount
 from tests.functional import tgtd
@@ -395,7 +396,11 @@ class Env:
         conf = configuration.Configuration(cinder_driver.volume_opts,
                                            config_group=group)
         conf.append_config_values(options.fuse_opts + options.tgt_opts)
+        # No background watch: its reconciliation would re-create what a
+        # measurement removes from tgtd on purpose (reconcile is timed
+        # on its own).
         values = dict(volume_backend_name=group, volumes_home=volumes_home,
+                      fuse_watch_interval=0,
                       fuse_fs_call_timeout=120, fuse_copy_timeout=3600,
                       target_ip_address='127.0.0.1',
                       volumes_dir=self.path('targets-%s' % (
@@ -1272,17 +1277,10 @@ def bench_io(env, report, p):
             lun_url(daemon, _export(drv, vol, QEMU_CONNECTOR)),
             [path, env.bindfs.backing_path(os.path.join('io', vol.name))],
             (write_cache, flags)))
-    # The driver itself refuses a plain directory; its target helper
-    # serves any file.
-    plain = env.driver(home, daemon).target_driver
     vol, path = lun_file(plain_home)
-    data = plain.create_export(CTX, vol, path, connector=QEMU_CONNECTOR)
-    vol.provider_location = data['location']
-    vol.provider_auth = data['auth']
     targets.append(IoTarget(
         'plain-file LUN (ext4), driver defaults',
-        lun_url(daemon, plain.initialize_connection(vol, QEMU_CONNECTOR)),
-        [path], 'plain'))
+        plain_lun(daemon, vol, path), [path], 'plain'))
     vol, path = lun_file(home)
     targets.append(IoTarget(
         'FUSE file opened by qemu-img (no iSCSI), O_DIRECT', path,
@@ -1448,6 +1446,28 @@ def io_finding(scores, rec, base, names):
             setting_label(*choice), ratio(rec['on_off']), rec['wins'],
             rec['pairs'], rec['flags'], ratio(rec['flag_gain'][rec['flags']]),
             against_default, cell))
+
+
+def plain_lun(daemon, vol, path):
+    """A LUN on a file off FUSE, set up as the driver sets up its own.
+
+    The driver's entry points refuse such a file; the benchmark, as root,
+    talks to tgtd's socket itself for this baseline. Returns its URL.
+    """
+    bsoflags = options.CONF.backend_defaults.fuse_tgt_bsoflags or ''
+    iqn = 'iqn.2010-10.org.openstack:' + vol.name
+    user = volume_utils.generate_username()
+    secret = volume_utils.generate_password()
+    client = tgtd_mgmt.TgtdClient(daemon.control_port)
+    tid = max((t.tid for t in client.targets().values()), default=0) + 1
+    client.new_target(tid, iqn)
+    client.new_lun(tid, 1, path, bsoflags=bsoflags.replace(',', ':'))
+    serial = vol.id.replace('-', '')
+    client.update_lun(tid, 1, 'scsi_id=%s,scsi_sn=%s' % (serial, serial))
+    client.new_account(user, secret)
+    client.bind_account(tid, user)
+    client.bind_initiator_address(tid, 'ALL')
+    return daemon.url(iqn, 1, user=user, secret=secret)
 
 
 def lun_url(daemon, connection):
