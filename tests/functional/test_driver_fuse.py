@@ -153,7 +153,7 @@ def test_copy_keeps_holes_the_filesystem_hides(fuse):
     out, _err = processutils.execute('fuse-cinder-files', 'copy',
                                      fuse.volumes_home, src, dst, 'thin',
                                      '--verbose')
-    assert out.split() == ['stream']
+    assert out.split()[0] == 'stream'
     assert read_at(fuse.backing_path(dst), 0, 256 * MiB) == read_at(
         fuse.backing_path(src), 0, 256 * MiB)
     assert allocated(fuse.backing_path(dst)) < 4 * MiB
