@@ -59,9 +59,12 @@ SEGMENT = 8 << 20
 # 10 GiB 1.5-2x faster with 2-4 readers than with one).
 READERS = 4
 # A run of data is written by the method that moved bytes faster so far;
-# the other one is tried again after RETRY runs, then after twice as
-# many each time, in case the load of the moment misled us.
+# the other one is tried again, on TRIAL bytes of one run, after RETRY
+# runs, then after twice as many each time, in case the load of the
+# moment misled us. One trial at a time: on bindfs copy_file_range is a
+# slow splice through the daemon.
 RETRY = 16
+TRIAL = 1 << 20
 # copy_file_range errors meaning "not between these two files": copy the
 # bytes ourselves instead.
 _NO_COPY_RANGE = (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -262,9 +265,11 @@ class _Writer:
     'write' writes the bytes read (O_DIRECT where aligned); 'copy_range'
     asks copy_file_range for the same range of the source, which costs
     no transfer through a FUSE daemon that copies on its server side.
-    Each is timed; the faster so far is used, the other retried after
-    RETRY runs, 2 * RETRY more, and so on. copy_file_range that fails
-    with "not between these files" is not tried again.
+    Each is timed. copy_file_range is tried first on TRIAL bytes of one
+    run, while the other readers write; then the faster so far stores
+    whole runs, and the other is tried on TRIAL bytes again after RETRY
+    runs, 2 * RETRY more, and so on. copy_file_range that fails with "not
+    between these files" is not tried again.
     """
 
     def __init__(self, src, dst, dst_direct, use_copy_range=True):
@@ -273,6 +278,7 @@ class _Writer:
         # method: [bytes, seconds, runs]
         self.stats = {'write': [0, 0.0, 0], 'copy_range': [0, 0.0, 0]}
         self.copy_range_ok = use_copy_range
+        self.trial = False          # a trial is under way
         self.runs = 0
         self.retry_at, self.retry_gap = RETRY, RETRY
 
@@ -280,51 +286,83 @@ class _Writer:
         nbytes, seconds, _count = self.stats[method]
         return nbytes / seconds if seconds else float('inf')
 
-    def choose(self):
+    def _best(self):
+        """The method for whole runs (lock held)."""
+        if not self.copy_range_ok or not self.stats['copy_range'][2]:
+            return 'write'
+        if not self.stats['write'][2]:
+            return 'write'
+        return max(('copy_range', 'write'), key=self._rate)
+
+    def plan(self):
+        """(method, limit): the first ``limit`` bytes (None: all) so.
+
+        The rest of the run goes by best().
+        """
         with self.lock:
             self.runs += 1
-            if not self.copy_range_ok:
-                return 'write'
-            tried = [m for m in ('copy_range', 'write')
-                     if self.stats[m][2] == 0]
-            if tried:
-                return tried[0]
-            best, other = sorted(('copy_range', 'write'), key=self._rate,
-                                 reverse=True)
-            if self.runs < self.retry_at:
-                return best
+            if not self.copy_range_ok or self.trial:
+                return self._best(), None
+            if not self.stats['copy_range'][2]:
+                self.trial = True
+                return 'copy_range', TRIAL
+            best = self._best()
+            if self.runs < self.retry_at or not self.stats['write'][2]:
+                return best, None
             self.retry_gap *= 2
             self.retry_at = self.runs + self.retry_gap
-            return other
+            self.trial = True
+            return ('write' if best == 'copy_range' else 'copy_range'), TRIAL
 
-    def _note(self, method, nbytes, seconds):
+    def best(self):
+        with self.lock:
+            return self._best()
+
+    def _note(self, method, nbytes, seconds, trial):
         with self.lock:
             entry = self.stats[method]
             entry[0] += nbytes
             entry[1] += seconds
             entry[2] += 1
+            if trial:
+                self.trial = False
 
-    def copy_range(self, start, end):
+    def copy_range(self, start, end, trial=False):
         """copy_file_range of [start, end), timed; False if impossible."""
         began = time.monotonic()
         if copy_range(self.src, self.dst, start, end):
-            self._note('copy_range', end - start, time.monotonic() - began)
+            self._note('copy_range', end - start, time.monotonic() - began,
+                       trial)
             return True
         with self.lock:
             self.copy_range_ok = False
+            if trial:
+                self.trial = False
         return False
 
-    def put(self, buf, pos, start, end, method=None):
-        """Store buf[start:end], the source's bytes at pos + start."""
-        method = method or self.choose()
-        if method == 'copy_range' and self.copy_range(pos + start,
-                                                      pos + end):
-            return
+    def write(self, buf, pos, start, end, trial=False):
+        """Write buf[start:end] at pos + start, timed."""
         began = time.monotonic()
         aligned = self.dst_direct is not None and (end - start) % BLOCK == 0
         write_all(self.dst_direct if aligned else self.dst,
                   memoryview(buf)[start:end], pos + start)
-        self._note('write', end - start, time.monotonic() - began)
+        self._note('write', end - start, time.monotonic() - began, trial)
+
+    def _store(self, method, buf, pos, start, end, trial=False):
+        if method == 'copy_range' and self.copy_range(pos + start,
+                                                      pos + end, trial):
+            return
+        self.write(buf, pos, start, end, trial)
+
+    def put(self, buf, pos, start, end):
+        """Store buf[start:end], the source's bytes at pos + start."""
+        method, limit = self.plan()
+        if limit is not None:
+            cut = min(end, start + limit)
+            self._store(method, buf, pos, start, cut, trial=True)
+            start, method = cut, self.best()
+        if start < end:
+            self._store(method, buf, pos, start, end)
 
 
 def stream_copy(src, dst, size, keep_zeros=False, readers=READERS,
@@ -371,11 +409,18 @@ def stream_copy(src, dst, size, keep_zeros=False, readers=READERS,
                 length = min(SEGMENT, size - pos)
                 if keep_zeros:
                     # Every byte is stored: copy_file_range needs no read.
-                    if (writer.choose() == 'copy_range' and
-                            writer.copy_range(pos, pos + length)):
-                        continue
-                    _read_segment(reader, buf, pos, length)
-                    writer.put(buf, pos, 0, length, 'write')
+                    method, limit = writer.plan()
+                    cut = 0
+                    if method == 'copy_range':
+                        cut = min(length, limit or length)
+                        if not writer.copy_range(pos, pos + cut,
+                                                 limit is not None):
+                            cut = 0
+                    if cut < length:
+                        _read_segment(reader, buf, pos, length)
+                        writer.write(buf, pos, cut, length,
+                                     trial=method == 'write' and
+                                     limit is not None)
                     continue
                 _read_segment(reader, buf, pos, length)
                 if not is_zero(0, length):

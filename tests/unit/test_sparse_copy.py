@@ -227,7 +227,10 @@ def test_runs_of_data_go_by_copy_range_where_it_is_faster(
 
 def test_writes_are_kept_where_copy_range_is_slower(tmp_path, hidden_holes,
                                                     monkeypatch):
-    """As on bindfs: copy_file_range falls back to a slow splice."""
+    """As on bindfs: copy_file_range falls back to a slow splice.
+
+    It is tried on one run at a time, TRIAL bytes at most.
+    """
     real = os.copy_file_range
 
     def slow_copy_range(*args):
@@ -238,9 +241,17 @@ def test_writes_are_kept_where_copy_range_is_slower(tmp_path, hidden_holes,
     seg = sparse_copy.SEGMENT
     make_file(src, 40 * seg, {i * seg: os.urandom(BLOCK)
                               for i in range(0, 40)})
+    calls = []
+    real_copy_range = sparse_copy.copy_range
+
+    def counted(src, dst, start, end):
+        calls.append(end - start)
+        return real_copy_range(src, dst, start, end)
+    monkeypatch.setattr(sparse_copy, 'copy_range', counted)
     how, stats = copy_hidden(src, dst)
     assert read(dst) == read(src)
     assert stats['write'] > 3 * stats['copy_range'] > 0
+    assert max(calls) <= sparse_copy.TRIAL and len(calls) <= 4
 
 
 def test_empty_source_on_a_proven_mount_is_only_truncated(
@@ -302,8 +313,8 @@ def test_probe_failure_means_no_trust(tmp_path, monkeypatch):
 def test_hidden_thick_copy_is_exact_and_allocated(tmp_path, hidden_holes,
                                                   monkeypatch, copy_range):
     if not copy_range:
-        monkeypatch.setattr(sparse_copy._Writer, 'choose',
-                            lambda self: 'write')
+        monkeypatch.setattr(sparse_copy._Writer, 'plan',
+                            lambda self: ('write', None))
     src, dst = tmp_path / 'src', tmp_path / 'dst'
     size = sparse_source(src)
     how, _stats = copy_hidden(src, dst, thick=True)
