@@ -478,28 +478,29 @@ class Api(object):
         return (('cinder-volume', 'up') in up and
                 any(b == 'cinder-scheduler' for b, _s in up))
 
-    def volume_status(self, vol_id):
-        status, body = self.call('GET', '/volumes/%s' % vol_id)
+    def volume_status(self, vol_id, kind='volume'):
+        """Status of a volume (or ``kind='snapshot'``); None once gone."""
+        status, body = self.call('GET', '/%ss/%s' % (kind, vol_id))
         if status == 404:
             return None
         if status != 200:
-            raise LaunchError('GET volume %s: HTTP %s %s'
-                              % (vol_id, status, body))
-        return body['volume']['status']
+            raise LaunchError('GET %s %s: HTTP %s %s'
+                              % (kind, vol_id, status, body))
+        return body[kind]['status']
 
-    def wait_status(self, vol_id, wanted, timeout=120):
+    def wait_status(self, vol_id, wanted, timeout=120, kind='volume'):
         seen = []
 
         def reached():
-            seen[:] = [self.volume_status(vol_id)]
+            seen[:] = [self.volume_status(vol_id, kind)]
             if seen[0] != wanted and seen[0] and seen[0].startswith(
                     'error'):
-                raise LaunchError('volume %s went %s' % (vol_id, seen[0]))
+                raise LaunchError('%s %s went %s' % (kind, vol_id, seen[0]))
             return seen[0] == wanted
 
-        if not sandbox.wait_for(reached, timeout, interval=0.5):
-            raise LaunchError('volume %s is still %s after %d s, not %s'
-                              % (vol_id, seen[0] if seen else '?',
+        if not sandbox.wait_for(reached, timeout, interval=0.2):
+            raise LaunchError('%s %s is still %s after %d s, not %s'
+                              % (kind, vol_id, seen[0] if seen else '?',
                                  timeout, wanted))
 
     def action(self, vol_id, body):
@@ -560,6 +561,7 @@ def self_check(api, volumes_home, out):
         exported = False
         api.wait_status(vol_id, 'available')
         out('self-check: export removed')
+        snapshot_and_clone(api, volumes_home, vol_id, name, pattern, out)
     finally:
         if exported:
             api.action(vol_id, {'os-delete-export': {}})
@@ -571,6 +573,49 @@ def self_check(api, volumes_home, out):
                             120, interval=0.5):
         raise LaunchError('volume %s was not deleted' % vol_id)
     out('self-check: volume deleted')
+
+
+def snapshot_and_clone(api, volumes_home, vol_id, name, pattern, out):
+    """Snapshot the volume and clone it; say how long each took.
+
+    Both are copies of the volume's file by the driver; the data written
+    over iSCSI must be in each. Both are deleted again.
+    """
+    made = []
+    try:
+        start = time.monotonic()
+        body = _expect('snapshot', *api.call(
+            'POST', '/snapshots', {'snapshot': {'volume_id': vol_id,
+                                                'name': name}}))
+        snap_id = body['snapshot']['id']
+        made.append(('snapshot', snap_id))
+        api.wait_status(snap_id, 'available', kind='snapshot', timeout=600)
+        out('self-check: snapshot %s took %.1f s'
+            % (snap_id, time.monotonic() - start))
+        start = time.monotonic()
+        body = _expect('clone', *api.call(
+            'POST', '/volumes', {'volume': {'size': 1, 'name': name + '-clone',
+                                            'source_volid': vol_id}}))
+        clone_id = body['volume']['id']
+        made.append(('volume', clone_id))
+        api.wait_status(clone_id, 'available', timeout=600)
+        out('self-check: clone %s took %.1f s'
+            % (clone_id, time.monotonic() - start))
+        for kind, obj_id in made:
+            with open(os.path.join(volumes_home, '%s-%s' % (kind, obj_id)),
+                      'rb') as f:
+                f.seek(MiB)
+                if f.read(MiB) != bytes([pattern]) * MiB:
+                    raise LaunchError('the %s of the volume lacks the data '
+                                      'written over iSCSI' % kind)
+        out('self-check: the snapshot and the clone hold the data')
+    finally:
+        for kind, obj_id in reversed(made):
+            api.call('DELETE', '/%ss/%s' % (kind, obj_id))
+            if not sandbox.wait_for(
+                    lambda: api.volume_status(obj_id, kind) is None, 120,
+                    interval=0.5):
+                raise LaunchError('%s %s was not deleted' % (kind, obj_id))
 
 
 def client_extension_dir():

@@ -288,18 +288,21 @@ def do_copy(home, args):
     src_name = _check(args.src, names.is_object, 'a volume or snapshot')
     dst_name = owned(args.dst)
     src = _open_regular(home, src_name, os.O_RDONLY)
+    stats = {}
     try:
         dst = _open_regular(home, dst_name,
                             os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             how = sparse_copy.copy_fds(
-                src, dst, thick=args.provisioning == 'thick')
+                src, dst, thick=args.provisioning == 'thick', stats=stats)
         finally:
             os.close(dst)
     finally:
         os.close(src)
     if args.verbose:
-        print(how)
+        # The copy used, then what it found and moved by which method.
+        print(' '.join([how] + ['%s=%s' % item
+                                for item in sorted(stats.items())]))
 
 
 def do_read(home, args):
@@ -366,7 +369,8 @@ def _parser():
     sub = op('copy', do_copy, 'src', 'dst')
     sub.add_argument('provisioning', choices=('thin', 'thick'))
     sub.add_argument('--verbose', action='store_true',
-                     help='say which copy was used')
+                     help='say which copy was used and how many bytes it '
+                     'wrote or copied server-side')
     return parser
 
 

@@ -96,3 +96,34 @@ class BindfsMount:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class OverlayfsMount(BindfsMount):
+    """fuse-overlayfs with BACKING as its upper directory.
+
+    It stands for a FUSE filesystem that hides holes (no lseek) but
+    reports st_blocks and copies on its server side (copy_file_range on
+    its backing files). The lower directory is empty: every file is the
+    upper directory's, at backing_path.
+    """
+
+    def start(self):
+        if shutil.which('fuse-overlayfs') is None:
+            raise RuntimeError('fuse-overlayfs is not installed (see '
+                               'bindep.txt)')
+        lower = os.path.join(self.base, 'lower')
+        work = os.path.join(self.base, 'work')
+        for path in (self.backing, self.mountpoint, lower, work):
+            os.makedirs(path, exist_ok=True)
+        os.makedirs(os.path.join(self.backing, 'volumes'), exist_ok=True)
+        proc = subprocess.Popen(
+            ['fuse-overlayfs', '-f', '-o', 'allow_other,lowerdir=%s,'
+             'upperdir=%s,workdir=%s' % (lower, self.backing, work),
+             self.mountpoint], stderr=subprocess.DEVNULL)
+        self.pid = proc.pid
+        self._proc = proc
+        if not _wait_for(lambda: _is_mounted(self.mountpoint)):
+            self.stop()
+            raise RuntimeError('fuse-overlayfs did not mount %s'
+                               % self.mountpoint)
+        return self

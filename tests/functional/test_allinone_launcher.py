@@ -293,6 +293,12 @@ def test_self_check_on_an_existing_fuse_mount(site, tmp_path):
         out = launcher.output
         assert code == 0, out
         assert 'self-check passed' in out
+        # The snapshot and the clone are timed and hold the data.
+        assert re.search(r'^self-check: snapshot \S+ took [0-9.]+ s$', out,
+                         re.M), out
+        assert re.search(r'^self-check: clone \S+ took [0-9.]+ s$', out,
+                         re.M), out
+        assert 'self-check: the snapshot and the clone hold the data' in out
         assert 'stopped: no targets, mounts or processes left' in out
         control = int(re.search(r'^tgtd: control port (\d+)', out,
                                 re.M).group(1))

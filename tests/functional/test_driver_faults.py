@@ -140,3 +140,18 @@ def test_copies_skip_holes_where_fuse_reports_them(faulty):
     assert after['bytes_written'] - before['bytes_written'] == len(data)
     assert life.read_at(backing(fs, snap.name), 5 * GiB, len(data)) == data
     assert life.allocated(backing(fs, snap.name)) < 16 * MiB
+
+
+def test_every_copy_is_exact_where_holes_are_reported(faulty):
+    fs, drv = faulty
+    made = life.check_every_copy(drv, lambda name: backing(fs, name),
+                                 holes_reported=True)
+    assert made
+    life.snapshot_while_written(drv, lambda name: backing(fs, name), 12, 13)
+    vol = life.volume(14, size=1024)
+    drv.create_volume(vol)
+    start = time.monotonic()
+    for obj in life.copies(drv, vol, 15):
+        st = os.stat(backing(fs, obj.name))
+        assert (st.st_size, st.st_blocks) == (1024 * GiB, 0)
+    assert time.monotonic() - start < 30

@@ -116,9 +116,16 @@ def test_copy_keeps_bytes_and_refuses_existing(home, capsys):
 
 
 def test_copy_error_is_one_line(home, capsys, monkeypatch):
-    """ENOSPC in the middle of a copy: one clear line, no traceback."""
-    (home / VOL).write_bytes(os.urandom(4 * MiB))
+    """ENOSPC in the middle of a copy: one clear line, no traceback.
+
+    The copy is written from the readers' buffers (no copy_file_range
+    here), two segments of it in parallel.
+    """
+    (home / VOL).write_bytes(os.urandom(2 * file_helper.sparse_copy.SEGMENT))
     writes = []
+
+    def no_copy_range(*args):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
 
     def full_disk(fd, data, offset):
         writes.append(offset)
@@ -126,6 +133,8 @@ def test_copy_error_is_one_line(home, capsys, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return len(data)
     monkeypatch.setattr(file_helper.sparse_copy.os, 'pwrite', full_disk)
+    monkeypatch.setattr(file_helper.sparse_copy.os, 'copy_file_range',
+                        no_copy_range)
     assert run(home, 'copy', VOL, TEMP, 'thick') == 1
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'No space left on device' in err

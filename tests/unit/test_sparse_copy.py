@@ -12,11 +12,14 @@
 """The sparse copy engine on real files of the local filesystem.
 
 Which copy it picks on a FUSE mount with and without lseek is checked by
-the functional tests (bindfs, faultfs); here: that every path copies the
-bytes exactly and keeps (or, thick, fills) the holes.
+the functional tests (bindfs, fuse-overlayfs, faultfs); here: that every
+path copies the bytes exactly and keeps (or, thick, fills) the holes,
+and that a block count is trusted only once proven.
 """
 
+import errno
 import os
+import time
 
 import pytest
 
@@ -136,3 +139,185 @@ def test_nonzero_runs_merge_adjacent_blocks():
     assert sparse_copy._nonzero_runs(data, bytes(BLOCK)) == [
         (BLOCK, 3 * BLOCK), (5 * BLOCK, 6 * BLOCK),
         (8 * BLOCK, 8 * BLOCK + 1)]
+
+
+def copy_hidden(src, dst, thick=False):
+    """copy_fds as on a mount that hides holes; (how, stats)."""
+    fds = os.open(src, os.O_RDONLY)
+    fdd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    stats = {}
+    try:
+        how = sparse_copy.copy_fds(fds, fdd, thick, stats=stats)
+    finally:
+        os.close(fds)
+        os.close(fdd)
+    return how, stats
+
+
+@pytest.fixture
+def hidden_holes(monkeypatch):
+    monkeypatch.setattr(sparse_copy, 'holes_visible', lambda fd: False)
+
+
+@pytest.fixture
+def no_copy_range(monkeypatch):
+    def refuse(*args):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+    monkeypatch.setattr(sparse_copy.os, 'copy_file_range', refuse)
+
+
+def sparse_source(path):
+    """A file of several SEGMENTs, holes and zeros between its data.
+
+    Data across a segment edge, zeros written out, a lone byte and a
+    short last block.
+    """
+    seg = sparse_copy.SEGMENT
+    size = 5 * seg + 12345
+    make_file(path, size, {
+        0: os.urandom(BLOCK),
+        seg - 3 * BLOCK: os.urandom(6 * BLOCK),      # across an edge
+        2 * seg: bytes(seg),                         # zeros, allocated
+        3 * seg + 17: b'x',
+        size - 5000: os.urandom(5000)})
+    return size
+
+
+@pytest.mark.parametrize('readers', [1, 3, 8])
+def test_parallel_stream_copy_is_exact_and_sparse(tmp_path, readers,
+                                                  no_copy_range):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    size = sparse_source(src)
+    fds = os.open(src, os.O_RDONLY)
+    fdd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    stats = {}
+    try:
+        os.ftruncate(fdd, size)
+        sparse_copy.stream_copy(fds, fdd, size, readers=readers,
+                                stats=stats)
+    finally:
+        os.close(fds)
+        os.close(fdd)
+    assert read(dst) == read(src)
+    # 1 + 6 + 1 blocks of data and the short last one: only those.
+    assert stats == {'write': 8 * BLOCK + size % BLOCK,
+                     'copy_range': 0}
+    assert allocated(dst) <= 12 * BLOCK
+
+
+def test_runs_of_data_go_by_copy_range_where_it_is_faster(
+        tmp_path, hidden_holes, monkeypatch):
+    """copy_file_range wins when it moves bytes faster than writes."""
+    real_pwrite = os.pwrite
+
+    def slow_pwrite(fd, data, offset):
+        time.sleep(0.02)
+        return real_pwrite(fd, data, offset)
+    monkeypatch.setattr(sparse_copy.os, 'pwrite', slow_pwrite)
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    seg = sparse_copy.SEGMENT
+    make_file(src, 40 * seg, {i * seg: os.urandom(BLOCK)
+                              for i in range(0, 40)})
+    how, stats = copy_hidden(src, dst)
+    assert how == 'stream'
+    assert read(dst) == read(src)
+    assert stats['copy_range'] > stats['write']
+    assert allocated(dst) <= 2 * 40 * BLOCK
+
+
+def test_writes_are_kept_where_copy_range_is_slower(tmp_path, hidden_holes,
+                                                    monkeypatch):
+    """As on bindfs: copy_file_range falls back to a slow splice.
+
+    It is tried on one run at a time, TRIAL bytes at most.
+    """
+    real = os.copy_file_range
+
+    def slow_copy_range(*args):
+        time.sleep(0.02)
+        return real(*args)
+    monkeypatch.setattr(sparse_copy.os, 'copy_file_range', slow_copy_range)
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    seg = sparse_copy.SEGMENT
+    make_file(src, 40 * seg, {i * seg: os.urandom(BLOCK)
+                              for i in range(0, 40)})
+    calls = []
+    real_copy_range = sparse_copy.copy_range
+
+    def counted(src, dst, start, end):
+        calls.append(end - start)
+        return real_copy_range(src, dst, start, end)
+    monkeypatch.setattr(sparse_copy, 'copy_range', counted)
+    how, stats = copy_hidden(src, dst)
+    assert read(dst) == read(src)
+    assert stats['write'] > 3 * stats['copy_range'] > 0
+    assert max(calls) <= sparse_copy.TRIAL and len(calls) <= 4
+
+
+def test_empty_source_on_a_proven_mount_is_only_truncated(
+        tmp_path, hidden_holes, monkeypatch):
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        if sparse_copy.fresh_blocks(fd) is None:
+            pytest.skip('no statx block count here')
+    finally:
+        os.close(fd)
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    make_file(src, 1 << 40, {})
+    monkeypatch.setattr(sparse_copy, 'stream_copy', None)   # not called
+    how, stats = copy_hidden(src, dst)
+    assert (how, stats['blocks_trusted']) == ('empty', True)
+    st = os.stat(dst)
+    assert (st.st_size, st.st_blocks) == (1 << 40, 0)
+
+
+@pytest.mark.parametrize('lie', [
+    lambda fd: (os.fstat(fd).st_size, 0),        # never any block
+    lambda fd: (os.fstat(fd).st_size, 128),      # always the same
+    lambda fd: None,                             # no block count
+])
+def test_block_counts_that_do_not_follow_the_data_are_not_trusted(
+        tmp_path, hidden_holes, monkeypatch, lie):
+    """A source reported empty but holding data is read in full."""
+    monkeypatch.setattr(sparse_copy, 'fresh_blocks', lie)
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    make_file(src, 64 * MiB, {33 * MiB: b'precious'})
+    how, stats = copy_hidden(src, dst)
+    assert (how, stats['blocks_trusted']) == ('stream', False)
+    assert read(dst) == read(src)
+    assert allocated(dst) <= 2 * BLOCK
+
+
+def test_source_with_data_is_never_taken_for_empty(tmp_path, hidden_holes):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    make_file(src, 64 * MiB, {63 * MiB: b'\1'})
+    how, _stats = copy_hidden(src, dst)
+    assert how == 'stream'
+    assert read(dst) == read(src)
+
+
+def test_probe_failure_means_no_trust(tmp_path, monkeypatch):
+    dst = tmp_path / 'dst'
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        def full(*args):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(sparse_copy.os, 'fsync', full)
+        assert sparse_copy.blocks_trusted(fd) is False
+        assert os.fstat(fd).st_size == 0
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize('copy_range', [True, False])
+def test_hidden_thick_copy_is_exact_and_allocated(tmp_path, hidden_holes,
+                                                  monkeypatch, copy_range):
+    if not copy_range:
+        monkeypatch.setattr(sparse_copy._Writer, 'plan',
+                            lambda self: ('write', None))
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    size = sparse_source(src)
+    how, _stats = copy_hidden(src, dst, thick=True)
+    assert how == 'stream'
+    assert read(dst) == read(src)
+    assert allocated(dst) >= size
