@@ -245,18 +245,24 @@ POLICY = '''
 '''
 
 
-@pytest.fixture(scope='module')
-def fake_cinder(site, tmp_path_factory):
-    state = tmp_path_factory.mktemp('aio-fake')
-    policy = state / 'policy.yaml'
-    policy.write_text(POLICY)
+def _test_driver_cinder(site, state, extra_conf):
+    """An all-in-one on the export test driver with ``extra_conf``."""
     extra = state / 'extra.conf'
-    extra.write_text('[oslo_policy]\npolicy_file = %s\n' % policy)
+    extra.write_text(extra_conf)
     aio = AllInOne(site, state / 'state', FAKE_DRIVER,
                    extra_conf=str(extra))
     aio.start()
     yield aio
     aio.stop()
+
+
+@pytest.fixture(scope='module')
+def fake_cinder(site, tmp_path_factory):
+    state = tmp_path_factory.mktemp('aio-fake')
+    policy = state / 'policy.yaml'
+    policy.write_text(POLICY)
+    yield from _test_driver_cinder(
+        site, state, '[oslo_policy]\npolicy_file = %s\n' % policy)
 
 
 def test_export_and_delete_export_with_the_cli(fake_cinder):
@@ -437,14 +443,9 @@ RPC_TIMEOUT = 3
 @pytest.fixture(scope='module')
 def slow_cinder(site, tmp_path_factory):
     """The export test driver, default policy, short RPC timeout."""
-    state = tmp_path_factory.mktemp('aio-slow')
-    extra = state / 'extra.conf'
-    extra.write_text('[DEFAULT]\nrpc_response_timeout = %d\n' % RPC_TIMEOUT)
-    aio = AllInOne(site, state / 'state', FAKE_DRIVER,
-                   extra_conf=str(extra))
-    aio.start()
-    yield aio
-    aio.stop()
+    yield from _test_driver_cinder(
+        site, tmp_path_factory.mktemp('aio-slow'),
+        '[DEFAULT]\nrpc_response_timeout = %d\n' % RPC_TIMEOUT)
 
 
 def _actions(aio, vol_id, since=0):
