@@ -41,6 +41,7 @@ from cinder.i18n import _
 
 from fuse_cinder import mount
 from fuse_cinder import privileged
+from fuse_cinder.privileged import tgt_view
 from fuse_cinder.target import tgtd_mgmt
 
 LOG = logging.getLogger(__name__)
@@ -85,6 +86,14 @@ class TargetRefused(exception.CinderException):
     """The helper will not act on this target or file."""
 
     message = _('tgt request refused: %(reason)s')
+
+
+class TargetConflict(TargetRefused):
+    """A target of that name exists with other settings."""
+
+
+class TargetMissing(TargetRefused):
+    """tgtd has no target of that name."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,12 +221,20 @@ def _client(port: int) -> tgtd_mgmt.TgtdClient:
     return tgtd_mgmt.TgtdClient(port, timeout=TIMEOUT)
 
 
-def _ours(targets: dict, iqn: str) -> Optional[tgtd_mgmt.Target]:
-    target = targets.get(iqn)
+def _ours(target: Optional[tgtd_mgmt.Target],
+          iqn: str) -> Optional[tgtd_mgmt.Target]:
     if target is not None and not is_ours(target):
         raise TargetRefused(reason=_('target %s is not a fuse_cinder '
                                      'volume target') % iqn)
     return target
+
+
+def _view(client: tgtd_mgmt.TgtdClient) -> tuple:
+    """(this daemon's view of tgtd, tgtd's pid); the view of *this* tgtd."""
+    pid = _tgtd_pid(client)
+    view = tgt_view.for_port(client.control_port)
+    view.check_pid(pid)
+    return view, pid
 
 
 def _lun_params(serial: str, write_cache: bool, readonly: bool) -> str:
@@ -229,13 +246,21 @@ def _lun_params(serial: str, write_cache: bool, readonly: bool) -> str:
     return params
 
 
-def _open_files(pid: int) -> set:
-    """{(fd, target)} of a process, from procfs (needs CAP_SYS_PTRACE)."""
-    fd_dir = '/proc/%d/fd' % pid
+def _fd_dir(pid: int) -> str:
+    return '/proc/%d/fd' % pid
+
+
+def _fd_numbers(pid: int) -> set:
+    """tgtd's open descriptors (a listing, no readlink: cheap at any size)."""
+    return set(os.listdir(_fd_dir(pid)))
+
+
+def _fd_links(pid: int, numbers) -> set:
+    """{(fd, what it names)} (readlink needs CAP_SYS_PTRACE)."""
     found = set()
-    for fd in os.listdir(fd_dir):
+    for fd in numbers:
         try:
-            found.add((fd, os.readlink(os.path.join(fd_dir, fd))))
+            found.add((fd, os.readlink(os.path.join(_fd_dir(pid), fd))))
         except OSError:
             pass  # closed meanwhile
     return found
@@ -250,60 +275,82 @@ def _fd_mount_id(pid: int, fd: str) -> Optional[int]:
     return None
 
 
-def _check_opened(pid: int, before: set, path: str) -> None:
-    """tgtd's new descriptors must include ``path`` itself, on FUSE.
+def _on_fuse(pid: int, fds: list, path: str) -> bool:
+    """Some of tgtd's new descriptors name ``path``, all on FUSE.
 
     readlink of /proc/<pid>/fd names the file actually opened, so a
     ``volume-<uuid>`` symlink shows as its target and fails here; the
     mount is looked up in tgtd's own mount namespace.
     """
-    fds = [fd for fd, link in _open_files(pid) - before if link == path]
+    if not fds:
+        return False
     mounts = {m.mount_id: m for m in
               read_mountinfo('/proc/%d/mountinfo' % pid)}
     try:
-        on_fuse = [fd for fd in fds
-                   if getattr(mounts.get(_fd_mount_id(pid, fd)), 'fs_type',
-                              '').startswith('fuse')]
+        return all(getattr(mounts.get(_fd_mount_id(pid, fd)), 'fs_type',
+                           '').startswith('fuse') for fd in fds)
     except OSError:
-        on_fuse = []
-    if not fds or on_fuse != fds:
-        raise TargetRefused(reason=_('tgtd did not open %s itself on a '
-                                     'FUSE mount (a symbolic link?)') % path)
+        return False
 
 
-def _new_target(client: tgtd_mgmt.TgtdClient, iqn: str,
-                targets: dict) -> int:
-    """Create the target on the lowest free tid; no lock needed.
+class _OpenCheck(object):
+    """Proves that a request made tgtd open ``path`` itself, on FUSE.
 
-    tgtd answers "target exists" for a tid another process took since
-    our listing; the next one is tried, so two processes never share one.
+    Only descriptors that are new count. The quick form compares numbers
+    and reads just the new ones (tgtd holds one per LUN, so reading all
+    would grow with every target); it misses the file when its number
+    was freed meanwhile (tgtd closes each management connection), and
+    then the caller tries again with the full form, which compares every
+    (number, name) pair.
     """
-    used = {t.tid for t in targets.values()}
-    tid = 1
+
+    def __init__(self, pid: int, path: str, full: bool):
+        self.pid, self.path, self.full = pid, path, full
+        numbers = _fd_numbers(pid)
+        self.before = _fd_links(pid, numbers) if full else numbers
+
+    def passed(self) -> bool:
+        numbers = _fd_numbers(self.pid)
+        if self.full:
+            new = _fd_links(self.pid, numbers) - self.before
+        else:
+            new = _fd_links(self.pid, numbers - self.before)
+        return _on_fuse(self.pid, [fd for fd, link in new
+                                   if link == self.path], self.path)
+
+
+def _new_target(client: tgtd_mgmt.TgtdClient, view, iqn: str):
+    """Create the target on a free tid, or find it already there.
+
+    Returns (tid, None) for a new target, (None, target) for an existing
+    one of that name. tgtd answers "target exists" for a taken tid and
+    for a taken name alike; a listing tells which, so two processes never
+    share a tid and a name is never made twice.
+    """
     for _attempt in range(TID_ATTEMPTS):
-        while tid in used:
-            tid += 1
+        tid = view.claim_tid()
         try:
             client.new_target(tid, iqn)
-            return tid
+            return tid, None
         except tgtd_mgmt.TgtdError as err:
+            view.release_tid(tid)
             if err.code != tgtd_mgmt.TARGET_EXIST:
                 raise
-        fresh = client.targets()
-        if iqn in fresh:
-            raise TargetRefused(reason=_('target %s was created by someone '
-                                         'else meanwhile') % iqn)
-        used |= {t.tid for t in fresh.values()} | {tid}
+        view.refresh(client)
+        existing = _ours(view.get(iqn), iqn)
+        if existing is not None:
+            return None, existing
     raise TargetRefused(reason=_('no free tid after %d attempts')
                         % TID_ATTEMPTS)
 
 
-def _new_account(client: tgtd_mgmt.TgtdClient, user: str,
-                 secret: str) -> None:
+def _new_account(client: tgtd_mgmt.TgtdClient, view, user: str,
+                 secret: str, iqn: str) -> None:
     """Create the account, replacing a leftover one of that user.
 
     tgtd unbinds a deleted account from every target, which would leave
-    a target without CHAP; an account some target uses is never replaced.
+    a target without CHAP; an account some target uses is never replaced
+    (tgtd's listing says which do). So no two targets ever share one.
     """
     try:
         client.new_account(user, secret)
@@ -311,7 +358,8 @@ def _new_account(client: tgtd_mgmt.TgtdClient, user: str,
     except tgtd_mgmt.TgtdError as err:
         if err.code != tgtd_mgmt.USER_EXIST:
             raise
-    users = [t.name for t in client.targets().values() if user in t.accounts]
+    view.refresh(client)
+    users = view.users_elsewhere(user, iqn)
     if users:
         raise TargetRefused(reason=_('CHAP user %(user)s is in use by '
                                      '%(targets)s')
@@ -321,12 +369,13 @@ def _new_account(client: tgtd_mgmt.TgtdClient, user: str,
     client.new_account(user, secret)
 
 
-def _sync_acl(client: tgtd_mgmt.TgtdClient, target: tgtd_mgmt.Target,
+def _sync_acl(client: tgtd_mgmt.TgtdClient, view, target: tgtd_mgmt.Target,
               initiators: tuple) -> None:
     """Make the ACL exactly the initiators (plus NO_ADDRESS), or ALL.
 
     New entries are bound before old ones go, so an initiator that stays
-    allowed is never locked out meanwhile.
+    allowed is never locked out meanwhile. tgtd answers "exists" for an
+    entry it has already; that is what was wanted.
     """
     if not target.accounts:
         raise TargetRefused(reason=_('target %s has no CHAP account; it '
@@ -337,28 +386,52 @@ def _sync_acl(client: tgtd_mgmt.TgtdClient, target: tgtd_mgmt.Target,
     have_names = {e for e in have if _INITIATOR_RE.fullmatch(e)}
     have_addrs = have - have_names
     tid = target.tid
-    for name in sorted(want_names - have_names):
-        client.bind_initiator_name(tid, name)
-    for addr in sorted(want_addrs - have_addrs):
-        client.bind_initiator_address(tid, addr)
-    for addr in sorted(have_addrs - want_addrs):
-        client.unbind_initiator_address(tid, addr)
-    for name in sorted(have_names - want_names):
-        client.unbind_initiator_name(tid, name)
+    steps = ([(client.bind_initiator_name, n)
+              for n in sorted(want_names - have_names)]
+             + [(client.bind_initiator_address, a)
+                for a in sorted(want_addrs - have_addrs)]
+             + [(client.unbind_initiator_address, a)
+                for a in sorted(have_addrs - want_addrs)]
+             + [(client.unbind_initiator_name, n)
+                for n in sorted(have_names - want_names)])
+    for step, entry in steps:
+        try:
+            step(tid, entry)
+        except tgtd_mgmt.TgtdError as err:
+            if err.code not in (tgtd_mgmt.ACL_EXIST, tgtd_mgmt.ACL_NOEXIST):
+                raise
+    if steps:
+        target.acl = sorted(want_addrs) + sorted(want_names)
+        view.put(target)
 
 
-def _add_lun(client: tgtd_mgmt.TgtdClient, pid: int, tid: int, path: str,
-             bsoflags: str, write_cache: bool, serial: str,
-             readonly: bool) -> None:
+def _add_lun(client: tgtd_mgmt.TgtdClient, pid: int, view,
+             target: tgtd_mgmt.Target, path: str, bsoflags: str,
+             write_cache: bool, serial: str, readonly: bool) -> None:
     """LUN 1 on ``path``, proven to be that very file, with its params."""
-    before = _open_files(pid)
-    client.new_lun(tid, LUN, path, bstype='rdwr', bsoflags=bsoflags)
+    for full in (False, True):
+        check = _OpenCheck(pid, path, full)
+        client.new_lun(target.tid, LUN, path, bstype='rdwr',
+                       bsoflags=bsoflags)
+        if check.passed():
+            break
+        client.delete_lun(target.tid, LUN)
+        if full:
+            raise TargetRefused(reason=_('tgtd did not open %s itself on a '
+                                         'FUSE mount (a symbolic link?)')
+                                % path)
+        LOG.debug('Checking the file tgtd opened for %s again, comparing '
+                  'every descriptor.', path)
     try:
-        _check_opened(pid, before, path)
+        client.update_lun(target.tid, LUN,
+                          _lun_params(serial, write_cache, readonly))
     except Exception:
-        client.delete_lun(tid, LUN)
+        client.delete_lun(target.tid, LUN)
         raise
-    client.update_lun(tid, LUN, _lun_params(serial, write_cache, readonly))
+    target.luns[LUN] = tgtd_mgmt.Lun(path=path, scsi_id=serial,
+                                     scsi_sn=serial, bsoflags=bsoflags,
+                                     readonly='Yes' if readonly else 'No')
+    view.put(target)
 
 
 def _tgtd_pid(client: tgtd_mgmt.TgtdClient) -> int:
@@ -378,12 +451,34 @@ def _same_export(target: tgtd_mgmt.Target, path: str, chap_user: str,
             and (lun.readonly == 'Yes') == readonly)
 
 
-def _rollback(client: tgtd_mgmt.TgtdClient, tid: Optional[int],
+def _drop_account(client: tgtd_mgmt.TgtdClient, view, user: str,
+                  iqn: str, known: bool) -> None:
+    """Delete ``user`` unless another target uses it.
+
+    A ``known`` user is one tgtd showed bound to the target ``iqn`` (or
+    this daemon bound there): no other target of ours shares it
+    (_new_account), so the daemon's memory answers. Any other name lists
+    tgtd first, so that no caller can strip CHAP from a target it does
+    not know.
+    """
+    if not known:
+        view.refresh(client)
+    users = view.users_elsewhere(user, iqn)
+    if users:
+        LOG.debug('Keeping tgtd account %(user)s, used by %(targets)s.',
+                  {'user': user, 'targets': ', '.join(users)})
+        return
+    try:
+        client.delete_account(user)
+    except tgtd_mgmt.TgtdError as err:
+        if err.code != tgtd_mgmt.NO_USER:
+            raise
+
+
+def _rollback(client: tgtd_mgmt.TgtdClient, view, tid: int, iqn: str,
               user: Optional[str]) -> None:
     """Undo a failed export; errors here must not hide the first one."""
-    steps = []
-    if tid is not None:
-        steps.append(lambda: client.delete_target(tid, force=True))
+    steps = [lambda: client.delete_target(tid, force=True)]
     if user is not None:
         steps.append(lambda: client.delete_account(user))
     for step in steps:
@@ -391,14 +486,53 @@ def _rollback(client: tgtd_mgmt.TgtdClient, tid: Optional[int],
             step()
         except tgtd_mgmt.TgtdError as err:
             LOG.error('Rolling back a failed export: %s', err)
+    view.forget(iqn)
+
+
+def _retry_gone(func):
+    """Run ``func(view)``; once more after a listing if tgtd lost a target.
+
+    A remembered tid that tgtd no longer has ("can't find the target")
+    means someone else removed it: the memory is refreshed and the
+    request made again on what tgtd really has.
+    """
+    try:
+        return func(False)
+    except tgtd_mgmt.TgtdError as err:
+        if err.code != tgtd_mgmt.NO_TARGET:
+            raise
+    return func(True)
+
+
+def _state(target: tgtd_mgmt.Target) -> dict:
+    lun = target.luns.get(LUN) or tgtd_mgmt.Lun()
+    return {'tid': target.tid, 'iqn': target.name, 'path': lun.path,
+            'serial': lun.scsi_sn, 'bsoflags': lun.bsoflags,
+            'readonly': lun.readonly == 'Yes',
+            'accounts': list(target.accounts), 'acl': list(target.acl)}
 
 
 # -- entry points ---------------------------------------------------------
 
 @privileged.tgt_pctxt.entrypoint
 def show(port: int) -> str:
-    """The text of ``tgtadm --lld iscsi --mode target --op show``."""
-    return _client(check_port(port)).show_targets()
+    """The text of ``tgtadm --lld iscsi --mode target --op show``.
+
+    The daemon remembers what it lists (see tgt_view).
+    """
+    client = _client(check_port(port))
+    view, _pid = _view(client)
+    return view.refresh(client)
+
+
+@privileged.tgt_pctxt.entrypoint
+def describe(port: int, iqn: str) -> Optional[dict]:
+    """One of our targets as tgtd has it (no listing when remembered)."""
+    client = _client(check_port(port))
+    check_iqn(iqn)
+    view, _pid = _view(client)
+    target = _ours(view.find(client, iqn), iqn)
+    return _state(target) if target is not None else None
 
 
 @privileged.tgt_pctxt.entrypoint
@@ -413,10 +547,11 @@ def export_target(port: int, iqn: str, path: str, chap_user: str,
     removes what this call created. ``readonly`` serves the LUN
     read-only (tgtd then fails every write). An existing target of that
     name that already serves ``path`` with this user, serial, bsoflags
-    and read-only setting is
-    accepted as is (its ACL is set to ``initiators``; a live target's
-    secret is never changed, tgtd cannot show it); any other existing
-    target of that name raises TargetRefused.
+    and read-only setting is accepted as is (its ACL is set to
+    ``initiators``; a live target's secret is never changed, tgtd cannot
+    show it); any other existing target of that name raises
+    TargetConflict. A new target costs no listing: tgtd refuses a taken
+    tid or name, and only then is it listed.
     """
     client = _client(check_port(port))
     check_iqn(iqn)
@@ -427,31 +562,43 @@ def export_target(port: int, iqn: str, path: str, chap_user: str,
     check_flag(write_cache, _('write_cache'))
     check_serial(serial)
     check_flag(readonly, _('readonly'))
+    view, pid = _view(client)
 
-    targets = client.targets()
-    existing = _ours(targets, iqn)
-    if existing is not None:
-        if not _same_export(existing, path, chap_user, bsoflags, serial,
+    def existing(target):
+        if not _same_export(target, path, chap_user, bsoflags, serial,
                             readonly):
-            raise TargetRefused(reason=_('target %s exists with other '
-                                         'settings') % iqn)
-        _sync_acl(client, existing, initiators)
-        return existing.tid
+            raise TargetConflict(reason=_('target %s exists with other '
+                                          'settings') % iqn)
+        _sync_acl(client, view, target, initiators)
+        return target.tid
 
-    pid = _tgtd_pid(client)
-    tid = _new_target(client, iqn, targets)
+    def known(refreshed):
+        if refreshed:
+            view.forget(iqn)
+            return None
+        target = _ours(view.get(iqn), iqn)
+        return existing(target) if target is not None else None
+
+    tid = _retry_gone(known)
+    if tid is not None:
+        return tid
+    tid, target = _new_target(client, view, iqn)
+    if target is not None:
+        return existing(target)
     account = None
+    target = tgtd_mgmt.Target(tid=tid, name=iqn)
+    view.put(target)
     try:
-        _add_lun(client, pid, tid, path, bsoflags, write_cache, serial,
-                 readonly)
-        _new_account(client, chap_user, chap_secret)
+        _add_lun(client, pid, view, target, path, bsoflags, write_cache,
+                 serial, readonly)
+        _new_account(client, view, chap_user, chap_secret, iqn)
         account = chap_user
         client.bind_account(tid, chap_user)
-        _sync_acl(client, tgtd_mgmt.Target(tid=tid, name=iqn,
-                                           accounts=[chap_user]),
-                  initiators)
+        target.accounts = [chap_user]
+        view.put(target)
+        _sync_acl(client, view, target, initiators)
     except Exception:
-        _rollback(client, tid, account)
+        _rollback(client, view, tid, iqn, account)
         raise
     LOG.info('Exported %(path)s as LUN %(lun)d of target %(iqn)s (tid '
              '%(tid)d).', {'path': path, 'lun': LUN, 'iqn': iqn, 'tid': tid})
@@ -459,32 +606,35 @@ def export_target(port: int, iqn: str, path: str, chap_user: str,
 
 
 @privileged.tgt_pctxt.entrypoint
-def delete_target(port: int, iqn: str) -> None:
+def delete_target(port: int, iqn: str,
+                  chap_user: Optional[str] = None) -> None:
     """Force-delete the target and the accounts only it used.
 
-    A missing target is success.
+    ``chap_user`` (the export's recorded account) goes too unless another
+    target uses it: tgtd may hold it without the target (a half-made
+    export of a crashed daemon), and a secret must not outlive its
+    export. A missing target is success.
     """
     client = _client(check_port(port))
     check_iqn(iqn)
-    targets = client.targets()
-    target = _ours(targets, iqn)
-    if target is None:
-        return
-    try:
-        client.delete_target(target.tid, force=True)
-    except tgtd_mgmt.TgtdError as err:
-        if err.code != tgtd_mgmt.NO_TARGET:
-            raise
-    in_use = {user for other in targets.values() if other.name != iqn
-              for user in other.accounts}
-    for user in sorted(set(target.accounts) - in_use):
+    if chap_user is not None:
+        _check_str(chap_user, _('The CHAP user'), _CHAP_RE, 255)
+    view, _pid = _view(client)
+    target = _ours(view.find(client, iqn), iqn)
+    users = {chap_user} - {None}
+    known: set = set()
+    if target is not None:
         try:
-            client.delete_account(user)
+            client.delete_target(target.tid, force=True)
         except tgtd_mgmt.TgtdError as err:
-            if err.code != tgtd_mgmt.NO_USER:
+            if err.code != tgtd_mgmt.NO_TARGET:
                 raise
-    LOG.info('Deleted target %(iqn)s (tid %(tid)d).',
-             {'iqn': iqn, 'tid': target.tid})
+        view.forget(iqn)
+        known = set(target.accounts)
+        LOG.info('Deleted target %(iqn)s (tid %(tid)d).',
+                 {'iqn': iqn, 'tid': target.tid})
+    for user in sorted(users | known):
+        _drop_account(client, view, user, iqn, user in known)
 
 
 @privileged.tgt_pctxt.entrypoint
@@ -493,10 +643,17 @@ def set_acl(port: int, iqn: str, initiators) -> None:
     client = _client(check_port(port))
     check_iqn(iqn)
     initiators = check_initiators(initiators)
-    target = _ours(client.targets(), iqn)
-    if target is None:
-        raise TargetRefused(reason=_('target %s does not exist') % iqn)
-    _sync_acl(client, target, initiators)
+    view, _pid = _view(client)
+
+    def apply(refreshed):
+        if refreshed:
+            view.forget(iqn)
+        target = _ours(view.find(client, iqn), iqn)
+        if target is None:
+            raise TargetMissing(reason=_('target %s does not exist') % iqn)
+        _sync_acl(client, view, target, initiators)
+
+    _retry_gone(apply)
 
 
 @privileged.tgt_pctxt.entrypoint
@@ -515,38 +672,36 @@ def reopen_lun(port: int, iqn: str, path: str, bsoflags: str,
     check_flag(write_cache, _('write_cache'))
     check_serial(serial)
     check_flag(readonly, _('readonly'))
-    target = _ours(client.targets(), iqn)
-    if target is None:
-        raise TargetRefused(reason=_('target %s does not exist') % iqn)
-    pid = _tgtd_pid(client)
-    if LUN in target.luns:
-        for attempt in range(1, LUN_BUSY_ATTEMPTS + 1):
-            try:
-                client.delete_lun(target.tid, LUN)
-                break
-            except tgtd_mgmt.TgtdError as err:
-                if (err.code != tgtd_mgmt.LUN_ACTIVE
-                        or attempt == LUN_BUSY_ATTEMPTS):
-                    raise
-                time.sleep(0.2 * attempt)
-    _add_lun(client, pid, target.tid, path, bsoflags, write_cache, serial,
-             readonly)
+    view, pid = _view(client)
+
+    def reopen(refreshed):
+        if refreshed:
+            view.forget(iqn)
+        target = _ours(view.find(client, iqn), iqn)
+        if target is None:
+            raise TargetMissing(reason=_('target %s does not exist') % iqn)
+        _delete_lun(client, view, target)
+        _add_lun(client, pid, view, target, path, bsoflags, write_cache,
+                 serial, readonly)
+
+    _retry_gone(reopen)
     LOG.info('Re-opened LUN %(lun)d of target %(iqn)s on %(path)s.',
              {'lun': LUN, 'iqn': iqn, 'path': path})
 
 
-@privileged.tgt_pctxt.entrypoint
-def delete_account(port: int, user: str) -> None:
-    """Delete a CHAP account no target uses; a missing one is success."""
-    client = _client(check_port(port))
-    _check_str(user, _('The CHAP user'), _CHAP_RE, 255)
-    users = [t.name for t in client.targets().values() if user in t.accounts]
-    if users:
-        raise TargetRefused(reason=_('CHAP user %(user)s is in use by '
-                                     '%(targets)s')
-                            % {'user': user, 'targets': ', '.join(users)})
-    try:
-        client.delete_account(user)
-    except tgtd_mgmt.TgtdError as err:
-        if err.code != tgtd_mgmt.NO_USER:
-            raise
+def _delete_lun(client: tgtd_mgmt.TgtdClient, view,
+                target: tgtd_mgmt.Target) -> None:
+    """Delete LUN 1, waiting briefly for commands in flight; gone is fine."""
+    for attempt in range(1, LUN_BUSY_ATTEMPTS + 1):
+        try:
+            client.delete_lun(target.tid, LUN)
+            break
+        except tgtd_mgmt.TgtdError as err:
+            if err.code == tgtd_mgmt.NO_LUN:
+                break
+            if (err.code != tgtd_mgmt.LUN_ACTIVE
+                    or attempt == LUN_BUSY_ATTEMPTS):
+                raise
+            time.sleep(0.2 * attempt)
+    target.luns.pop(LUN, None)
+    view.put(target)

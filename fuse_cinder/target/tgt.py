@@ -168,14 +168,17 @@ class TgtFileTarget(iscsi.ISCSITarget):
     # ------------------------------------------------------------------
     # the privileged operations
 
-    def _call(self, what: str, func, *args, secrets=()):
+    def _call(self, what: str, func, *args, secrets=(), expect=()):
         """Run one privileged tgtd operation; failures carry no secret.
 
         The entry points never put a secret in an error; the redaction
-        keeps it that way whatever tgtd answers.
+        keeps it that way whatever tgtd answers. Exceptions in ``expect``
+        reach the caller as they are.
         """
         try:
             return func(self.control_port, *args)
+        except expect:
+            raise
         except tgtd_mgmt.TgtdTimeout as err:
             msg = (_('tgtd did not answer %(what)s in time (%(err)s); is '
                      'tgtd or the FUSE mount hung?')
@@ -187,6 +190,36 @@ class TgtFileTarget(iscsi.ISCSITarget):
 
     def _show(self) -> dict:
         return parse_show_target(self._call('show', self._control.show))
+
+    def _describe(self, iqn: str) -> Optional[TargetState]:
+        """One target, from the privsep daemon's memory (no listing)."""
+        found = self._call(_('looking up %s') % iqn, self._control.describe,
+                           iqn)
+        if found is None:
+            return None
+        return TargetState(
+            tid=found['tid'], iqn=found['iqn'],
+            luns={LUN: found['path']} if found['path'] else {},
+            acl=list(found['acl']), accounts=list(found['accounts']),
+            lun_settings={LUN: LunSettings(found['serial'],
+                                           found['bsoflags'],
+                                           found['readonly'])})
+
+    def _set_acl(self, iqn: str, initiators) -> bool:
+        """Make the target's ACL ``initiators``; False if it has no target.
+
+        The daemon compares with what it knows and asks tgtd only for
+        the entries that change.
+        """
+        try:
+            self._call(_('setting the ACL of %s') % iqn,
+                       self._control.set_acl, iqn, sorted(initiators),
+                       expect=(priv_tgt.TargetMissing,))
+        except priv_tgt.TargetMissing:
+            return False
+        LOG.debug('ACL of target %(iqn)s is now %(acl)s.',
+                  {'iqn': iqn, 'acl': record.acl_for(initiators)})
+        return True
 
     def _targets_for_ensure(self) -> dict:
         """tgtd's targets, from one listing shared by an ensure burst."""
@@ -298,17 +331,16 @@ class TgtFileTarget(iscsi.ISCSITarget):
                known: bool = False) -> TargetState:
         """Make tgtd export ``spec``; the record file is written first.
 
-        ``state`` is the target as tgtd listed it, if ``known``; else it is
-        listed now. On failure nothing of this export is left in tgtd
-        (export_target rolls back) and a config file this call created is
-        removed.
+        ``state`` is the target as tgtd listed it, if ``known``; else
+        export_target is tried first and tgtd is listed only when a target
+        of that name exists with other settings. On failure nothing of this
+        export is left in tgtd (export_target rolls back) and a config file
+        this call created is removed.
         """
         new_file = not os.path.exists(self._conf_path(spec.iqn))
         self._write_spec(spec)
         try:
-            if not known:
-                state = self._show().get(spec.iqn)
-            tid = self._export(spec, state)
+            tid = self._export(spec, state, known)
         except Exception as err:
             if new_file:
                 self._remove_conf(spec.iqn)
@@ -327,7 +359,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
                                            spec.readonly)})
 
     def _export(self, spec: record.ExportSpec,
-                state: Optional[TargetState]) -> int:
+                state: Optional[TargetState], known: bool) -> int:
         """export_target, after replacing a target that is not ``spec``.
 
         Such a target is deleted when no initiator is logged in, else only
@@ -335,6 +367,12 @@ class TgtFileTarget(iscsi.ISCSITarget):
         the FUSE mount was back), which keeps the sessions.
         """
         bsoflags, write_cache = self._lun_options()
+        if not known:
+            try:
+                return self._export_target(spec,
+                                           expect=(priv_tgt.TargetConflict,))
+            except priv_tgt.TargetConflict:
+                state = self._show().get(spec.iqn)
         if state is not None and not self._serves(state, spec):
             if state.connected:
                 self._call(_('re-opening the LUN of %s') % spec.iqn,
@@ -346,13 +384,17 @@ class TgtFileTarget(iscsi.ISCSITarget):
                          {'iqn': spec.iqn, 'path': spec.path})
                 self._call(_('deleting %s') % spec.iqn,
                            self._control.delete_target, spec.iqn)
+        return self._export_target(spec)
+
+    def _export_target(self, spec: record.ExportSpec, expect=()) -> int:
+        bsoflags, write_cache = self._lun_options()
         return self._call(
             _('exporting %(path)s as LUN %(lun)d of target %(iqn)s')
             % {'path': spec.path, 'lun': LUN, 'iqn': spec.iqn},
             self._control.export_target, spec.iqn, spec.path,
             spec.chap_user, spec.chap_secret, sorted(spec.initiators),
             bsoflags, write_cache, spec.serial, spec.readonly,
-            secrets=(spec.chap_secret,))
+            secrets=(spec.chap_secret,), expect=expect)
 
     def _sync_acl(self, state: TargetState, initiators) -> None:
         """Make the live ACL match the config file, if it does not yet.
@@ -364,17 +406,14 @@ class TgtFileTarget(iscsi.ISCSITarget):
         want = record.acl_for(initiators)
         if sorted(state.acl) == sorted(want):
             return
-        self._call(_('setting the ACL of %s') % state.iqn,
-                   self._control.set_acl, state.iqn, sorted(initiators))
-        state.acl = want
-        LOG.debug('ACL of target %(iqn)s is now %(acl)s.',
-                  {'iqn': state.iqn, 'acl': state.acl})
+        if self._set_acl(state.iqn, initiators):
+            state.acl = want
 
     def _delete_target(self, iqn: str, volume_id: str) -> None:
         """Delete target, CHAP account and config file; gone is fine.
 
-        delete_target drops the accounts only this target used. The
-        account of the config file goes too: tgtd may hold it without the
+        delete_target drops the accounts only this target used, and the
+        account of the config file too: tgtd may hold it without the
         target (a half-made export of a crashed privsep daemon), and the
         secret must not outlive the export. One another target uses is
         kept.
@@ -382,19 +421,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         spec = self._read_spec(iqn)
         try:
             self._call(_('deleting %s') % iqn, self._control.delete_target,
-                       iqn)
-            if spec is not None:
-                try:
-                    self._control.delete_account(self.control_port,
-                                                 spec.chap_user)
-                except priv_tgt.TargetRefused as err:
-                    LOG.debug('Keeping the tgtd account of %(iqn)s: '
-                              '%(err)s', {'iqn': iqn, 'err': err})
-                except _CONTROL_ERRORS as err:
-                    raise exception.ISCSITargetHelperCommandFailed(
-                        error_message=_('deleting the account of %(iqn)s '
-                                        'failed: %(err)s')
-                        % {'iqn': iqn, 'err': err})
+                       iqn, spec.chap_user if spec is not None else None)
         except exception.ISCSITargetHelperCommandFailed as err:
             LOG.error('Could not remove the target of volume %(vol)s: '
                       '%(err)s', {'vol': volume_id, 'err': err.msg})
@@ -549,9 +576,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
             spec, initiators=spec.initiators - {initiator})
         try:
             self._write_spec(spec)
-            state = self._show().get(spec.iqn)
-            if state is not None:
-                self._sync_acl(state, spec.initiators)
+            self._set_acl(spec.iqn, spec.initiators)
         except exception.CinderException as err:
             LOG.warning('Could not take %(ini)s off the ACL of %(iqn)s: '
                         '%(err)s', {'ini': initiator, 'iqn': spec.iqn,
@@ -587,11 +612,9 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 spec = dataclasses.replace(
                     spec, initiators=spec.initiators | {initiator})
                 self._write_spec(spec)
-                state = self._show().get(iqn)
-                if state is None:
+                if not self._set_acl(iqn, spec.initiators):
                     msg = _('Target %s is not in tgtd') % iqn
                     raise exception.VolumeBackendAPIException(data=msg)
-                self._sync_acl(state, spec.initiators)
         return super().initialize_connection(volume, connector)
 
     def terminate_connection(self, volume, connector, **kwargs):
@@ -626,9 +649,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
             spec = dataclasses.replace(
                 spec, initiators=spec.initiators - {initiator})
             self._write_spec(spec)
-            state = self._show().get(iqn)
-            if state is not None:
-                self._sync_acl(state, spec.initiators)
+            self._set_acl(iqn, spec.initiators)
         return shared
 
     def validate_connector(self, connector):
@@ -651,7 +672,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         iqn = self._iqn(volume)
         with self._locked(iqn):
             self._show_cache = None
-            state = self._show().get(iqn)
+            state = self._describe(iqn)
             if state is None:
                 LOG.debug('Volume %s has no target to re-open.',
                           volume['id'])
@@ -777,7 +798,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
     # ISCSITarget's abstract hooks, for callers that use them directly
 
     def _get_target(self, iqn):
-        state = self._show().get(iqn)
+        state = self._describe(iqn)
         return state.tid if state else None
 
     def _get_iscsi_target(self, context, vol_id):

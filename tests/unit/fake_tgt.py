@@ -130,7 +130,7 @@ class FakeTgt:
                     or params.get('readonly') != readonly
                     or set(params.get('bsoflags', '').split(':'))
                     != set(bsoflags.split(':'))):
-                raise priv_tgt.TargetRefused(
+                raise priv_tgt.TargetConflict(
                     reason='target %s exists with other settings' % iqn)
             existing.acl = self._acl(initiators)
             return existing.tid
@@ -155,13 +155,27 @@ class FakeTgt:
             raise
         return tid
 
-    def delete_target(self, port, iqn):
-        self._enter('delete_target', port, iqn)
+    def describe(self, port, iqn):
+        self._enter('describe', port, iqn)
         target = self._ours(iqn)
         if target is None:
-            return
-        del self.targets[target.tid]
-        for user in target.accounts:
+            return None
+        params = target.lun_params.get(priv_tgt.LUN, {})
+        return {'tid': target.tid, 'iqn': iqn,
+                'path': target.luns.get(priv_tgt.LUN),
+                'serial': params.get('scsi_sn', ''),
+                'bsoflags': params.get('bsoflags', ''),
+                'readonly': params.get('readonly', False),
+                'accounts': list(target.accounts), 'acl': list(target.acl)}
+
+    def delete_target(self, port, iqn, chap_user=None):
+        self._enter('delete_target', port, iqn, chap_user)
+        target = self._ours(iqn)
+        users = {chap_user} - {None}
+        if target is not None:
+            del self.targets[target.tid]
+            users |= set(target.accounts)
+        for user in users:
             if not any(user in t.accounts for t in self.targets.values()):
                 self.accounts.pop(user, None)
 
@@ -170,7 +184,7 @@ class FakeTgt:
         target = self._ours(iqn)
         initiators = priv_tgt.check_initiators(initiators)
         if target is None:
-            raise priv_tgt.TargetRefused(reason='target %s does not exist'
+            raise priv_tgt.TargetMissing(reason='target %s does not exist'
                                          % iqn)
         if not target.accounts:
             raise priv_tgt.TargetRefused(reason='target %s has no CHAP '
@@ -184,19 +198,11 @@ class FakeTgt:
         target = self._ours(iqn)
         self._check_lun_args(path, bsoflags, write_cache, serial, readonly)
         if target is None:
-            raise priv_tgt.TargetRefused(reason='target %s does not exist'
+            raise priv_tgt.TargetMissing(reason='target %s does not exist'
                                          % iqn)
         target.luns.pop(priv_tgt.LUN, None)
         target.lun_params.pop(priv_tgt.LUN, None)
         self._add_lun(target, path, bsoflags, write_cache, serial, readonly)
-
-    def delete_account(self, port, user):
-        self._enter('delete_account', port, user)
-        users = [t.iqn for t in self.targets.values() if user in t.accounts]
-        if users:
-            raise priv_tgt.TargetRefused(reason='CHAP user %s is in use by '
-                                         '%s' % (user, ', '.join(users)))
-        self.accounts.pop(user, None)
 
     def render(self):
         """``tgtadm --mode target --op show`` as tgtd prints it."""

@@ -19,6 +19,7 @@ from cinder import exception
 
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as ptgt
+from fuse_cinder.privileged import tgt_view
 from fuse_cinder.target import tgtd_mgmt
 
 UUID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0'
@@ -198,13 +199,15 @@ def test_which_targets_are_ours(candidate, ours):
 def test_reopen_lun_waits_for_a_busy_lun(mountinfo):
     """tgtd refuses to delete a LUN with commands in flight; they drain."""
     client = mock.Mock()
-    client.targets.return_value = {IQN: target(
-        luns={0: tgtd_mgmt.Lun(), 1: tgtd_mgmt.Lun(path=PATH)})}
+    client.show_targets.return_value = (
+        'Target 1: %s\n    LUN information:\n        LUN: 0\n'
+        '        LUN: 1\n            Backing store path: %s\n' % (IQN, PATH))
     client.peer.return_value = (123, 0, 0)
     busy = tgtd_mgmt.TgtdError('this logical unit is still active',
                                tgtd_mgmt.LUN_ACTIVE)
     client.delete_lun.side_effect = [busy, busy, None]
     privileged.tgt_pctxt.set_client_mode(False)
+    tgt_view._VIEWS.clear()
     try:
         with mock.patch.object(ptgt, '_client', return_value=client), \
                 mock.patch.object(ptgt, 'check_path', return_value=PATH), \
@@ -213,6 +216,8 @@ def test_reopen_lun_waits_for_a_busy_lun(mountinfo):
             ptgt.reopen_lun(60, IQN, PATH, 'direct', True, SERIAL)
     finally:
         privileged.tgt_pctxt.set_client_mode(True)
+        tgt_view._VIEWS.clear()
     assert sleep.call_count == 2 and client.delete_lun.call_count == 3
-    add_lun.assert_called_once_with(client, 123, 1, PATH, 'direct', True,
-                                    SERIAL, False)
+    add_lun.assert_called_once_with(client, 123, mock.ANY, mock.ANY, PATH,
+                                    'direct', True, SERIAL, False)
+    assert add_lun.call_args[0][3].tid == 1

@@ -176,8 +176,8 @@ def test_the_driver_runs_no_command(target, tgtd):
         target.ensure_export(CTX, vol, path_of(vol))
         target.remove_export(CTX, vol)
     assert {c[0] for c in tgtd.calls} == {
-        'show', 'export_target', 'set_acl', 'reopen_lun', 'delete_target',
-        'delete_account'}
+        'show', 'describe', 'export_target', 'set_acl', 'reopen_lun',
+        'delete_target'}
 
 
 def test_the_privileged_module_is_the_default_control(backend_conf,
@@ -293,11 +293,12 @@ def test_missing_lun_fails_cleanly(target, tgtd, targets_dir, caplog):
 
 
 @pytest.mark.parametrize('entry_point,error', [
-    ('show', tgtd_mgmt.TgtdUnavailable('tgtd closed the connection')),
+    ('export_target',
+     tgtd_mgmt.TgtdUnavailable('tgtd closed the connection')),
     ('export_target', tgtd_mgmt.TgtdError('out of memory', 2)),
     ('export_target', priv_tgt.TargetRefused(reason='no free tid')),
     ('export_target', exception.InvalidInput(reason='bad')),
-], ids=['show', 'tgtd-error', 'refused', 'invalid'])
+], ids=['unavailable', 'tgtd-error', 'refused', 'invalid'])
 def test_a_failed_export_leaves_no_config_file(target, targets_dir,
                                                tgtd, entry_point, error):
     vol = volume(provider_auth=AUTH)
@@ -442,8 +443,9 @@ def test_connector_at_create_export_restricts_at_once(target, tgtd):
     assert acl(tgtd, vol) == ['0.0.0.0/32', HOST1]
     n = len(tgtd.calls)
     target.initialize_connection(vol, {'initiator': HOST1})
-    # already right: one show, no set_acl and no export
-    assert tgtd.calls[n:] == [('show',)]
+    # already right: no listing and no export; set_acl changes nothing
+    assert tgtd.calls[n:] == [('set_acl', PREFIX + vol.name, [HOST1])]
+    assert acl(tgtd, vol) == ['0.0.0.0/32', HOST1]
 
 
 def test_multiattach_keeps_every_host_until_it_detaches(target, tgtd):
@@ -586,7 +588,7 @@ def test_a_failed_connection_leaves_the_others_their_target(target, tgtd,
     # HOST2's attachment: create_export allows it, then the connection
     # fails and Cinder calls remove_export, HOST2 not being recorded
     export(target, vol, connector={'initiator': HOST2})
-    tgtd.fail('show', tgtd_mgmt.TgtdTimeout('no answer in 30 s'))
+    tgtd.fail('set_acl', tgtd_mgmt.TgtdTimeout('no answer in 30 s'))
     with pytest.raises(exception.ISCSITargetHelperCommandFailed):
         target.initialize_connection(vol, {'initiator': HOST2})
     target.remove_export(CTX, vol)
@@ -606,7 +608,7 @@ def test_a_failed_connection_of_an_attached_host_keeps_it(target, tgtd):
     export(target, vol, connector={'initiator': HOST1})
     target.initialize_connection(vol, {'initiator': HOST1})
     attach(vol, HOST1)
-    tgtd.fail('show', tgtd_mgmt.TgtdTimeout('no answer in 30 s'))
+    tgtd.fail('set_acl', tgtd_mgmt.TgtdTimeout('no answer in 30 s'))
     with pytest.raises(exception.ISCSITargetHelperCommandFailed):
         target.initialize_connection(vol, {'initiator': HOST1})
     target.remove_export(CTX, vol)
@@ -616,7 +618,7 @@ def test_a_failed_connection_of_an_attached_host_keeps_it(target, tgtd):
 def test_a_failed_first_connection_removes_the_export(target, tgtd):
     vol = volume(provider_auth=AUTH)
     export(target, vol, connector={'initiator': HOST1})
-    tgtd.fail('show', tgtd_mgmt.TgtdTimeout('no answer in 30 s'))
+    tgtd.fail('set_acl', tgtd_mgmt.TgtdTimeout('no answer in 30 s'))
     with pytest.raises(exception.ISCSITargetHelperCommandFailed):
         target.initialize_connection(vol, {'initiator': HOST1})
     target.remove_export(CTX, vol)
@@ -626,7 +628,7 @@ def test_a_failed_first_connection_removes_the_export(target, tgtd):
 def test_a_successful_connection_clears_an_earlier_failure(target, tgtd):
     vol = volume(provider_auth=AUTH, multiattach=True)
     export(target, vol, connector={'initiator': HOST1})
-    tgtd.fail('show', tgtd_mgmt.TgtdTimeout('no answer in 30 s'))
+    tgtd.fail('set_acl', tgtd_mgmt.TgtdTimeout('no answer in 30 s'))
     with pytest.raises(exception.ISCSITargetHelperCommandFailed):
         target.initialize_connection(vol, {'initiator': HOST1})
     target.initialize_connection(vol, {'initiator': HOST1})   # a retry
@@ -643,7 +645,7 @@ def test_a_failed_withdrawal_does_not_hide_the_first_error(target, tgtd,
     target.initialize_connection(vol, {'initiator': HOST1})
     attach(vol, HOST1)
     export(target, vol, connector={'initiator': HOST2})
-    tgtd.fail('show', tgtd_mgmt.TgtdTimeout('no answer in 30 s'), times=2)
+    tgtd.fail('set_acl', tgtd_mgmt.TgtdTimeout('no answer in 30 s'), times=2)
     with pytest.raises(exception.ISCSITargetHelperCommandFailed):
         target.initialize_connection(vol, {'initiator': HOST2})
     with caplog.at_level(logging.WARNING):
@@ -777,7 +779,7 @@ def test_remove_export_is_complete_and_idempotent(target, tgtd, targets_dir):
     assert tgtd.by_iqn(PREFIX + vol.name) is None    # --force: even busy
     assert USER not in tgtd.accounts               # no secret left in tgtd
     assert not os.path.exists(conf_file(targets_dir, vol))
-    assert ('delete_target', PREFIX + vol.name) in tgtd.calls
+    assert ('delete_target', PREFIX + vol.name, USER) in tgtd.calls
 
     target.remove_export(CTX, vol)
     target.remove_export(CTX, volume(1))           # never exported
@@ -928,7 +930,7 @@ def test_extend_target_reopens_the_lun_and_keeps_sessions(make_target,
 
     # tgtd separates open flags with ':'; the serial is the volume id's
     assert tgtd.calls[n:] == [
-        ('show',),
+        ('describe', PREFIX + vol.name),
         ('reopen_lun', PREFIX + vol.name, path_of(vol), 'direct:sync',
          False, serial_of(vol), False)]
     params = t.lun_params[1]
@@ -958,7 +960,8 @@ def test_reopen_lun_reports_a_file_tgtd_cannot_open(target, tgtd):
 def test_reopen_or_extend_without_target_is_a_noop(target, tgtd):
     assert target.reopen_lun(volume(provider_auth=AUTH)) is False
     target.extend_target(volume(provider_auth=AUTH))
-    assert tgtd.calls == [('show',), ('show',)]
+    iqn = PREFIX + volume().name
+    assert tgtd.calls == [('describe', iqn), ('describe', iqn)]
 
 
 def test_reopen_all_reopens_our_luns_in_the_directory(target, tgtd,
