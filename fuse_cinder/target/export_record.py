@@ -30,7 +30,6 @@ the file. CHAP is required in every case.
 import dataclasses
 import os
 import re
-import tempfile
 from typing import Optional
 
 from cinder import exception
@@ -157,35 +156,6 @@ def parse_config(text: str) -> Optional[ExportSpec]:
     return ExportSpec(iqn=iqn, volume_id=volume_id, path=path,
                       chap_user=user, chap_secret=secret,
                       initiators=frozenset(initiators), readonly=readonly)
-
-
-def write_file_atomic(path: str, content: str, mode: int = 0o600) -> None:
-    """Replace ``path`` so readers see the old or the new file, never half.
-
-    The temporary file is a dot file in the same directory, so tgt's
-    ``include dir/*.conf`` never picks it up.
-    """
-    dirname, basename = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix='.%s.' % basename, suffix='.tmp',
-                               dir=dirname)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, 'w') as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(dirname, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def check_initiator(name) -> None:

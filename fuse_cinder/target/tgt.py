@@ -40,6 +40,7 @@ from oslo_utils import fileutils
 from cinder.common import constants
 from cinder import exception
 from cinder.i18n import _
+from cinder import utils
 from cinder.volume.targets import iscsi
 from cinder.volume import volume_utils
 
@@ -293,7 +294,10 @@ class TgtFileTarget(iscsi.ISCSITarget):
                     return False
         except FileNotFoundError:
             fileutils.ensure_tree(self.volumes_dir, mode=0o750)
-        record.write_file_atomic(path, content)
+        # Cinder's writer: a 0600 temporary file named "<name>.conf<random>"
+        # (never matched by tgt's "include dir/*.conf"), synced, renamed.
+        utils.robust_file_write(self.volumes_dir, os.path.basename(path),
+                                content)
         LOG.debug('Wrote tgt config %s for target %s.', path, spec.iqn)
         return True
 

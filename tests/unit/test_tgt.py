@@ -230,7 +230,7 @@ def test_config_is_replaced_atomically(target, targets_dir):
     path = conf_file(targets_dir, vol)
     before = read(path)
 
-    with mock.patch('os.replace', side_effect=OSError(28, 'No space')):
+    with mock.patch('os.rename', side_effect=OSError(28, 'No space')):
         with pytest.raises(OSError):
             target.initialize_connection(vol, {'initiator': HOST1})
     # the old file is intact and no temporary file is left behind
@@ -238,26 +238,33 @@ def test_config_is_replaced_atomically(target, targets_dir):
     assert os.listdir(targets_dir) == [vol.name + '.conf']
 
 
-def test_write_file_atomic_syncs_file_and_directory(tmp_path):
-    path = str(tmp_path / 'volume-x.conf')
+def test_config_file_is_synced_0600_and_never_half_included(
+        target, targets_dir):
+    vol = volume(provider_auth=AUTH)
     synced = []
-    real_fsync = os.fsync
+    real_fdatasync, real_fsync = os.fdatasync, os.fsync
+
+    def fdatasync(fd):
+        # the temporary file, before its rename: tgt's glob skips it
+        name = os.readlink('/proc/self/fd/%d' % fd)
+        synced.append(('file', glob.glob(os.path.join(targets_dir,
+                                                      '*.conf'))))
+        assert not name.endswith('.conf')
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
+        real_fdatasync(fd)
 
     def fsync(fd):
-        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        synced.append(('dir' if stat.S_ISDIR(os.fstat(fd).st_mode)
+                       else 'file', None))
         real_fsync(fd)
 
-    with mock.patch('os.fsync', side_effect=fsync), \
-            mock.patch('tempfile.mkstemp',
-                       wraps=export_record.tempfile.mkstemp) as mk:
-        export_record.write_file_atomic(path, 'new\n')
-    assert synced == [False, True]
-    # the temporary name is a dot file: tgt's "include dir/*.conf" skips it
-    tmp_name = os.path.basename(mk.call_args.kwargs['prefix'])
-    assert tmp_name.startswith('.') and mk.call_args.kwargs['suffix'] == '.tmp'
-    assert read(path) == 'new\n'
+    with mock.patch('os.fdatasync', side_effect=fdatasync), \
+            mock.patch('os.fsync', side_effect=fsync):
+        export(target, vol)
+    path = conf_file(targets_dir, vol)
+    assert synced == [('file', []), ('dir', None), ('dir', None)]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert glob.glob(str(tmp_path / '*.conf')) == [path]
+    assert os.listdir(targets_dir) == [vol.name + '.conf']
 
 
 def test_control_port_zero_drives_the_default_tgtd(make_target):
