@@ -39,6 +39,7 @@ from fuse_cinder import fileops
 from fuse_cinder import mount as fuse_mount
 from fuse_cinder import names
 from fuse_cinder import options
+from fuse_cinder import processes
 from fuse_cinder.target import tgt
 from fuse_cinder import watch
 
@@ -59,6 +60,9 @@ class FuseISCSIDriver(driver.ISCSIDriver):
     SUPPORTS_ACTIVE_ACTIVE = False
 
     def __init__(self, *args, **kwargs):
+        # Cinder's manager passes no executor; ours spawns the mount's
+        # commands without forking all of cinder-volume (see processes).
+        kwargs.setdefault('execute', processes.execute)
         super().__init__(*args, **kwargs)
         self.configuration.append_config_values(options.fuse_opts)
         self.configuration.append_config_values(options.tgt_opts)

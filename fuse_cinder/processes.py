@@ -9,7 +9,72 @@
 #    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 #    License for the specific language governing permissions and limitations
 #    under the License.
-"""What the executor's failures mean, wherever it runs."""
+"""The driver's executor, and what its failures mean wherever it runs."""
+
+import os
+import shlex
+import subprocess
+
+from oslo_concurrency import processutils
+from oslo_log import log as logging
+from oslo_utils import strutils
+
+from cinder import utils
+
+LOG = logging.getLogger(__name__)
+
+#: The keyword arguments execute() implements itself; with any other it
+#: hands the command to Cinder's.
+_OWN_KWARGS = frozenset(('run_as_root', 'root_helper', 'check_exit_code',
+                         'timeout', 'process_input'))
+
+
+def execute(*cmd, **kwargs):
+    """Cinder's ``utils.execute``, started without a ``preexec_fn``.
+
+    processutils always passes one (to reset SIGPIPE), and with one
+    CPython must fork the whole cinder-volume process instead of using
+    vfork: 95 ms against 13 ms per command in a 385 MB process on this
+    project's 2-core machines, under load, most of it while the GIL is
+    held. Every export checks the mount with a command, so under a burst
+    of exports the forks alone saturated the service. subprocess's own
+    ``restore_signals`` resets SIGPIPE in the child instead. Same command
+    line (root helper included), return value, errors and timeout
+    behaviour as Cinder's; with keyword arguments beyond those, Cinder's
+    own executor runs the command.
+    """
+    if set(kwargs) - _OWN_KWARGS:
+        return utils.execute(*cmd, **kwargs)
+    check = kwargs.get('check_exit_code', True)
+    if isinstance(check, bool):
+        codes = [0] if check else None
+    elif isinstance(check, int):
+        codes = [check]
+    else:
+        codes = list(check)
+    cmd = tuple(str(c) for c in cmd)
+    if kwargs.get('run_as_root') and os.geteuid() != 0:
+        root_helper = kwargs.get('root_helper') or utils.get_root_helper()
+        cmd = tuple(shlex.split(root_helper)) + cmd
+    shown = strutils.mask_password(' '.join(cmd))
+    LOG.debug('Running cmd (subprocess): %s', shown)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            close_fds=True)
+    try:
+        out, err = proc.communicate(kwargs.get('process_input'),
+                                    timeout=kwargs.get('timeout'))
+    except BaseException:
+        LOG.debug('CMD "%s" did not complete.', shown)
+        raise
+    stdout, stderr = os.fsdecode(out), os.fsdecode(err)
+    LOG.debug('CMD "%s" returned: %s', shown, proc.returncode)
+    if codes is not None and proc.returncode not in codes:
+        raise processutils.ProcessExecutionError(
+            exit_code=proc.returncode,
+            stdout=strutils.mask_password(stdout),
+            stderr=strutils.mask_password(stderr), cmd=shown)
+    return stdout, stderr
 
 
 def is_timeout_expired(exc):

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -279,6 +280,16 @@ def test_cli_then_ctrl_c_leaves_nothing_behind(site, tmp_path):
     # The work dir was named, so it stays, with the volume still there.
     assert (work / 'backing' / 'volumes' / ('volume-%s' % vol2)).exists()
     assert _errors(work / 'cinder' / 'cinder.log') == []
+    # Cinder's database kept its write-ahead log (no fsync per commit)
+    # and still knows the volume left behind.
+    db = sqlite3.connect('file:%s?mode=ro' % (work / 'cinder' /
+                                              'cinder.sqlite'), uri=True)
+    try:
+        assert db.execute('PRAGMA journal_mode').fetchone() == ('wal',)
+        assert db.execute('SELECT display_name FROM volumes WHERE id = ?',
+                          (vol2,)).fetchone() == ('aio-2',)
+    finally:
+        db.close()
 
 
 def test_self_check_on_an_existing_fuse_mount(site, tmp_path):
