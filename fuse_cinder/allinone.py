@@ -90,6 +90,64 @@ def find_api_paste():
     return _find_etc_file('api-paste.ini')
 
 
+#: The only auth_strategy served here: the readiness probe, --self-check
+#: and the CLI environment the launcher prints speak noauth, and there is
+#: no Keystone to ask for tokens.
+AUTH_STRATEGY = 'noauth'
+#: Cinder's own default (cinder/common/config.py), for a cinder.conf that
+#: does not set it.
+CINDER_AUTH_DEFAULT = 'keystone'
+
+
+def _config_file_args(args):
+    """The --config-file and --config-dir arguments of ``args``, in order.
+
+    Both spellings, ``--config-file F`` and ``--config-file=F``; the other
+    arguments are Cinder's and do not matter for the check.
+    """
+    picked = []
+    args = iter(args)
+    for arg in args:
+        name, eq, value = arg.partition('=')
+        if name in ('--config-file', '--config-dir'):
+            value = value if eq else next(args, None)
+            if value is not None:
+                picked += [name, value]
+    return picked
+
+
+def config_refusal(config_args, default):
+    """Why Cinder cannot serve here with these config files, or None.
+
+    The files are read as Cinder will read them, by oslo.config (later
+    files win, --config-dir included); ``default`` is what holds when none
+    sets auth_strategy. With keystone the services would start and never
+    be reported ready: the readiness probe's noauth token is refused.
+    Runs before anything is started or Cinder is imported; files that
+    cannot be read are left to Cinder, whose parse names them.
+    """
+    from oslo_config import cfg
+
+    conf = cfg.ConfigOpts()
+    conf.register_opt(cfg.StrOpt('auth_strategy', default=default))
+    try:
+        conf(_config_file_args(config_args), project='cinder',
+             default_config_files=[])
+    except (cfg.Error, OSError):
+        return None         # Cinder's own parse reports it, its own way
+    if conf.auth_strategy == AUTH_STRATEGY:
+        return None
+    where = conf.get_location('auth_strategy').detail
+    return ('[DEFAULT] auth_strategy = %(value)s%(where)s is not supported: '
+            'the all-in-one runs Cinder with auth_strategy = %(ours)s (its '
+            'readiness check, --self-check and the CLI environment it '
+            'prints use noauth; there is no Keystone). Remove the option, '
+            'or deploy Cinder with Keystone as README.rst "Multi-process '
+            'deployment" describes.'
+            % {'value': conf.auth_strategy, 'ours': AUTH_STRATEGY,
+               'where': ' (set in %s)' % where if where else ''})
+
+
 def build_config(state_dir, api_port=8776, volume_driver=DEFAULT_DRIVER,
                  volumes_home=None, tgt_control_port=None,
                  target_ip='127.0.0.1', target_port=3260,
@@ -387,7 +445,7 @@ def run_services(argv):
     """Only the Cinder services, in this process (``--state-dir``)."""
     args, rest = parse_args(argv)
     if args.use_config:
-        return run(['--config-file', args.use_config] + rest)
+        return _run_checked(['--config-file', args.use_config] + rest)
     paste = args.api_paste_config or find_api_paste()
     if not paste:
         sys.stderr.write('Cannot find the api-paste.ini of the installed '
@@ -404,7 +462,16 @@ def run_services(argv):
     if args.write_config_only:
         print(path)
         return 0
-    return run(['--config-file', path] + rest)
+    return _run_checked(['--config-file', path] + rest)
+
+
+def _run_checked(config_args):
+    """run(), unless the configuration cannot be served (exit 2)."""
+    why = config_refusal(config_args, CINDER_AUTH_DEFAULT)
+    if why:
+        sys.stderr.write('fuse-cinder-allinone: %s\n' % why)
+        return 2
+    return run(config_args)
 
 
 # -- the whole deployment: tgtd, FUSE mount, services, clean stop ----------
@@ -694,11 +761,22 @@ class Deployment(object):
 
     def start(self):
         os.makedirs(self.state_dir, exist_ok=True)
+        self._check_config()
         self._check_host()
         self._patch_cinder()
         self._start_tgtd()
         self._prepare_volumes_home()
         self._start_services()
+
+    def _check_config(self):
+        """Refuse extra config files that the services cannot run with.
+
+        The services' cinder.conf, generated later, comes first and sets
+        noauth: that is what holds unless an extra file changes it.
+        """
+        why = config_refusal(self.cinder_args, AUTH_STRATEGY)
+        if why:
+            raise LaunchError(why)
 
     def _check_host(self):
         if os.geteuid() != 0:

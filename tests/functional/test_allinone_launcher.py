@@ -381,3 +381,60 @@ def test_self_check_unprivileged_leaves_no_user(site, tmp_path):
     assert set(glob.glob('/etc/fuse-cinder-aio-*')) == etc_before
     work = re.search(r'^work dir: (\S+)$', out, re.M).group(1)
     assert not os.path.exists(work)
+
+
+def _left_running(text, session=None):
+    """Live processes whose command line holds ``text`` or of ``session``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        fields = sandbox.proc_stat(pid)
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                cmdline = f.read().replace(b'\0', b' ').decode(
+                    errors='replace')
+        except OSError:
+            continue
+        if fields is not None and (int(fields[3]) == session or
+                                   text in cmdline):
+            found.append('%s %s' % (pid, cmdline))
+    return found
+
+
+def test_refuses_keystone_before_starting_anything(site, tmp_path):
+    """Its readiness probe speaks noauth: say so instead of hanging."""
+    extra = tmp_path / 'keystone.conf'
+    extra.write_text('[DEFAULT]\nauth_strategy = keystone\n')
+    work = tmp_path / 'work'
+    launcher = Launcher(site, tmp_path / 'launcher.out',
+                        '--work-dir', str(work), '--config-file', str(extra))
+    try:
+        code = launcher.wait(120)
+    finally:
+        launcher.kill()
+    out = launcher.output
+    assert code == 1, out
+    [error] = [line for line in out.splitlines() if 'ERROR' in line]
+    assert error.startswith('ERROR: [DEFAULT] auth_strategy = keystone '
+                            '(set in %s) is not supported: the all-in-one '
+                            'runs Cinder with auth_strategy = noauth'
+                            % extra), out
+    assert 'tgtd:' not in out and 'patch:' not in out, out
+    assert 'stopped: no targets, mounts or processes left' in out
+    assert not (work / 'tgtd.log').exists()
+    assert not any(p.startswith(str(work)) for p, _fs in sandbox.mounts())
+    assert _left_running(str(work), session=launcher.proc.pid) == []
+
+    # The services alone (what the launcher runs as its child): exit 2,
+    # before the database or the log exist.
+    state = tmp_path / 'state'
+    res = subprocess.run(
+        [sys.executable, '-m', 'fuse_cinder.allinone', '--state-dir',
+         str(state), '--config-file', str(extra)], capture_output=True,
+        text=True, timeout=120, stdin=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=patched_cinder.pythonpath(site)))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert 'auth_strategy = keystone' in res.stderr
+    assert 'runs Cinder with auth_strategy = noauth' in res.stderr
+    assert sorted(os.listdir(state)) == ['cinder.conf', 'coordination',
+                                         'locks', 'targets']
+    assert _left_running(str(state)) == []

@@ -233,3 +233,110 @@ def test_own_bin_directory_goes_first_on_path_once(monkeypatch):
     allinone._put_own_bin_on_path()
     allinone._put_own_bin_on_path()
     assert os.environ['PATH'] == '%s:/usr/bin:/bin' % bindir
+
+
+# -- auth_strategy: the all-in-one serves noauth only ------------------------
+
+KEYSTONE = '[DEFAULT]\nauth_strategy = keystone\n'
+
+
+def _conf(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _services(tmp_path, monkeypatch, *cinder_args):
+    """run_services on its generated cinder.conf; (exit code, run calls)."""
+    seen = []
+    monkeypatch.setattr(allinone, 'run', seen.append)
+    code = allinone.main(['--state-dir', str(tmp_path / 'state'),
+                          '--api-paste-config', '/x/api-paste.ini'] +
+                         list(cinder_args))
+    return code, seen
+
+
+def _assert_refusal(text, value='keystone', where=None):
+    assert 'auth_strategy = %s' % value in text
+    assert 'runs Cinder with auth_strategy = noauth' in text
+    if where:
+        assert '(set in %s)' % where in text
+
+
+def test_services_refuse_keystone_from_an_extra_file(tmp_path, monkeypatch,
+                                                     capsys):
+    extra = _conf(tmp_path, 'keystone.conf', KEYSTONE)
+    code, seen = _services(tmp_path, monkeypatch, '--config-file', extra)
+    assert (code, seen) == (2, [])
+    err = capsys.readouterr().err
+    assert err.startswith('fuse-cinder-allinone: [DEFAULT] auth_strategy')
+    assert err.count('\n') == 1
+    _assert_refusal(err, where=extra)
+
+
+@pytest.mark.parametrize('spelling', ['--config-file=%s', '--config-dir=%s'])
+def test_every_spelling_and_config_dirs_are_read(tmp_path, monkeypatch,
+                                                 capsys, spelling):
+    conf_dir = tmp_path / 'conf.d'
+    conf_dir.mkdir()
+    extra = _conf(conf_dir, '50-auth.conf', '[DEFAULT]\nauth_strategy = '
+                  'noauth_include_project_id\n')
+    arg = spelling % (extra if 'file' in spelling else conf_dir)
+    code, seen = _services(tmp_path, monkeypatch, arg)
+    assert (code, seen) == (2, [])
+    _assert_refusal(capsys.readouterr().err, 'noauth_include_project_id')
+
+
+def test_the_last_file_wins_as_in_cinder(tmp_path, monkeypatch):
+    keystone = _conf(tmp_path, 'a.conf', KEYSTONE)
+    noauth = _conf(tmp_path, 'b.conf', '[DEFAULT]\nauth_strategy = noauth\n')
+    code, seen = _services(tmp_path, monkeypatch, '--config-file', keystone,
+                           '--config-file', noauth)
+    assert code is None                 # what the recorded run returned
+    assert seen == [['--config-file', str(tmp_path / 'state' /
+                                          'cinder.conf'),
+                     '--config-file', keystone, '--config-file', noauth]]
+    code, seen = _services(tmp_path, monkeypatch, '--config-file', noauth,
+                           '--config-file', keystone)
+    assert (code, seen) == (2, [])
+
+
+def test_other_options_in_an_extra_file_still_run(tmp_path, monkeypatch):
+    extra = _conf(tmp_path, 'x.conf', '[DEFAULT]\ndebug = True\n'
+                  '[fuse]\nfuse_sparse_volumes = False\n')
+    code, seen = _services(tmp_path, monkeypatch, '--config-file', extra)
+    assert len(seen) == 1 and seen[0][-1] == extra
+
+
+def test_a_used_config_without_auth_strategy_is_keystone(tmp_path,
+                                                         monkeypatch,
+                                                         capsys):
+    """Cinder's default is keystone: --use-config must say noauth."""
+    seen = []
+    monkeypatch.setattr(allinone, 'run', seen.append)
+    bare = _conf(tmp_path, 'cinder.conf', '[DEFAULT]\nhost = x\n')
+    assert allinone.main(['--state-dir', str(tmp_path),
+                          '--use-config', bare]) == 2
+    assert seen == []
+    _assert_refusal(capsys.readouterr().err)
+
+
+def test_deploy_refuses_keystone_before_starting_anything(tmp_path,
+                                                          monkeypatch):
+    started = []
+    monkeypatch.setattr(allinone.sandbox.Tgtd, 'start', started.append)
+    monkeypatch.setattr(allinone.sandbox.BindfsMount, 'start',
+                        started.append)
+    monkeypatch.setattr(allinone.subprocess, 'run',
+                        lambda *a, **k: started.append(a))
+    monkeypatch.setattr(allinone.subprocess, 'Popen',
+                        lambda *a, **k: started.append(a))
+    extra = _conf(tmp_path, 'keystone.conf', KEYSTONE)
+    lines = []
+    code = allinone.deploy(['--work-dir', str(tmp_path / 'w'),
+                            '--config-file', extra], out=lines.append)
+    assert code == 1
+    assert started == []
+    [error] = [line for line in lines if line.startswith('ERROR: ')]
+    _assert_refusal(error, where=extra)
+    assert lines[-1] == 'stopped: no targets, mounts or processes left'
