@@ -13,7 +13,9 @@
 
 For trying the driver and for functional tests: no message broker
 (``transport_url = fake:/``, which only works inside one process), a
-SQLite database, ``noauth`` and one backend.  It is not a production
+SQLite database, ``noauth`` (an extra config file that sets another
+``auth_strategy`` is refused before anything starts: the readiness
+probe speaks noauth) and one backend.  It is not a production
 deployment: README.rst "Multi-process deployment" runs the three services
 separately, on RabbitMQ and MariaDB.
 

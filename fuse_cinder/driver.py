@@ -499,7 +499,9 @@ class FuseISCSIDriver(driver.ISCSIDriver):
     def unmanage_snapshot(self, snapshot):
         """Keep the file as ``snapshot-<id>``, listed as manageable again.
 
-        Tempest's manage_snapshot_ref is ``source-name,snapshot-%s``.
+        Tempest manages it back with manage_snapshot_ref set to
+        ``source-name,snapshot-%s``; its default, ``_snapshot-%s``, is
+        the LVM driver's escaped LV name.
         """
         self._release_file(snapshot)
 

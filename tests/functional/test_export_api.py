@@ -854,6 +854,10 @@ def test_unmanaged_snapshot_and_volume_are_managed_back(real_cinder,
                                'managed-back', src,
                                'snapshot-' + snap).stdout, 'id')
     aio.wait_status(back, 'available', kind='snapshot')
+    # What Tempest's test_unmanage_manage_snapshot checks of it.
+    _code, body = aio.http('GET', '/snapshots/%s' % back)
+    assert (body['snapshot']['size'], body['snapshot']['volume_id'],
+            body['snapshot']['name']) == (1, src, 'managed-back')
     assert not os.path.exists(backing_file('snapshot-' + snap))
     _cmp(kept, backing_file('snapshot-' + back))
     row = _listed(aio, 'snapshot-manageable-list', host, 'snapshot-' + back)
