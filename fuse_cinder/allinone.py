@@ -96,9 +96,6 @@ def find_api_paste():
 #: and the CLI environment the launcher prints speak noauth, and there is
 #: no Keystone to ask for tokens.
 AUTH_STRATEGY = 'noauth'
-#: Cinder's own default (cinder/common/config.py), for a cinder.conf that
-#: does not set it.
-CINDER_AUTH_DEFAULT = 'keystone'
 
 
 def _config_file_args(args):
@@ -118,25 +115,12 @@ def _config_file_args(args):
     return picked
 
 
-def config_refusal(config_args, default):
-    """Why Cinder cannot serve here with these config files, or None.
+def auth_refusal(conf):
+    """Why Cinder cannot serve here with the parsed ``conf``, or None.
 
-    The files are read as Cinder will read them, by oslo.config (later
-    files win, --config-dir included); ``default`` is what holds when none
-    sets auth_strategy. With keystone the services would start and never
-    be reported ready: the readiness probe's noauth token is refused.
-    Runs before anything is started or Cinder is imported; files that
-    cannot be read are left to Cinder, whose parse names them.
+    With keystone the services would start and never be reported ready:
+    the readiness probe's noauth token is refused.
     """
-    from oslo_config import cfg
-
-    conf = cfg.ConfigOpts()
-    conf.register_opt(cfg.StrOpt('auth_strategy', default=default))
-    try:
-        conf(_config_file_args(config_args), project='cinder',
-             default_config_files=[])
-    except (cfg.Error, OSError):
-        return None         # Cinder's own parse reports it, its own way
     if conf.auth_strategy == AUTH_STRATEGY:
         return None
     where = conf.get_location('auth_strategy').detail
@@ -148,6 +132,26 @@ def config_refusal(config_args, default):
             'deployment" describes.'
             % {'value': conf.auth_strategy, 'ours': AUTH_STRATEGY,
                'where': ' (set in %s)' % where if where else ''})
+
+
+def config_refusal(config_args):
+    """auth_refusal() of extra config files, before anything is started.
+
+    The launcher's own process: the files are read as Cinder will read
+    them, by oslo.config (later files win, --config-dir included), after
+    the services' generated cinder.conf, which sets noauth. Files that
+    cannot be read are left to Cinder, whose parse names them.
+    """
+    from oslo_config import cfg
+
+    conf = cfg.ConfigOpts()
+    conf.register_opt(cfg.StrOpt('auth_strategy', default=AUTH_STRATEGY))
+    try:
+        conf(_config_file_args(config_args), project='cinder',
+             default_config_files=[])
+    except (cfg.Error, OSError):
+        return None         # Cinder's own parse reports it, its own way
+    return auth_refusal(conf)
 
 
 def build_config(state_dir, api_port=8776, volume_driver=DEFAULT_DRIVER,
@@ -320,6 +324,10 @@ def run(config_args):
     objects.register_all()
     conf = cfg.CONF
     conf(config_args, project='cinder', version=version.version_string())
+    refusal = auth_refusal(conf)
+    if refusal:         # before the log, the database or any service
+        sys.stderr.write('fuse-cinder-allinone: %s\n' % refusal)
+        return 2
     config.set_middleware_defaults()
     logging.setup(conf, 'cinder')
     python_logging.captureWarnings(True)
@@ -447,7 +455,7 @@ def run_services(argv):
     """Only the Cinder services, in this process (``--state-dir``)."""
     args, rest = parse_args(argv)
     if args.use_config:
-        return _run_checked(['--config-file', args.use_config] + rest)
+        return run(['--config-file', args.use_config] + rest)
     paste = args.api_paste_config or find_api_paste()
     if not paste:
         sys.stderr.write('Cannot find the api-paste.ini of the installed '
@@ -464,16 +472,7 @@ def run_services(argv):
     if args.write_config_only:
         print(path)
         return 0
-    return _run_checked(['--config-file', path] + rest)
-
-
-def _run_checked(config_args):
-    """run(), unless the configuration cannot be served (exit 2)."""
-    why = config_refusal(config_args, CINDER_AUTH_DEFAULT)
-    if why:
-        sys.stderr.write('fuse-cinder-allinone: %s\n' % why)
-        return 2
-    return run(config_args)
+    return run(['--config-file', path] + rest)
 
 
 # -- the whole deployment: tgtd, FUSE mount, services, clean stop ----------
@@ -771,12 +770,8 @@ class Deployment(object):
         self._start_services()
 
     def _check_config(self):
-        """Refuse extra config files that the services cannot run with.
-
-        The services' cinder.conf, generated later, comes first and sets
-        noauth: that is what holds unless an extra file changes it.
-        """
-        why = config_refusal(self.cinder_args, AUTH_STRATEGY)
+        """Refuse extra config files that the services cannot run with."""
+        why = config_refusal(self.cinder_args)
         if why:
             raise LaunchError(why)
 

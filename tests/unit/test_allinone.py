@@ -246,16 +246,6 @@ def _conf(tmp_path, name, text):
     return str(path)
 
 
-def _services(tmp_path, monkeypatch, *cinder_args):
-    """run_services on its generated cinder.conf; (exit code, run calls)."""
-    seen = []
-    monkeypatch.setattr(allinone, 'run', seen.append)
-    code = allinone.main(['--state-dir', str(tmp_path / 'state'),
-                          '--api-paste-config', '/x/api-paste.ini'] +
-                         list(cinder_args))
-    return code, seen
-
-
 def _assert_refusal(text, value='keystone', where=None):
     assert 'auth_strategy = %s' % value in text
     assert 'runs Cinder with auth_strategy = noauth' in text
@@ -263,62 +253,44 @@ def _assert_refusal(text, value='keystone', where=None):
         assert '(set in %s)' % where in text
 
 
-def test_services_refuse_keystone_from_an_extra_file(tmp_path, monkeypatch,
-                                                     capsys):
+def test_keystone_in_an_extra_file_is_refused(tmp_path):
     extra = _conf(tmp_path, 'keystone.conf', KEYSTONE)
-    code, seen = _services(tmp_path, monkeypatch, '--config-file', extra)
-    assert (code, seen) == (2, [])
-    err = capsys.readouterr().err
-    assert err.startswith('fuse-cinder-allinone: [DEFAULT] auth_strategy')
-    assert err.count('\n') == 1
-    _assert_refusal(err, where=extra)
+    why = allinone.config_refusal(['--debug', '--config-file', extra])
+    assert why.startswith('[DEFAULT] auth_strategy = keystone (set in %s) '
+                          'is not supported' % extra)
+    _assert_refusal(why)
+    assert '\n' not in why
 
 
-@pytest.mark.parametrize('spelling', ['--config-file=%s', '--config-dir=%s'])
-def test_every_spelling_and_config_dirs_are_read(tmp_path, monkeypatch,
-                                                 capsys, spelling):
+@pytest.mark.parametrize('spelling', [
+    ['--config-file=%(file)s'], ['--config-dir', '%(dir)s'],
+    ['--config-dir=%(dir)s']])
+def test_every_spelling_and_config_dirs_are_read(tmp_path, spelling):
     conf_dir = tmp_path / 'conf.d'
     conf_dir.mkdir()
     extra = _conf(conf_dir, '50-auth.conf', '[DEFAULT]\nauth_strategy = '
                   'noauth_include_project_id\n')
-    arg = spelling % (extra if 'file' in spelling else conf_dir)
-    code, seen = _services(tmp_path, monkeypatch, arg)
-    assert (code, seen) == (2, [])
-    _assert_refusal(capsys.readouterr().err, 'noauth_include_project_id')
+    args = [a % {'file': extra, 'dir': conf_dir} for a in spelling]
+    _assert_refusal(allinone.config_refusal(args),
+                    'noauth_include_project_id', where=extra)
 
 
-def test_the_last_file_wins_as_in_cinder(tmp_path, monkeypatch):
+def test_the_last_file_wins_as_in_cinder(tmp_path):
     keystone = _conf(tmp_path, 'a.conf', KEYSTONE)
     noauth = _conf(tmp_path, 'b.conf', '[DEFAULT]\nauth_strategy = noauth\n')
-    code, seen = _services(tmp_path, monkeypatch, '--config-file', keystone,
-                           '--config-file', noauth)
-    assert code is None                 # what the recorded run returned
-    assert seen == [['--config-file', str(tmp_path / 'state' /
-                                          'cinder.conf'),
-                     '--config-file', keystone, '--config-file', noauth]]
-    code, seen = _services(tmp_path, monkeypatch, '--config-file', noauth,
-                           '--config-file', keystone)
-    assert (code, seen) == (2, [])
+    assert allinone.config_refusal(['--config-file', keystone,
+                                    '--config-file', noauth]) is None
+    _assert_refusal(allinone.config_refusal(
+        ['--config-file', noauth, '--config-file', keystone]))
 
 
-def test_other_options_in_an_extra_file_still_run(tmp_path, monkeypatch):
+def test_other_configuration_is_fine(tmp_path):
     extra = _conf(tmp_path, 'x.conf', '[DEFAULT]\ndebug = True\n'
                   '[fuse]\nfuse_sparse_volumes = False\n')
-    code, seen = _services(tmp_path, monkeypatch, '--config-file', extra)
-    assert len(seen) == 1 and seen[0][-1] == extra
-
-
-def test_a_used_config_without_auth_strategy_is_keystone(tmp_path,
-                                                         monkeypatch,
-                                                         capsys):
-    """Cinder's default is keystone: --use-config must say noauth."""
-    seen = []
-    monkeypatch.setattr(allinone, 'run', seen.append)
-    bare = _conf(tmp_path, 'cinder.conf', '[DEFAULT]\nhost = x\n')
-    assert allinone.main(['--state-dir', str(tmp_path),
-                          '--use-config', bare]) == 2
-    assert seen == []
-    _assert_refusal(capsys.readouterr().err)
+    assert allinone.config_refusal([]) is None
+    assert allinone.config_refusal(['--config-file', extra]) is None
+    # Unreadable files are left to Cinder's own parse, which names them.
+    assert allinone.config_refusal(['--config-file', '/nonexistent']) is None
 
 
 def test_deploy_refuses_keystone_before_starting_anything(tmp_path,
@@ -340,3 +312,42 @@ def test_deploy_refuses_keystone_before_starting_anything(tmp_path,
     [error] = [line for line in lines if line.startswith('ERROR: ')]
     _assert_refusal(error, where=extra)
     assert lines[-1] == 'stopped: no targets, mounts or processes left'
+
+
+def _services(tmp_path, *args):
+    """The services alone, in a child: it monkey-patches and parses."""
+    return subprocess.run(
+        [sys.executable, '-m', 'fuse_cinder.allinone',
+         '--state-dir', str(tmp_path / 'state')] + list(args),
+        capture_output=True, text=True, timeout=120,
+        stdin=subprocess.DEVNULL)
+
+
+def _refusals(res):
+    """The launcher's own lines (Cinder's import warns on stderr too)."""
+    return [line for line in res.stderr.splitlines()
+            if line.startswith('fuse-cinder-allinone: ')]
+
+
+def test_services_refuse_keystone_before_anything_starts(tmp_path):
+    extra = _conf(tmp_path, 'keystone.conf', KEYSTONE)
+    res = _services(tmp_path, '--api-paste-config', '/x/api-paste.ini',
+                    '--config-file', extra)
+    assert res.returncode == 2, res.stdout + res.stderr
+    [line] = _refusals(res)
+    assert line.startswith('fuse-cinder-allinone: [DEFAULT] auth_strategy = '
+                           'keystone (set in %s)' % extra), line
+    _assert_refusal(line)
+    # No log, no database: refused before either is opened.
+    assert sorted(os.listdir(tmp_path / 'state')) == [
+        'cinder.conf', 'coordination', 'locks', 'targets']
+
+
+def test_a_used_config_without_auth_strategy_is_keystone(tmp_path):
+    """Cinder's default is keystone: a --use-config file must say noauth."""
+    bare = _conf(tmp_path, 'cinder.conf', '[DEFAULT]\nhost = x\n')
+    res = _services(tmp_path, '--use-config', bare)
+    assert res.returncode == 2, res.stdout + res.stderr
+    [line] = _refusals(res)
+    assert 'auth_strategy = keystone is not supported' in line
+    _assert_refusal(line)
