@@ -553,13 +553,15 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                     names.is_object(name)):
                 continue
             snap_id = name[len(names.SNAPSHOT_PREFIX):]
-            record = mine.get(name) or self._record(ctxt, 'snapshot',
-                                                    snap_id)
+            record = mine.get(name)
+            if record is None:
+                record = self._record(ctxt, 'snapshot', snap_id)
             known = record is not None and not record.deleted
             entry = self._manageable_entry(name, size,
                                            snap_id if known else None)
             entry['source_reference'] = {'source-name': (
-                names.VOLUME_PREFIX + record.volume_id if record else None)}
+                names.VOLUME_PREFIX + record.volume_id
+                if record is not None else None)}
             entries.append(entry)
         return volume_utils.paginate_entries_list(
             entries, marker, limit, offset, sort_keys, sort_dirs)
