@@ -127,6 +127,16 @@ class Launcher(object):
                 subprocess.run(['umount', '-l', point], check=False)
 
 
+def run_to_end(site, tmp_path, timeout, *args):
+    """The launcher run until it exits by itself: (exit code, output)."""
+    launcher = Launcher(site, tmp_path / 'launcher.out', *args)
+    try:
+        code = launcher.wait(timeout)
+    finally:
+        launcher.kill()
+    return code, launcher.output, launcher
+
+
 def _cli_env(export_line):
     """The environment a shell has after the printed ``export ...`` line.
 
@@ -284,13 +294,9 @@ def test_cli_then_ctrl_c_leaves_nothing_behind(site, tmp_path):
 def test_self_check_on_an_existing_fuse_mount(site, tmp_path):
     with sandbox.BindfsMount(tmp_path / 'backing', tmp_path / 'mnt') as mnt:
         home = os.path.join(mnt.mountpoint, 'vols')
-        launcher = Launcher(site, tmp_path / 'launcher.out',
-                            '--volumes-home', home, '--self-check')
-        try:
-            code = launcher.wait(300)
-        finally:
-            launcher.kill()
-        out = launcher.output
+        code, out, _launcher = run_to_end(site, tmp_path, 300,
+                                          '--volumes-home', home,
+                                          '--self-check')
         assert code == 0, out
         assert 'self-check passed' in out
         # The snapshot and the clone are timed and hold the data.
@@ -313,14 +319,9 @@ def test_self_check_on_an_existing_fuse_mount(site, tmp_path):
 
 
 def test_refuses_a_volumes_home_off_fuse(site, tmp_path):
-    launcher = Launcher(site, tmp_path / 'launcher.out',
-                        '--work-dir', str(tmp_path / 'work'),
-                        '--volumes-home', str(tmp_path))
-    try:
-        code = launcher.wait(120)
-    finally:
-        launcher.kill()
-    out = launcher.output
+    code, out, _launcher = run_to_end(site, tmp_path, 120,
+                                      '--work-dir', str(tmp_path / 'work'),
+                                      '--volumes-home', str(tmp_path))
     assert code == 1
     assert 'is not on a FUSE mount' in out
     assert 'tgtd:' not in out       # refused before starting anything
@@ -405,13 +406,8 @@ def test_refuses_keystone_before_starting_anything(site, tmp_path):
     extra = tmp_path / 'keystone.conf'
     extra.write_text('[DEFAULT]\nauth_strategy = keystone\n')
     work = tmp_path / 'work'
-    launcher = Launcher(site, tmp_path / 'launcher.out',
-                        '--work-dir', str(work), '--config-file', str(extra))
-    try:
-        code = launcher.wait(120)
-    finally:
-        launcher.kill()
-    out = launcher.output
+    code, out, launcher = run_to_end(site, tmp_path, 120, '--work-dir',
+                                     str(work), '--config-file', str(extra))
     assert code == 1, out
     [error] = [line for line in out.splitlines() if 'ERROR' in line]
     assert error.startswith('ERROR: [DEFAULT] auth_strategy = keystone '
