@@ -13,7 +13,9 @@
 
 For trying the driver and for functional tests: no message broker
 (``transport_url = fake:/``, which only works inside one process), a
-SQLite database, ``noauth`` and one backend.  It is not a production
+SQLite database, ``noauth`` (an extra config file that sets another
+``auth_strategy`` is refused before anything starts: the readiness
+probe speaks noauth) and one backend.  It is not a production
 deployment: README.rst "Multi-process deployment" runs the three services
 separately, on RabbitMQ and MariaDB.
 
@@ -88,6 +90,68 @@ def _find_etc_file(name, near=None):
 def find_api_paste():
     """Return the api-paste.ini shipped with the installed Cinder."""
     return _find_etc_file('api-paste.ini')
+
+
+#: The only auth_strategy served here: the readiness probe, --self-check
+#: and the CLI environment the launcher prints speak noauth, and there is
+#: no Keystone to ask for tokens.
+AUTH_STRATEGY = 'noauth'
+
+
+def _config_file_args(args):
+    """The --config-file and --config-dir arguments of ``args``, in order.
+
+    Both spellings, ``--config-file F`` and ``--config-file=F``; the other
+    arguments are Cinder's and do not matter for the check.
+    """
+    picked = []
+    args = iter(args)
+    for arg in args:
+        name, eq, value = arg.partition('=')
+        if name in ('--config-file', '--config-dir'):
+            value = value if eq else next(args, None)
+            if value is not None:
+                picked += [name, value]
+    return picked
+
+
+def auth_refusal(conf):
+    """Why Cinder cannot serve here with the parsed ``conf``, or None.
+
+    With keystone the services would start and never be reported ready:
+    the readiness probe's noauth token is refused.
+    """
+    if conf.auth_strategy == AUTH_STRATEGY:
+        return None
+    where = conf.get_location('auth_strategy').detail
+    return ('[DEFAULT] auth_strategy = %(value)s%(where)s is not supported: '
+            'the all-in-one runs Cinder with auth_strategy = %(ours)s (its '
+            'readiness check, --self-check and the CLI environment it '
+            'prints use noauth; there is no Keystone). Remove the option, '
+            'or deploy Cinder with Keystone as README.rst "Multi-process '
+            'deployment" describes.'
+            % {'value': conf.auth_strategy, 'ours': AUTH_STRATEGY,
+               'where': ' (set in %s)' % where if where else ''})
+
+
+def config_refusal(config_args):
+    """auth_refusal() of extra config files, before anything is started.
+
+    The launcher's own process: the files are read as Cinder will read
+    them, by oslo.config (later files win, --config-dir included), after
+    the services' generated cinder.conf, which sets noauth. Files that
+    cannot be read are left to Cinder, whose parse names them.
+    """
+    from oslo_config import cfg
+
+    conf = cfg.ConfigOpts()
+    conf.register_opt(cfg.StrOpt('auth_strategy', default=AUTH_STRATEGY))
+    try:
+        conf(_config_file_args(config_args), project='cinder',
+             default_config_files=[])
+    except (cfg.Error, OSError):
+        return None         # Cinder's own parse reports it, its own way
+    return auth_refusal(conf)
 
 
 def build_config(state_dir, api_port=8776, volume_driver=DEFAULT_DRIVER,
@@ -282,6 +346,10 @@ def run(config_args):
     objects.register_all()
     conf = cfg.CONF
     conf(config_args, project='cinder', version=version.version_string())
+    refusal = auth_refusal(conf)
+    if refusal:         # before the log, the database or any service
+        sys.stderr.write('fuse-cinder-allinone: %s\n' % refusal)
+        return 2
     config.set_middleware_defaults()
     logging.setup(conf, 'cinder')
     python_logging.captureWarnings(True)
@@ -717,11 +785,18 @@ class Deployment(object):
 
     def start(self):
         os.makedirs(self.state_dir, exist_ok=True)
+        self._check_config()
         self._check_host()
         self._patch_cinder()
         self._start_tgtd()
         self._prepare_volumes_home()
         self._start_services()
+
+    def _check_config(self):
+        """Refuse extra config files that the services cannot run with."""
+        why = config_refusal(self.cinder_args)
+        if why:
+            raise LaunchError(why)
 
     def _check_host(self):
         if os.geteuid() != 0:

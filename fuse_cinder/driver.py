@@ -369,13 +369,19 @@ class FuseISCSIDriver(driver.ISCSIDriver):
 
     # -- manage / unmanage ---------------------------------------------
 
-    def _managed_name(self, volume, existing_ref):
+    @staticmethod
+    def _gib(size_bytes):
+        """Whole GiB, rounded up, as Cinder counts a managed object."""
+        return max(1, int(math.ceil(size_bytes / units.Gi)))
+
+    def _managed_name(self, obj, existing_ref, kind):
         """The file an existing_ref names, if it is safely ours to take.
 
+        ``obj`` is the volume or snapshot (``kind``) that is to own it.
         Only a regular file directly inside volumes_home qualifies: no
         directories, no '..', no absolute path, no symlink that could point
-        anywhere else on the host. Nor a file Cinder still owns: a
-        snapshot's, the driver's temporaries, or another volume's.
+        anywhere else on the host. Nor a file Cinder still owns (see
+        _cinder_owner).
         """
         name = existing_ref.get('source-name') if existing_ref else None
         if not name or not isinstance(name, str):
@@ -388,14 +394,14 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                 existing_ref=existing_ref,
                 reason=_('source-name must be a plain file name inside '
                          'volumes_home, without directories'))
-        kind = self.files.file_type(name)
-        if kind != 'regular':
+        file_kind = self.files.file_type(name)
+        if file_kind != 'regular':
             raise exception.ManageExistingInvalidReference(
                 existing_ref=existing_ref,
                 reason=(_('%(name)s is a %(kind)s, not a regular file') %
-                        {'name': name, 'kind': kind}) if kind else
+                        {'name': name, 'kind': file_kind}) if file_kind else
                 _('no file %s in volumes_home') % name)
-        owner = self._cinder_owner(volume, name)
+        owner = self._cinder_owner(obj, name, kind)
         if owner:
             raise exception.ManageExistingInvalidReference(
                 existing_ref=existing_ref,
@@ -403,72 +409,166 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                 {'name': name, 'owner': owner})
         return name
 
-    def _cinder_owner(self, volume, name):
-        """What in Cinder still owns the file ``name``, or None."""
-        if name == volume.name:
+    @staticmethod
+    def _record(ctxt, kind, obj_id):
+        """Cinder's record of the volume or snapshot ``obj_id``, or None.
+
+        Whether a deleted record counts is the context's read_deleted.
+        """
+        if kind == 'volume':
+            cls, missing = objects.Volume, exception.VolumeNotFound
+        else:
+            cls, missing = objects.Snapshot, exception.SnapshotNotFound
+        try:
+            return cls.get_by_id(ctxt, obj_id)
+        except missing:
+            return None
+
+    def _cinder_owner(self, obj, name, kind):
+        """What in Cinder still owns the file ``name``, or None.
+
+        The driver's temporaries and probes are its own. A file named as
+        Cinder names the other kind of object (a snapshot's file for a
+        volume, a volume's for a snapshot) is that object's. One named as
+        this kind belongs to the object of that id while Cinder knows it;
+        once Cinder forgot it (unmanaged, or from another deployment) the
+        file is free.
+        """
+        if name == obj.name:
             return None
         if names.is_owned(name) and not names.is_object(name):
             return _('the driver (a temporary file)')
-        if name.startswith(names.SNAPSHOT_PREFIX) and names.is_object(name):
+        if not names.is_object(name):
+            return None
+        if kind == 'volume' and name.startswith(names.SNAPSHOT_PREFIX):
             return _('a snapshot')
-        if name.startswith(names.VOLUME_PREFIX) and names.is_object(name):
-            vol_id = name[len(names.VOLUME_PREFIX):]
-            try:
-                objects.Volume.get_by_id(volume._context or
-                                         context.get_admin_context(), vol_id)
-            except exception.VolumeNotFound:
-                return None
-            return _('volume %s') % vol_id
-        return None
+        if kind == 'snapshot' and name.startswith(names.VOLUME_PREFIX):
+            return _('a volume')
+        obj_id = name.split('-', 1)[1]
+        ctxt = obj._context or context.get_admin_context()
+        if self._record(ctxt, kind, obj_id) is None:
+            return None
+        return _('%(kind)s %(id)s') % {'kind': kind, 'id': obj_id}
+
+    def _take_file(self, obj, existing_ref, kind, size_gb=None):
+        """Rename the referenced file to ``obj``'s and grow it to size.
+
+        ``size_gb`` defaults to the file's size rounded up, which is what
+        the size call told Cinder: a volume made from the snapshot, or
+        reverted to it, then gets exactly that many GiB.
+        """
+        name = self._managed_name(obj, existing_ref, kind)
+        size = self.files.size(name)
+        if name != obj.name:
+            self.files.rename(name, obj.name)
+        size_gb = size_gb or self._gib(size)
+        if size < size_gb * units.Gi:
+            self.files.extend(obj.name, size_gb)
+        self._account(max(size, size_gb * units.Gi))
+
+    def _release_file(self, obj):
+        """Leave the file as it is, as Cinder's other drivers do."""
+        size = self.files.size(obj.name)
+        if size is not None:
+            self._account(-size)
 
     def manage_existing(self, volume, existing_ref):
-        name = self._managed_name(volume, existing_ref)
-        size = self.files.size(name)
-        if name != volume.name:
-            self.files.rename(name, volume.name)
-        wanted = volume.size * units.Gi
-        if size < wanted:
-            self.files.extend(volume.name, volume.size)
-        self._account(max(size, wanted))
+        self._take_file(volume, existing_ref, 'volume', volume.size)
 
     def manage_existing_get_size(self, volume, existing_ref):
-        size = self.files.size(self._managed_name(volume, existing_ref))
-        return max(1, int(math.ceil(size / units.Gi)))
+        return self._gib(self.files.size(
+            self._managed_name(volume, existing_ref, 'volume')))
 
     def unmanage(self, volume):
-        """Leave the file as it is, as Cinder's other drivers do.
+        """Keep the file under its name; it can be managed back by it.
 
         Once Cinder has forgotten the volume, its ``volume-<id>`` is listed
         as safe to manage again (Tempest's manage_volume_ref is
         ``source-name,volume-%s``).
         """
-        size = self.files.size(volume.name)
-        if size is not None:
-            self._account(-size)
+        self._release_file(volume)
+
+    def manage_existing_snapshot(self, snapshot, existing_ref):
+        """Take a file as the snapshot's, renamed to ``snapshot-<id>``.
+
+        Any plain file will do (a snapshot is a full sparse copy here),
+        but never a ``volume-<id>`` file, the parent's included.
+        """
+        self._take_file(snapshot, existing_ref, 'snapshot')
+
+    def manage_existing_snapshot_get_size(self, snapshot, existing_ref):
+        return self._gib(self.files.size(
+            self._managed_name(snapshot, existing_ref, 'snapshot')))
+
+    def unmanage_snapshot(self, snapshot):
+        """Keep the file as ``snapshot-<id>``, listed as manageable again.
+
+        Tempest manages it back with manage_snapshot_ref set to
+        ``source-name,snapshot-%s``; its default, ``_snapshot-%s``, is
+        the LVM driver's escaped LV name.
+        """
+        self._release_file(snapshot)
+
+    def _manageable_entry(self, name, size, cinder_id):
+        """One entry of a manageable listing; safe unless Cinder has it."""
+        safe = cinder_id is None
+        return {
+            'reference': {'source-name': name},
+            'size': self._gib(size),
+            'safe_to_manage': safe,
+            'reason_not_safe': None if safe else _('already managed'),
+            'cinder_id': cinder_id,
+            'extra_info': None,
+        }
 
     def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
                                sort_keys, sort_dirs):
+        """volume- files and operators' files; never snapshots or temps."""
         managed = {vol.name for vol in cinder_volumes}
         entries = []
         for name, size in sorted(self.files.list_sizes().items()):
             if (name.startswith(names.SNAPSHOT_PREFIX) or
                     (names.is_owned(name) and not names.is_object(name))):
                 continue
-            safe = name not in managed
-            entries.append({
-                'reference': {'source-name': name},
-                'size': max(1, int(math.ceil(size / units.Gi))),
-                'safe_to_manage': safe,
-                'reason_not_safe': None if safe else _('already managed'),
-                'cinder_id': (name[len('volume-'):] if not safe else None),
-                'extra_info': None,
-            })
+            entries.append(self._manageable_entry(
+                name, size, name[len(names.VOLUME_PREFIX):]
+                if name in managed else None))
         return volume_utils.paginate_entries_list(
             entries, marker, limit, offset, sort_keys, sort_dirs)
 
     def get_manageable_snapshots(self, cinder_snapshots, marker, limit,
                                  offset, sort_keys, sort_dirs):
-        return []
+        """The ``snapshot-<id>`` files, each with its parent volume.
+
+        A file holds no trace of its parent: Cinder does, in the
+        snapshot's record, which unmanage only marks deleted. So a file
+        whose record is deleted is safe to manage, with that record's
+        volume as ``source_reference``; one Cinder still knows (on this
+        host or another sharing the directory) is not; one Cinder never
+        knew has an unknown source (``source-name`` None). Other plain
+        files are in the volume listing; they can still be managed as
+        snapshots by name.
+        """
+        mine = {snap.name: snap for snap in cinder_snapshots}
+        ctxt = context.get_admin_context(read_deleted='yes')
+        entries = []
+        for name, size in sorted(self.files.list_sizes().items()):
+            if not (name.startswith(names.SNAPSHOT_PREFIX) and
+                    names.is_object(name)):
+                continue
+            snap_id = name[len(names.SNAPSHOT_PREFIX):]
+            record = mine.get(name)
+            if record is None:
+                record = self._record(ctxt, 'snapshot', snap_id)
+            known = record is not None and not record.deleted
+            entry = self._manageable_entry(name, size,
+                                           snap_id if known else None)
+            entry['source_reference'] = {'source-name': (
+                names.VOLUME_PREFIX + record.volume_id
+                if record is not None else None)}
+            entries.append(entry)
+        return volume_utils.paginate_entries_list(
+            entries, marker, limit, offset, sort_keys, sort_dirs)
 
     # -- iSCSI export: delegated to the tgt helper ---------------------
 

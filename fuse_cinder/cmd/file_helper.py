@@ -24,7 +24,8 @@ power ends at the driver's own files, whatever the arguments say:
   (O_NOFOLLOW), and only regular files are read, written or renamed;
 * content is created, copied, grown or deleted only for the driver's own
   names (volume-, snapshot-, its temporaries and probes); an operator's
-  file may only be looked at and renamed to a volume name (manage).
+  file may only be looked at and renamed to a volume or snapshot name
+  (manage).
 
 Errors go to stderr as one line ending in the system's ``strerror`` text
 (the driver recognises ENOSPC, ENOTCONN, ENOENT and EEXIST by it); a
@@ -237,12 +238,14 @@ def do_delete(home, args):
 def do_rename(home, args):
     """Rename a regular file to a name of the driver's, inside home.
 
-    The source may be any plain name (manage takes an operator's file);
+    The source may be any plain name (manage takes an operator's file as
+    a volume or a snapshot);
     never a symlink or a directory, which would then be served as a
     volume.
     """
     src = plain(args.src)
-    dst = _check(args.dst, names.is_rename_target, 'a volume file name')
+    dst = _check(args.dst, names.is_rename_target,
+                 'a volume or snapshot file name')
     if not stat.S_ISREG(os.stat(src, dir_fd=home,
                                 follow_symlinks=False).st_mode):
         raise Refused('%s is not a regular file' % src)

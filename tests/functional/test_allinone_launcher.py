@@ -128,6 +128,16 @@ class Launcher(object):
                 subprocess.run(['umount', '-l', point], check=False)
 
 
+def run_to_end(site, tmp_path, timeout, *args):
+    """The launcher run until it exits by itself: (exit code, output)."""
+    launcher = Launcher(site, tmp_path / 'launcher.out', *args)
+    try:
+        code = launcher.wait(timeout)
+    finally:
+        launcher.kill()
+    return code, launcher.output, launcher
+
+
 def _cli_env(export_line):
     """The environment a shell has after the printed ``export ...`` line.
 
@@ -295,13 +305,9 @@ def test_cli_then_ctrl_c_leaves_nothing_behind(site, tmp_path):
 def test_self_check_on_an_existing_fuse_mount(site, tmp_path):
     with sandbox.BindfsMount(tmp_path / 'backing', tmp_path / 'mnt') as mnt:
         home = os.path.join(mnt.mountpoint, 'vols')
-        launcher = Launcher(site, tmp_path / 'launcher.out',
-                            '--volumes-home', home, '--self-check')
-        try:
-            code = launcher.wait(300)
-        finally:
-            launcher.kill()
-        out = launcher.output
+        code, out, _launcher = run_to_end(site, tmp_path, 300,
+                                          '--volumes-home', home,
+                                          '--self-check')
         assert code == 0, out
         assert 'self-check passed' in out
         # The snapshot and the clone are timed and hold the data.
@@ -324,14 +330,9 @@ def test_self_check_on_an_existing_fuse_mount(site, tmp_path):
 
 
 def test_refuses_a_volumes_home_off_fuse(site, tmp_path):
-    launcher = Launcher(site, tmp_path / 'launcher.out',
-                        '--work-dir', str(tmp_path / 'work'),
-                        '--volumes-home', str(tmp_path))
-    try:
-        code = launcher.wait(120)
-    finally:
-        launcher.kill()
-    out = launcher.output
+    code, out, _launcher = run_to_end(site, tmp_path, 120,
+                                      '--work-dir', str(tmp_path / 'work'),
+                                      '--volumes-home', str(tmp_path))
     assert code == 1
     assert 'is not on a FUSE mount' in out
     assert 'tgtd:' not in out       # refused before starting anything
@@ -392,3 +393,55 @@ def test_self_check_unprivileged_leaves_no_user(site, tmp_path):
     assert set(glob.glob('/etc/fuse-cinder-aio-*')) == etc_before
     work = re.search(r'^work dir: (\S+)$', out, re.M).group(1)
     assert not os.path.exists(work)
+
+
+def _left_running(text, session=None):
+    """Live processes whose command line holds ``text`` or of ``session``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        fields = sandbox.proc_stat(pid)
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                cmdline = f.read().replace(b'\0', b' ').decode(
+                    errors='replace')
+        except OSError:
+            continue
+        if fields is not None and (int(fields[3]) == session or
+                                   text in cmdline):
+            found.append('%s %s' % (pid, cmdline))
+    return found
+
+
+def test_refuses_keystone_before_starting_anything(site, tmp_path):
+    """Its readiness probe speaks noauth: say so instead of hanging."""
+    extra = tmp_path / 'keystone.conf'
+    extra.write_text('[DEFAULT]\nauth_strategy = keystone\n')
+    work = tmp_path / 'work'
+    code, out, launcher = run_to_end(site, tmp_path, 120, '--work-dir',
+                                     str(work), '--config-file', str(extra))
+    assert code == 1, out
+    [error] = [line for line in out.splitlines() if 'ERROR' in line]
+    assert error.startswith('ERROR: [DEFAULT] auth_strategy = keystone '
+                            '(set in %s) is not supported: the all-in-one '
+                            'runs Cinder with auth_strategy = noauth'
+                            % extra), out
+    assert 'tgtd:' not in out and 'patch:' not in out, out
+    assert 'stopped: no targets, mounts or processes left' in out
+    assert not (work / 'tgtd.log').exists()
+    assert not any(p.startswith(str(work)) for p, _fs in sandbox.mounts())
+    assert _left_running(str(work), session=launcher.proc.pid) == []
+
+    # The services alone (what the launcher runs as its child): exit 2,
+    # before the database or the log exist.
+    state = tmp_path / 'state'
+    res = subprocess.run(
+        [sys.executable, '-m', 'fuse_cinder.allinone', '--state-dir',
+         str(state), '--config-file', str(extra)], capture_output=True,
+        text=True, timeout=120, stdin=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=patched_cinder.pythonpath(site)))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert 'auth_strategy = keystone' in res.stderr
+    assert 'runs Cinder with auth_strategy = noauth' in res.stderr
+    assert sorted(os.listdir(state)) == ['cinder.conf', 'coordination',
+                                         'locks', 'targets']
+    assert _left_running(str(state)) == []

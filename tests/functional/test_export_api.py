@@ -201,33 +201,43 @@ class AllInOne(object):
                 self.log_tail(30)))
         return res
 
-    def status(self, vol_id):
-        code, body = self.http('GET', '/volumes/%s' % vol_id)
+    def status(self, vol_id, kind='volume'):
+        """Status of a volume or a snapshot (``kind``), None once gone."""
+        code, body = self.http('GET', '/%ss/%s' % (kind, vol_id))
         if code == 404:
             return None
         assert code == 200, body
-        return body['volume']['status']
+        return body[kind]['status']
 
-    def wait_status(self, vol_id, wanted, timeout=60):
+    def wait_status(self, vol_id, wanted, timeout=60, kind='volume'):
         def check():
-            status = self.status(vol_id)
+            status = self.status(vol_id, kind)
             if status in ('error', 'error_deleting') and status != wanted:
-                raise AssertionError('volume %s went %s:\n%s'
-                                     % (vol_id, status, self.log_tail()))
+                raise AssertionError('%s %s went %s:\n%s'
+                                     % (kind, vol_id, status,
+                                        self.log_tail()))
             return status == wanted
-        _wait(check, timeout, 'volume %s %s' % (vol_id, wanted))
+        _wait(check, timeout, '%s %s %s' % (kind, vol_id, wanted))
 
-    def create(self, name, size=1):
-        res = self.cli('create', str(size), '--name', name)
-        vol_id = [line.split('|')[2].strip() for line in
-                  res.stdout.splitlines() if line.startswith('| id ')][0]
+    def wait_gone(self, vol_id, kind='volume', timeout=60):
+        _wait(lambda: self.status(vol_id, kind) is None, timeout,
+              '%s %s gone' % (kind, vol_id))
+
+    def create(self, name, size=1, *options):
+        vol_id = table_field(self.cli('create', str(size), '--name', name,
+                                      *options).stdout, 'id')
         self.wait_status(vol_id, 'available')
         return vol_id
 
     def delete(self, vol_id):
         self.cli('delete', vol_id)
-        _wait(lambda: self.status(vol_id) is None, 60,
-              'volume %s deleted' % vol_id)
+        self.wait_gone(vol_id)
+
+
+def table_field(stdout, field):
+    """A value of the property table the cinder command prints."""
+    return [line.split('|')[2].strip() for line in stdout.splitlines()
+            if line.startswith('| %s ' % field)][0]
 
 
 @pytest.fixture(scope='module')
@@ -774,3 +784,100 @@ def test_admin_commands_work_in_the_all_in_one(real_cinder):
     assert aio.status(vol) == 'error'
     aio.cli('reset-state', '--state', 'available', vol)
     aio.delete(vol)
+
+
+def _cmp(expected, path):
+    res = subprocess.run(['cmp', expected, path], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _listed(aio, command, host, name):
+    """The row of ``name`` in a manageable listing: {column: text}."""
+    listing = aio.cli('--os-volume-api-version', '3.8', command, host).stdout
+    rows = [[cell.strip() for cell in line.strip().strip('|').split('|')]
+            for line in listing.splitlines() if line.startswith('|')]
+    found = [dict(zip(rows[0], row)) for row in rows[1:]
+             if "'%s'" % name in row[0]]
+    assert len(found) == 1, listing
+    return found[0]
+
+
+def test_unmanaged_snapshot_and_volume_are_managed_back(real_cinder,
+                                                        tmp_path):
+    """Tempest's manage flows, by the names unmanage keeps, with the CLI.
+
+    The snapshot is taken, then its volume changed: what comes back (the
+    managed snapshot, a volume made from it, that volume unmanaged and
+    managed again) must hold the snapshot's bytes, not the volume's.
+    """
+    aio, _tgtd, mount = real_cinder
+    v38 = ('--os-volume-api-version', '3.8')
+    pool = re.search(r'\|\s+name\s+\|\s+(\S+)\s+\|',
+                     aio.cli('get-pools').stdout).group(1)
+    host = pool.split('#')[0]
+    backing = os.path.join(mount.backing, 'volumes')
+
+    def backing_file(name):
+        return os.path.join(backing, name)
+
+    src = aio.create('manage-src')
+    with open(os.path.join(mount.volumes_home, 'volume-' + src), 'r+b') as f:
+        f.seek(5 * MiB)
+        f.write(os.urandom(MiB))
+    snap = table_field(aio.cli('snapshot-create', '--name', 'manage-snap',
+                               src).stdout, 'id')
+    aio.wait_status(snap, 'available', kind='snapshot')
+    with open(os.path.join(mount.volumes_home, 'volume-' + src), 'r+b') as f:
+        f.seek(5 * MiB)
+        f.write(b'\xff' * MiB)
+    kept = str(tmp_path / 'snapshot-content')
+    subprocess.run(['cp', '--sparse=always',
+                    backing_file('snapshot-' + snap), kept], check=True)
+
+    aio.cli('snapshot-unmanage', snap)
+    aio.wait_gone(snap, 'snapshot')
+    _cmp(kept, backing_file('snapshot-' + snap))      # kept, by its name
+    row = _listed(aio, 'snapshot-manageable-list', host, 'snapshot-' + snap)
+    assert (row['size'], row['safe_to_manage']) == ('1', 'True'), row
+    assert "'volume-%s'" % src in row['source_reference'], row
+
+    # The volume's own file is no snapshot: refused, nothing renamed.
+    bad = table_field(aio.cli(*v38, 'snapshot-manage', src,
+                              'volume-' + src).stdout, 'id')
+    aio.wait_status(bad, 'error', kind='snapshot')
+    assert os.path.exists(backing_file('volume-' + src))
+    aio.cli('snapshot-delete', bad)
+    aio.wait_gone(bad, 'snapshot')
+
+    back = table_field(aio.cli(*v38, 'snapshot-manage', '--name',
+                               'managed-back', src,
+                               'snapshot-' + snap).stdout, 'id')
+    aio.wait_status(back, 'available', kind='snapshot')
+    # What Tempest's test_unmanage_manage_snapshot checks of it.
+    _code, body = aio.http('GET', '/snapshots/%s' % back)
+    assert (body['snapshot']['size'], body['snapshot']['volume_id'],
+            body['snapshot']['name']) == (1, src, 'managed-back')
+    assert not os.path.exists(backing_file('snapshot-' + snap))
+    _cmp(kept, backing_file('snapshot-' + back))
+    row = _listed(aio, 'snapshot-manageable-list', host, 'snapshot-' + back)
+    assert row['safe_to_manage'] == 'False', row
+
+    clone = aio.create('from-managed', 1, '--snapshot-id', back)
+    _cmp(kept, backing_file('volume-' + clone))
+
+    # The volume flow: unmanage, listed safe, managed back by its name.
+    aio.cli('unmanage', clone)
+    aio.wait_gone(clone)
+    row = _listed(aio, 'manageable-list', host, 'volume-' + clone)
+    assert (row['size'], row['safe_to_manage']) == ('1', 'True'), row
+    again = table_field(aio.cli(*v38, 'manage', '--name', 'clone-back',
+                                pool, 'volume-' + clone).stdout, 'id')
+    aio.wait_status(again, 'available')
+    _cmp(kept, backing_file('volume-' + again))
+
+    aio.delete(again)
+    aio.cli('snapshot-delete', back)
+    aio.wait_gone(back, 'snapshot')
+    aio.delete(src)
+    assert os.listdir(backing) == []

@@ -233,3 +233,121 @@ def test_own_bin_directory_goes_first_on_path_once(monkeypatch):
     allinone._put_own_bin_on_path()
     allinone._put_own_bin_on_path()
     assert os.environ['PATH'] == '%s:/usr/bin:/bin' % bindir
+
+
+# -- auth_strategy: the all-in-one serves noauth only ------------------------
+
+KEYSTONE = '[DEFAULT]\nauth_strategy = keystone\n'
+
+
+def _conf(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _assert_refusal(text, value='keystone', where=None):
+    assert 'auth_strategy = %s' % value in text
+    assert 'runs Cinder with auth_strategy = noauth' in text
+    if where:
+        assert '(set in %s)' % where in text
+
+
+def test_keystone_in_an_extra_file_is_refused(tmp_path):
+    extra = _conf(tmp_path, 'keystone.conf', KEYSTONE)
+    why = allinone.config_refusal(['--debug', '--config-file', extra])
+    assert why.startswith('[DEFAULT] auth_strategy = keystone (set in %s) '
+                          'is not supported' % extra)
+    _assert_refusal(why)
+    assert '\n' not in why
+
+
+@pytest.mark.parametrize('spelling', [
+    ['--config-file=%(file)s'], ['--config-dir', '%(dir)s'],
+    ['--config-dir=%(dir)s']])
+def test_every_spelling_and_config_dirs_are_read(tmp_path, spelling):
+    conf_dir = tmp_path / 'conf.d'
+    conf_dir.mkdir()
+    extra = _conf(conf_dir, '50-auth.conf', '[DEFAULT]\nauth_strategy = '
+                  'noauth_include_project_id\n')
+    args = [a % {'file': extra, 'dir': conf_dir} for a in spelling]
+    _assert_refusal(allinone.config_refusal(args),
+                    'noauth_include_project_id', where=extra)
+
+
+def test_the_last_file_wins_as_in_cinder(tmp_path):
+    keystone = _conf(tmp_path, 'a.conf', KEYSTONE)
+    noauth = _conf(tmp_path, 'b.conf', '[DEFAULT]\nauth_strategy = noauth\n')
+    assert allinone.config_refusal(['--config-file', keystone,
+                                    '--config-file', noauth]) is None
+    _assert_refusal(allinone.config_refusal(
+        ['--config-file', noauth, '--config-file', keystone]))
+
+
+def test_other_configuration_is_fine(tmp_path):
+    extra = _conf(tmp_path, 'x.conf', '[DEFAULT]\ndebug = True\n'
+                  '[fuse]\nfuse_sparse_volumes = False\n')
+    assert allinone.config_refusal([]) is None
+    assert allinone.config_refusal(['--config-file', extra]) is None
+    # Unreadable files are left to Cinder's own parse, which names them.
+    assert allinone.config_refusal(['--config-file', '/nonexistent']) is None
+
+
+def test_deploy_refuses_keystone_before_starting_anything(tmp_path,
+                                                          monkeypatch):
+    started = []
+    monkeypatch.setattr(allinone.sandbox.Tgtd, 'start', started.append)
+    monkeypatch.setattr(allinone.sandbox.BindfsMount, 'start',
+                        started.append)
+    monkeypatch.setattr(allinone.subprocess, 'run',
+                        lambda *a, **k: started.append(a))
+    monkeypatch.setattr(allinone.subprocess, 'Popen',
+                        lambda *a, **k: started.append(a))
+    extra = _conf(tmp_path, 'keystone.conf', KEYSTONE)
+    lines = []
+    code = allinone.deploy(['--work-dir', str(tmp_path / 'w'),
+                            '--config-file', extra], out=lines.append)
+    assert code == 1
+    assert started == []
+    [error] = [line for line in lines if line.startswith('ERROR: ')]
+    _assert_refusal(error, where=extra)
+    assert lines[-1] == 'stopped: no targets, mounts or processes left'
+
+
+def _services(tmp_path, *args):
+    """The services alone, in a child: it monkey-patches and parses."""
+    return subprocess.run(
+        [sys.executable, '-m', 'fuse_cinder.allinone',
+         '--state-dir', str(tmp_path / 'state')] + list(args),
+        capture_output=True, text=True, timeout=120,
+        stdin=subprocess.DEVNULL)
+
+
+def _refusals(res):
+    """The launcher's own lines (Cinder's import warns on stderr too)."""
+    return [line for line in res.stderr.splitlines()
+            if line.startswith('fuse-cinder-allinone: ')]
+
+
+def test_services_refuse_keystone_before_anything_starts(tmp_path):
+    extra = _conf(tmp_path, 'keystone.conf', KEYSTONE)
+    res = _services(tmp_path, '--api-paste-config', '/x/api-paste.ini',
+                    '--config-file', extra)
+    assert res.returncode == 2, res.stdout + res.stderr
+    [line] = _refusals(res)
+    assert line.startswith('fuse-cinder-allinone: [DEFAULT] auth_strategy = '
+                           'keystone (set in %s)' % extra), line
+    _assert_refusal(line)
+    # No log, no database: refused before either is opened.
+    assert sorted(os.listdir(tmp_path / 'state')) == [
+        'cinder.conf', 'coordination', 'locks', 'targets']
+
+
+def test_a_used_config_without_auth_strategy_is_keystone(tmp_path):
+    """Cinder's default is keystone: a --use-config file must say noauth."""
+    bare = _conf(tmp_path, 'cinder.conf', '[DEFAULT]\nhost = x\n')
+    res = _services(tmp_path, '--use-config', bare)
+    assert res.returncode == 2, res.stdout + res.stderr
+    [line] = _refusals(res)
+    assert 'auth_strategy = keystone is not supported' in line
+    _assert_refusal(line)

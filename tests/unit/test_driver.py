@@ -465,12 +465,15 @@ def test_failed_reopen_is_retried_at_the_next_update(healing):
 
 # -- manage / unmanage ----------------------------------------------------
 
-@pytest.mark.parametrize('ref', [
+UNSAFE_REFS = [
     {}, {'source-name': ''}, {'source-name': '../etc/passwd'},
     {'source-name': '/etc/passwd'}, {'source-name': 'sub/file'},
     {'source-name': '..'}, {'source-name': 'link'}, {'source-name': 'dir'},
     {'source-name': 'missing'}, {'source-id': 'x'},
-])
+]
+
+
+@pytest.mark.parametrize('ref', UNSAFE_REFS)
 def test_manage_refuses_unsafe_references(drv, fake_fs, ref):
     fake_fs.add('link', kind='symlink')
     fake_fs.add('dir', kind='directory')
