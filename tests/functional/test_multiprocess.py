@@ -173,11 +173,13 @@ class Deployment(object):
         assert res.returncode == 0, res.stdout + res.stderr
         return res.stdout
 
-    def start(self, binary):
-        with open(os.path.join(self.work, 'logs', binary + '.out'),
+    def start(self, binary, conf=None, key=None):
+        key = key or binary
+        with open(os.path.join(self.work, 'logs', key + '.out'),
                   'ab') as out:
-            self.procs[binary] = subprocess.Popen(
-                [os.path.join(BIN, binary), '--config-file', self.conf],
+            self.procs[key] = subprocess.Popen(
+                [os.path.join(BIN, binary), '--config-file',
+                 conf or self.conf],
                 stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
                 env=self.env)
@@ -596,6 +598,140 @@ def test_fifty_concurrent_creates_and_exports(deployment):
     assert dep.tgtd.targets() == {}
     for backend in BACKENDS:
         assert os.listdir(os.path.dirname(dep.backing(backend, 'x'))) == []
+    dep.assert_no_errors()
+
+
+def _shared_host_conf(dep, name, home, tgtd):
+    """cinder.conf of one more cinder-volume host: ``name``, one backend.
+
+    Both such hosts name the backend ``shared`` and use the same
+    volumes_home, as two machines mounting one FUSE storage would; each
+    has its own tgtd and volumes_dir, as a machine has.
+    """
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(dep.conf)
+    path = os.path.join(dep.work, 'cinder-%s.conf' % name)
+    for section in BACKENDS:
+        conf.remove_section(section)
+    conf['DEFAULT'].update(host=name, enabled_backends='shared',
+                           log_file='cinder-volume-%s.log' % name)
+    conf['shared'] = {
+        'volume_driver': 'fuse_cinder.driver.FuseISCSIDriver',
+        'volume_backend_name': 'shared',
+        'volumes_home': home,
+        'volumes_dir': os.path.join(dep.work, 'targets-%s' % name),
+        'target_ip_address': tgtd.ip,
+        'target_port': str(tgtd.portal_port),
+        'fuse_tgt_control_port': str(tgtd.control_port),
+    }
+    conf['fuse_cinder_tgt_privileged']['helper_command'] = (
+        '%s --config-file %s' % (os.path.join(BIN, 'privsep-helper'), path))
+    with open(path, 'w') as f:
+        conf.write(f)
+    return path
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        sandbox.kill_session(proc.pid)
+        proc.wait(timeout=30)
+
+
+def _backend_up(dep, backend):
+    status, body = dep.api.call('GET', '/os-services', microversion='3.49')
+    assert status == 200, body
+    return any(s['binary'] == 'cinder-volume' and s['host'] == backend and
+               s['state'] == 'up' and s.get('backend_state') == 'up'
+               for s in body['services'])
+
+
+def test_a_dead_hosts_volumes_are_served_by_the_other_host(deployment):
+    """Host failover on shared FUSE storage (README, "Host failover").
+
+    Host a serves two volumes from a volumes_home that host b mounts
+    too; one is exported with os-export. Host a dies (cinder-volume
+    killed, its tgtd gone). ``cinder-manage volume update_host`` gives
+    the volumes to host b, whose start-up ensure_export re-creates the
+    exported volume's target (same IQN and CHAP) in its own tgtd; the
+    other is exported on demand there. The data written through host a
+    is read back over iSCSI through host b.
+    """
+    dep = deployment
+    home = os.path.join(dep.mounts['fuse1'].mountpoint, 'shared')
+    os.makedirs(home)
+    tgtds = {}
+    with contextlib.ExitStack() as stack:
+        for name in ('fuse-mp-a', 'fuse-mp-b'):
+            tgtds[name] = sandbox.Tgtd(
+                log_path=os.path.join(dep.work, 'tgtd-%s.log' % name))
+            stack.callback(tgtds[name].stop)
+            tgtds[name].start()
+        conf_a = _shared_host_conf(dep, 'fuse-mp-a', home,
+                                   tgtds['fuse-mp-a'])
+        conf_b = _shared_host_conf(dep, 'fuse-mp-b', home,
+                                   tgtds['fuse-mp-b'])
+        dep.start('cinder-volume', conf_a, 'cinder-volume-a')
+        assert sandbox.wait_for(
+            lambda: _backend_up(dep, 'fuse-mp-a@shared'), 300, 1), (
+            dep.log_tail())
+        dep.cli('type-create', 'shared')
+        dep.cli('type-key', 'shared', 'set', 'volume_backend_name=shared')
+        vols = [dep.cli_id('create', '1', '--volume-type', 'shared',
+                           '--name', 'failover-%d' % i) for i in range(2)]
+        infos = {}
+        for i, vol in enumerate(vols):
+            dep.wait_status('volumes', vol, 'available')
+            assert _volume(dep, vol)['os-vol-host-attr:host'] == (
+                'fuse-mp-a@shared#shared')
+            [infos[vol]] = json.loads(dep.cli('export', '--json', vol))
+            assert infos[vol]['target_portal'] == tgtds['fuse-mp-a'].portal
+            _qemu_io(infos[vol], 'write -P 0x%x 0 1M' % (0x61 + i),
+                     'write -P 0x%x 900M 1M' % (0x71 + i))
+        kept, on_demand = vols
+        dep.cli('delete-export', on_demand)
+        dep.wait_status('volumes', on_demand, 'available')
+        assert dep.status('volumes', kept) == 'exported'
+
+        # Host a dies: its cinder-volume and its tgtd.
+        dead = dep.procs.pop('cinder-volume-a')
+        sandbox.kill_session(dead.pid)
+        dead.wait(timeout=30)
+        tgtds['fuse-mp-a'].stop()
+
+        dep.manage('volume', 'update_host',
+                   '--currenthost', 'fuse-mp-a@shared#shared',
+                   '--newhost', 'fuse-mp-b@shared#shared')
+        dep.start('cinder-volume', conf_b, 'cinder-volume-b')
+        stack.callback(_stop, dep.procs['cinder-volume-b'])
+        assert sandbox.wait_for(
+            lambda: _backend_up(dep, 'fuse-mp-b@shared'), 300, 1), (
+            dep.log_tail())
+
+        # ensure_export at b's start-up: the same target, CHAP and data.
+        target = tgtds['fuse-mp-b']
+        assert sandbox.wait_for(
+            lambda: infos[kept]['target_iqn'] in target.targets(), 60, 0.5)
+        moved = dict(infos[kept], target_portal=target.portal)
+        _qemu_io(moved, 'read -P 0x61 0 1M', 'read -P 0x71 900M 1M')
+        # The other one, exported on demand by host b.
+        [info] = json.loads(dep.cli('export', '--json', on_demand))
+        assert info['target_portal'] == target.portal
+        _qemu_io(info, 'read -P 0x62 0 1M', 'read -P 0x72 900M 1M')
+        for vol in vols:
+            assert _volume(dep, vol)['os-vol-host-attr:host'] == (
+                'fuse-mp-b@shared#shared')
+            dep.cli('delete-export', vol)
+        for vol in vols:
+            dep.wait_status('volumes', vol, 'available')
+            dep.cli('delete', vol)
+        for vol in vols:
+            assert sandbox.wait_for(
+                lambda: dep.status('volumes', vol) is None, 180, 0.5)
+        assert os.listdir(home) == []
+        assert target.targets() == {}
     dep.assert_no_errors()
 
 
