@@ -269,6 +269,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                      "%(host)s (%(reason)s); Cinder's generic migration "
                      "runs.", {'vol': volume.id, 'host': host.get('host'),
                                'reason': reason % kw})
+            return None
 
         status = volume.status
         if status in ('maintenance', 'retyping'):
