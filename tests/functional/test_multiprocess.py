@@ -16,8 +16,10 @@ separate processes from Cinder's own console scripts, on a private
 RabbitMQ and MariaDB from the Debian packages.  cinder-volume serves two
 backends (``enabled_backends = fuse1,fuse2``), each on its own bindfs
 mount, both behind one private tgtd as on a real host; volume types pick
-the backend.  A patched copy of the installed Cinder is first on the
-services' path, so the installed one is left alone.
+the backend.  For the host failover test two more cinder-volume services
+(hosts fuse-mp-a and fuse-mp-b, a tgtd each) share one more volumes_home.
+A patched copy of the installed Cinder is first on the services' path, so
+the installed one is left alone.
 
 Ports on 127.0.0.1: API 18780-18789, tgtd control 41-49, portal
 13281-13289, MariaDB 13306-13309, RabbitMQ 15672-15677.  Everything is
