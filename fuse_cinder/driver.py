@@ -18,6 +18,8 @@ LUN 1 of one target per volume.
 """
 
 import math
+import os
+import socket
 import threading
 import time
 
@@ -49,6 +51,11 @@ VERSION = '1.0.0'
 #: Seconds one successful look at the mount vouches for it to
 #: ensure_export (the start-up burst).
 ENSURE_MOUNT_TTL = 10.0
+#: The first field of the location_info capability: a backend of this
+#: driver (subclasses included), whose files another one can reach.
+LOCATION_DRIVER = 'FuseISCSIDriver'
+#: Statuses a volume may have when it is moved by the driver: detached.
+_MOVABLE = ('available',)
 
 
 @interface.volumedriver
@@ -87,6 +94,9 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self._watch = None
         # When the mount last answered a bounded call, for ensure_export.
         self._mount_seen_alive = None
+        # The machine, in location_info: a migration reaches another
+        # backend's files only on the same one.
+        self.hostname = socket.gethostname()
 
     @staticmethod
     def get_driver_options():
@@ -248,6 +258,99 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             self.files.extend(volume.name, volume.size)
         self._account(self.files.size(volume.name) - old)
 
+    # -- migration and retype ------------------------------------------
+
+    def _migration_target(self, volume, host):
+        """The SparseFiles of the destination, when this driver can move.
+
+        Only to another backend of this driver on this machine whose
+        volumes_home is on FUSE here, on the filesystem it reported, and
+        only for a detached volume. Otherwise None, with the reason
+        logged: Cinder's generic migration runs instead.
+        """
+        def refuse(reason, **kw):
+            LOG.info("Volume %(vol)s: not moved by the FUSE driver to "
+                     "%(host)s (%(reason)s); Cinder's generic migration "
+                     "runs.", {'vol': volume.id, 'host': host.get('host'),
+                               'reason': reason % kw})
+            return None
+
+        status = volume.status
+        if status in ('maintenance', 'retyping'):
+            status = volume.previous_status
+        if status not in _MOVABLE or volume.volume_attachment:
+            return refuse('it is %(status)s', status=volume.status)
+        info = (host.get('capabilities') or {}).get('location_info')
+        fields = info.split(':', 4) if isinstance(info, str) else []
+        if len(fields) != 5 or fields[0] != LOCATION_DRIVER:
+            return refuse('not a FUSE backend: %(info)s', info=info)
+        _driver, machine, device, provisioning, home = fields
+        if machine != self.hostname:
+            return refuse('on machine %(machine)s', machine=machine)
+        if volume_utils.extract_host(host['host'], 'backend') == self.host:
+            return refuse('the same backend')
+        if (not os.path.isabs(home) or os.path.normpath(home) != home or
+                provisioning not in ('thin', 'thick')):
+            return refuse('unusable location %(info)s', info=info)
+        mine = self.mount
+        dest = fuse_mount.FuseMount(
+            home, self._execute, mine.fs_call_timeout, mine.copy_timeout,
+            mounts_file=mine.mounts_file, mountinfo_file=mine.mountinfo_file)
+        entry = dest.entry()
+        if entry is None or not entry.is_fuse:
+            return refuse('%(home)s is not on FUSE here', home=home)
+        here = (dest.device() or 'none').replace(':', '.')
+        if here != device:
+            return refuse('%(home)s is filesystem %(here)s here, %(there)s '
+                          'there', home=home, here=here, there=device)
+        return fileops.SparseFiles(dest, sparse=provisioning == 'thin')
+
+    def migrate_volume(self, context, volume, host):
+        """Move a detached volume to another FUSE backend of this machine.
+
+        Cinder's generic migration attaches both volumes to this host
+        over iSCSI (os-brick, a kernel initiator) and dd's every byte.
+        Between two volumes_home of this machine the file is renamed
+        when both are on one mount, else copied sparse by the root
+        helper (as snapshots and clones) and the source removed: the
+        volume keeps its id and file name. Anything else returns
+        (False, None), and Cinder's generic path runs.
+        """
+        dest = self._migration_target(volume, host)
+        if dest is None:
+            return False, None
+        size = self.files.size(volume.name)
+        if size is None:
+            raise exception.VolumeBackendAPIException(
+                data=_("backing file of %s is missing") % volume.name)
+        # No LUN may keep the file open: a target left behind would serve
+        # the deleted source, and its record would bring it back here.
+        self.target_driver.remove_export(context, volume)
+        if dest.mount.volumes_home == self.mount.volumes_home:
+            how = 'nothing to move: both backends use this directory'
+        else:
+            same_fs = dest.mount.device() == self.mount.device()
+            how = self.files.move_to(volume.name, dest, rename=same_fs)
+        self._account(-size)
+        LOG.info("Volume %(vol)s moved to %(host)s (%(home)s) by the FUSE "
+                 "driver: %(how)s.",
+                 {'vol': volume.id, 'host': host['host'],
+                  'home': dest.mount.volumes_home, 'how': how})
+        return True, None
+
+    def retype(self, context, volume, new_type, diff, host):
+        """Take the new type on this backend: nothing to change.
+
+        Cinder calls this only when the new type stays on this backend;
+        the driver acts on no extra spec (provisioning is the backend's)
+        and offers no back-end QoS, so there is nothing to do, as with
+        LVM. A new type on another backend is a migration, which Cinder
+        then asks of migrate_volume.
+        """
+        if volume_utils.extract_host(host['host'], 'backend') != self.host:
+            return False, None
+        return True, None
+
     # -- images: straight to and from the local file --------------------
 
     def copy_image_to_volume(self, context, volume, image_service, image_id,
@@ -308,6 +411,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             # one is true.
             'fuse_cinder_export': True,
             'fuse_cinder_export_readonly': True,
+            'location_info': self._location_info(),
         }
         try:
             total, avail = self.mount.capacity()
@@ -327,6 +431,19 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                 self._backend_down = False
             self._heal_luns()
         self._stats = data
+
+    def _location_info(self):
+        """Where this backend keeps its files, for a migration to it.
+
+        ``FuseISCSIDriver:<machine>:<device>:<thin|thick>:<volumes_home>``
+        (volumes_home last, as it may hold a colon). The machine is the
+        host name, as for LVM; the device is the number of the filesystem
+        under volumes_home (procfs, never blocks; ``major.minor``), which
+        a source on this machine compares with its own view of that path.
+        """
+        device = (self.mount.device() or 'none').replace(':', '.')
+        return ':'.join((LOCATION_DRIVER, self.hostname, device,
+                         self.files.provisioning, self.mount.volumes_home))
 
     def _heal_luns(self):
         """Re-open the LUNs in tgtd once the mount was replaced.

@@ -30,6 +30,8 @@ from cinder.i18n import _
 from fuse_cinder import names
 
 LOG = logging.getLogger(__name__)
+# strerror(EXDEV), in the helper's message when a rename crosses mounts.
+_EXDEV_TEXT = 'Invalid cross-device link'
 
 
 class SparseFiles:
@@ -44,7 +46,7 @@ class SparseFiles:
         self.sparse = sparse
 
     @property
-    def _provisioning(self):
+    def provisioning(self):
         return 'thin' if self.sparse else 'thick'
 
     @property
@@ -113,7 +115,7 @@ class SparseFiles:
         path = self.mount.path(name)
         try:
             self.mount.helper('create', name, str(size_gb * units.Gi),
-                              self._provisioning,
+                              self.provisioning,
                               timeout=self._allocation_timeout)
         except Exception as exc:
             if 'File exists' in (getattr(exc, 'stderr', None) or ''):
@@ -131,7 +133,7 @@ class SparseFiles:
         filesystem hides its holes (see fuse_cinder/cmd/sparse_copy.py);
         Cinder's generic copy would dd every byte instead.
         """
-        self.mount.helper('copy', src_name, temp, self._provisioning,
+        self.mount.helper('copy', src_name, temp, self.provisioning,
                           timeout=self.mount.copy_timeout)
 
     def copy(self, src_name, dst_name, size_gb=None):
@@ -171,8 +173,57 @@ class SparseFiles:
             return
         # A thick grow writes the new range; the helper puts the old size
         # back when that fails.
-        self.mount.helper('grow', name, str(new), self._provisioning,
+        self.mount.helper('grow', name, str(new), self.provisioning,
                           timeout=self._allocation_timeout)
+
+    def move_to(self, name, other, rename=False):
+        """Move ``name`` into ``other``, another volumes_home, whole.
+
+        ``other`` is the SparseFiles of a second FUSE mount (or the same
+        one) of this machine. With ``rename`` the file is first renamed
+        there, which the kernel allows only within one mount (EXDEV
+        otherwise, then the copy below). The copy is the sparse copy of
+        snapshots and clones, built under a temporary name in ``other``
+        and renamed into place; the source is removed only once the copy
+        is complete. A failure before that leaves the source as it was
+        and no file in ``other``. Returns 'rename' or 'copy'.
+        """
+        other._refuse_existing(name)
+        home = other.mount.volumes_home
+        if rename:
+            try:
+                other.mount.helper_from(self.mount.volumes_home, 'rename',
+                                        name, name, 'keep')
+                return 'rename'
+            except processutils.ProcessExecutionError as exc:
+                if _EXDEV_TEXT not in (exc.stderr or ''):
+                    raise
+            LOG.info("%(src)s and %(dst)s are different mounts; copying "
+                     "%(name)s", {'src': self.mount.volumes_home,
+                                  'dst': home, 'name': name})
+        temp = self._temp_name(name)
+        try:
+            other.mount.helper_from(self.mount.volumes_home, 'copy', name,
+                                    temp, other.provisioning,
+                                    timeout=self.mount.copy_timeout)
+            other.mount.helper('rename', temp, name, 'keep')
+        except Exception:
+            LOG.warning("Copying %(name)s to %(home)s failed, removing "
+                        "%(temp)s", {'name': name, 'home': home,
+                                     'temp': other.mount.path(temp)})
+            other.delete(temp, check_exit_code=False)
+            raise
+        try:
+            self.delete(name)
+        except Exception as exc:
+            # The complete copy is the volume now: deleting it could lose
+            # the only one if the unlink here went through after all.
+            LOG.error("%(name)s was copied to %(home)s but could not be "
+                      "removed from %(src)s; remove it there by hand: "
+                      "%(err)s", {'name': name, 'home': home,
+                                  'src': self.mount.volumes_home,
+                                  'err': exc})
+        return 'copy'
 
     def delete(self, name, check_exit_code=True):
         """Remove a file; a missing one is not an error."""

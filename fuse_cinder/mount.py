@@ -149,6 +149,10 @@ class MountId:
 
     mount_id: int
     mount_point: str
+    #: The filesystem's device number, "major:minor": the same for every
+    #: mount of one filesystem, and unique on the machine (FUSE mounts get
+    #: an anonymous one each), whatever mount namespace looks at it.
+    device: str = ''
 
 
 def parse_mountinfo(text):
@@ -158,7 +162,8 @@ def parse_mountinfo(text):
         fields = line.split()
         if len(fields) < 5 or not fields[0].isdigit():
             continue
-        entries.append(MountId(int(fields[0]), _unescape(fields[4])))
+        entries.append(MountId(int(fields[0]), _unescape(fields[4]),
+                               fields[2]))
     return entries
 
 
@@ -215,9 +220,22 @@ class FuseMount:
         long as a file opened on it (by tgtd) is open; so an unchanged id
         means that no handle points into a replaced mount.
         """
-        with open(self.mountinfo_file) as f:
-            found = find_mount(self.volumes_home, parse_mountinfo(f.read()))
+        found = self._mountinfo()
         return found.mount_id if found else None
+
+    def device(self):
+        """The device number of the filesystem under volumes_home (procfs).
+
+        What tells two volumes_home of this machine on one filesystem
+        apart from two that only look alike (the same path in another
+        mount namespace); None when no mount holds it.
+        """
+        found = self._mountinfo()
+        return found.device if found else None
+
+    def _mountinfo(self):
+        with open(self.mountinfo_file) as f:
+            return find_mount(self.volumes_home, parse_mountinfo(f.read()))
 
     def run(self, *cmd, timeout=None, **kwargs):
         """Run one command on the mount as root, bounded in time.
@@ -246,6 +264,16 @@ class FuseMount:
     def helper(self, op, *args, **kwargs):
         """One ``fuse-cinder-files`` request on volumes_home (see run)."""
         return self.run(HELPER, op, self.volumes_home, *args, **kwargs)
+
+    def helper_from(self, source, op, *args, **kwargs):
+        """A request from the volumes_home ``source`` into this one.
+
+        ``fuse-cinder-files OP SOURCE ARGS... VOLUMES_HOME`` (a migration's
+        copy or rename); its failures name this mount, where the new file
+        goes.
+        """
+        return self.run(HELPER, op, source, *args, self.volumes_home,
+                        **kwargs)
 
     def read_into(self, name, dest):
         """Copy the backing file ``name`` into the local file ``dest``.

@@ -28,6 +28,8 @@ PROBE_PREFIX = '.fuse_cinder_probe-'
 UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
 #: volume-<uuid> or snapshot-<uuid>: what Cinder knows by name.
 OBJECT = '(?:volume|snapshot)-' + UUID
+#: volume-<uuid> alone: what a migration moves to another volumes_home.
+VOLUME = 'volume-' + UUID
 #: A copy being built, renamed to its object name once complete.
 TEMP = re.escape(TEMP_PREFIX) + OBJECT + '-[0-9a-f]{8}'
 #: The empty file that shows the mount is writable.
@@ -44,6 +46,7 @@ _OWNED_RE = re.compile(OWNED)
 _RENAME_TARGET_RE = re.compile(RENAME_TARGET)
 _PLAIN_RE = re.compile(PLAIN)
 _OBJECT_RE = re.compile(OBJECT)
+_VOLUME_RE = re.compile(VOLUME)
 
 
 def _full(regex, name):
@@ -58,6 +61,18 @@ def is_owned(name):
 def is_object(name):
     """volume-<uuid> or snapshot-<uuid>."""
     return _full(_OBJECT_RE, name)
+
+
+def is_volume(name):
+    """volume-<uuid>."""
+    return _full(_VOLUME_RE, name)
+
+
+def is_temp_of(name, of):
+    """The temporary name under which ``of`` is built (temp_name)."""
+    return (is_owned(name) and
+            name.startswith('%s%s-' % (TEMP_PREFIX, of)) and
+            len(name) == len(temp_name(of, '0' * 8)))
 
 
 def is_rename_target(name):

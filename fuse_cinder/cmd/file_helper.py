@@ -25,7 +25,11 @@ power ends at the driver's own files, whatever the arguments say:
 * content is created, copied, grown or deleted only for the driver's own
   names (volume-, snapshot-, its temporaries and probes); an operator's
   file may only be looked at and renamed to a volume or snapshot name
-  (manage).
+  (manage);
+* ``copy`` and ``rename`` may take a second volumes_home as their last
+  argument (a migration to another backend of this host): it is checked
+  like the first, only a volume goes there, and under its own name or
+  its own temporary name.
 
 Errors go to stderr as one line ending in the system's ``strerror`` text
 (the driver recognises ENOSPC, ENOTCONN, ENOENT and EEXIST by it); a
@@ -47,6 +51,8 @@ PROG = 'fuse-cinder-files'
 ZERO_CHUNK = 1 << 20
 _FUSE_TYPES = ('fuse', 'fuseblk')
 _OPEN_FILE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+OTHER_HOME_HELP = ('the volumes_home of another backend to put the '
+                   'volume in (a migration); checked as the first')
 
 
 class Refused(Exception):
@@ -235,28 +241,48 @@ def do_delete(home, args):
         pass
 
 
+def _volume_to_other_home(args):
+    """The names of a copy or rename into a second volumes_home.
+
+    A migration moves one volume, under its own name or the temporary
+    name it is built under; nothing else crosses to another directory.
+    """
+    src = _check(args.src, names.is_volume, 'a volume')
+    if args.op == 'rename':
+        if args.dst != src or args.existing != 'keep':
+            raise Refused('a volume keeps its name and never replaces a '
+                          'file in another volumes_home')
+        return src, args.dst
+    return src, _check(args.dst, lambda n: names.is_temp_of(n, src),
+                       'the temporary name of %s' % src)
+
+
 def do_rename(home, args):
     """Rename a regular file to a name of the driver's, inside home.
 
     The source may be any plain name (manage takes an operator's file as
     a volume or a snapshot);
     never a symlink or a directory, which would then be served as a
-    volume.
+    volume. Into another volumes_home only a volume goes, under its own
+    name (the kernel refuses, EXDEV, unless both are on one mount).
     """
-    src = plain(args.src)
-    dst = _check(args.dst, names.is_rename_target,
-                 'a volume or snapshot file name')
+    if args.dst_home is not None:
+        src, dst = _volume_to_other_home(args)
+    else:
+        src = plain(args.src)
+        dst = _check(args.dst, names.is_rename_target,
+                     'a volume or snapshot file name')
     if not stat.S_ISREG(os.stat(src, dir_fd=home,
                                 follow_symlinks=False).st_mode):
         raise Refused('%s is not a regular file' % src)
     if args.existing == 'keep':
         try:
-            os.stat(dst, dir_fd=home, follow_symlinks=False)
+            os.stat(dst, dir_fd=args.dst_fd, follow_symlinks=False)
         except FileNotFoundError:
             pass
         else:
             raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
-    os.rename(src, dst, src_dir_fd=home, dst_dir_fd=home)
+    os.rename(src, dst, src_dir_fd=home, dst_dir_fd=args.dst_fd)
 
 
 def do_list(home, args):
@@ -287,13 +313,19 @@ def do_probe(home, args):
 
 
 def do_copy(home, args):
-    """Copy a volume or snapshot to a new file (see sparse_copy)."""
-    src_name = _check(args.src, names.is_object, 'a volume or snapshot')
-    dst_name = owned(args.dst)
+    """Copy a volume or snapshot to a new file (see sparse_copy).
+
+    With a second volumes_home, a volume to its temporary name there.
+    """
+    if args.dst_home is not None:
+        src_name, dst_name = _volume_to_other_home(args)
+    else:
+        src_name = _check(args.src, names.is_object, 'a volume or snapshot')
+        dst_name = owned(args.dst)
     src = _open_regular(home, src_name, os.O_RDONLY)
     stats = {}
     try:
-        dst = _open_regular(home, dst_name,
+        dst = _open_regular(args.dst_fd, dst_name,
                             os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             how = sparse_copy.copy_fds(
@@ -363,14 +395,16 @@ def _parser():
         sub.add_argument('provisioning', choices=('thin', 'thick'))
     op('stat', do_stat, 'name')
     op('delete', do_delete, 'name')
-    op('rename', do_rename, 'src', 'dst').add_argument(
-        'existing', choices=('keep', 'replace'))
+    sub = op('rename', do_rename, 'src', 'dst')
+    sub.add_argument('existing', choices=('keep', 'replace'))
+    sub.add_argument('dst_home', nargs='?', help=OTHER_HOME_HELP)
     op('list', do_list)
     op('statfs', do_statfs)
     op('probe', do_probe)
     op('read', do_read, 'name')
     sub = op('copy', do_copy, 'src', 'dst')
     sub.add_argument('provisioning', choices=('thin', 'thick'))
+    sub.add_argument('dst_home', nargs='?', help=OTHER_HOME_HELP)
     sub.add_argument('--verbose', action='store_true',
                      help='say which copy was used and how many bytes it '
                      'wrote or copied server-side')
@@ -382,17 +416,25 @@ def main(argv=None, require_fuse=True):
     args = _parser().parse_args(argv)
     what = ' '.join(str(v) for v in (args.op, getattr(args, 'name', None) or
                                      getattr(args, 'src', '')) if v)
+    other = getattr(args, 'dst_home', None)
+    where = args.home if other is None else '%s and %s' % (args.home, other)
     try:
         home = open_home(args.home, require_fuse)
         try:
-            args.func(home, args)
+            args.dst_fd = (home if other is None
+                           else open_home(other, require_fuse))
+            try:
+                args.func(home, args)
+            finally:
+                if args.dst_fd != home:
+                    os.close(args.dst_fd)
         finally:
             os.close(home)
     except Refused as exc:
         print('%s: refused: %s' % (PROG, exc), file=sys.stderr)
         return 2
     except OSError as exc:
-        print('%s: %s in %s: %s' % (PROG, what, args.home,
+        print('%s: %s in %s: %s' % (PROG, what, where,
                                     exc.strerror or exc), file=sys.stderr)
         return 1
     return 0

@@ -15,6 +15,7 @@ import os
 import subprocess
 import threading
 import time
+from unittest import mock
 
 from oslo_concurrency import processutils
 from oslo_config import cfg
@@ -451,3 +452,56 @@ def test_thick_copies_are_exact(backend_conf, hiding):
         same_bytes(hiding.backing_path(vol.name),
                    hiding.backing_path(obj.name))
         assert allocated(hiding.backing_path(obj.name)) >= GiB
+
+
+def test_migration_renames_on_one_mount_and_copies_between_two(
+        backend_conf, tmp_path):
+    """migrate_volume with the real root helper on real bindfs mounts.
+
+    From one volumes_home to a second one on the same mount (a rename),
+    then to a volumes_home on another mount (the sparse copy); the
+    destination's own statistics give the capabilities. The target
+    helper is left out (no tgtd here; the multi-process test runs it).
+    """
+    with fusemount.BindfsMount(tmp_path / 'one') as one, \
+            fusemount.BindfsMount(tmp_path / 'two') as two:
+        beside = os.path.join(one.mountpoint, 'volumes2')
+        os.makedirs(beside)
+        src = make(backend_conf, one)
+        src.host = 'node@src'
+        drivers = {}
+        for name, home in (('beside', beside), ('two', two.volumes_home)):
+            conf = backend_conf(volumes_home=home, fuse_fs_call_timeout=10)
+            drivers[name] = driver.FuseISCSIDriver(
+                configuration=conf, execute=processutils.execute,
+                host='node@' + name)
+            drivers[name].do_setup(CTX)
+        vol = volume(0, size=1)
+        src.create_volume(vol)
+        data = os.urandom(2 * MiB)
+        write_at(src.local_path(vol), 300 * MiB, data)
+
+        def move(frm, to):
+            host = {'host': to.host + '#x',
+                    'capabilities': to.get_volume_stats(refresh=True)}
+            with mock.patch.object(frm.target_driver,
+                                   'remove_export') as remove:
+                assert frm.migrate_volume(CTX, vol, host) == (True, None)
+            remove.assert_called_once_with(CTX, vol)
+            path = to.local_path(vol)
+            assert not os.path.exists(frm.local_path(vol))
+            assert os.path.getsize(path) == GiB
+            assert read_at(path, 300 * MiB, len(data)) == data
+            assert allocated(path) < 16 * MiB
+
+        def inode(*parts):
+            return os.stat(os.path.join(*parts, vol.name)).st_ino
+
+        first = inode(one.backing, 'volumes')
+        move(src, drivers['beside'])
+        assert inode(one.backing, 'volumes2') == first        # renamed
+        move(drivers['beside'], drivers['two'])               # copied
+        for home in (one.volumes_home, beside, two.volumes_home):
+            leftovers = [n for n in os.listdir(home) if n != vol.name]
+            assert leftovers == []
+        assert sorted(os.listdir(two.volumes_home)) == [vol.name]

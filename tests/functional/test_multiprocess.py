@@ -16,8 +16,10 @@ separate processes from Cinder's own console scripts, on a private
 RabbitMQ and MariaDB from the Debian packages.  cinder-volume serves two
 backends (``enabled_backends = fuse1,fuse2``), each on its own bindfs
 mount, both behind one private tgtd as on a real host; volume types pick
-the backend.  A patched copy of the installed Cinder is first on the
-services' path, so the installed one is left alone.
+the backend.  For the host failover test two more cinder-volume services
+(hosts fuse-mp-a and fuse-mp-b, a tgtd each) share one more volumes_home.
+A patched copy of the installed Cinder is first on the services' path, so
+the installed one is left alone.
 
 Ports on 127.0.0.1: API 18780-18789, tgtd control 41-49, portal
 13281-13289, MariaDB 13306-13309, RabbitMQ 15672-15677.  Everything is
@@ -173,11 +175,13 @@ class Deployment(object):
         assert res.returncode == 0, res.stdout + res.stderr
         return res.stdout
 
-    def start(self, binary):
-        with open(os.path.join(self.work, 'logs', binary + '.out'),
+    def start(self, binary, conf=None, key=None):
+        key = key or binary
+        with open(os.path.join(self.work, 'logs', key + '.out'),
                   'ab') as out:
-            self.procs[binary] = subprocess.Popen(
-                [os.path.join(BIN, binary), '--config-file', self.conf],
+            self.procs[key] = subprocess.Popen(
+                [os.path.join(BIN, binary), '--config-file',
+                 conf or self.conf],
                 stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
                 env=self.env)
@@ -396,6 +400,116 @@ def test_volume_life_cycle_on_the_typed_backend(deployment, backend):
     dep.assert_no_errors()
 
 
+def _volume(dep, vol_id):
+    status, body = dep.api.call('GET', '/volumes/%s' % vol_id)
+    assert status == 200, body
+    return body['volume']
+
+
+def _wait_moved(dep, vol_id, backend, timeout=300):
+    """Until the volume is available on ``backend``, migration success."""
+    host = '%s@%s#%s' % (HOST, backend, backend)
+    seen = {}
+
+    def moved():
+        seen.clear()
+        seen.update(_volume(dep, vol_id))
+        assert seen['os-vol-mig-status-attr:migstat'] != 'error', (
+            '%s\n%s' % (seen, dep.log_tail()))
+        assert not seen['status'].startswith('error'), seen
+        return (seen['os-vol-mig-status-attr:migstat'] == 'success' and
+                seen['status'] == 'available' and
+                seen['os-vol-host-attr:host'] == host)
+    assert sandbox.wait_for(moved, timeout, interval=0.5), seen
+    return seen
+
+
+def _driver_moves(dep):
+    """The driver's own log line of each move it made, in order."""
+    moves = []
+    for path in dep.logs:
+        with open(path, errors='replace') as f:
+            moves += re.findall(r'Volume (\S+) moved to (\S+) \(\S+\) by '
+                                r'the FUSE driver: (\w+)', f.read())
+    return moves
+
+
+# Offsets and bytes written over iSCSI before the moves, read after each.
+PATTERNS = ((0, 0x5a), (700 * MiB, 0xa5))
+
+
+def test_migrate_and_retype_between_backends_by_the_driver(deployment):
+    """cinder retype and cinder migrate move the file, not over iSCSI.
+
+    Cinder's generic migration would attach both volumes to this host
+    with os-brick and dd every byte into a new volume (another name_id,
+    another file name). Here the volume keeps its id and file name, the
+    bytes written over iSCSI are read back over iSCSI from the other
+    backend, and the source file is gone.
+    """
+    dep = deployment
+    # The default type fits both backends, as cinder migrate needs; the
+    # retype back then needs the move the type asks for.
+    vol = dep.cli_id('create', '1', '--name', 'migrating')
+    dep.wait_status('volumes', vol, 'available')
+    name = 'volume-%s' % vol
+    first = re.match(r'%s@(\w+)#' % HOST,
+                     _volume(dep, vol)['os-vol-host-attr:host']).group(1)
+    second = [b for b in BACKENDS if b != first][0]
+    writes = ['write -P 0x%x %d 1M' % (p, off) for off, p in PATTERNS]
+    reads = ['read -P 0x%x %d 1M' % (p, off) for off, p in PATTERNS]
+
+    def check_data(backend):
+        other = [b for b in BACKENDS if b != backend][0]
+        assert not os.path.exists(dep.backing(other, name))
+        path = dep.backing(backend, name)
+        assert os.path.getsize(path) == GiB
+        with open(path, 'rb') as f:
+            for offset, pattern in PATTERNS:
+                f.seek(offset)
+                assert f.read(MiB) == bytes([pattern]) * MiB
+        # Sparse: the 2 MiB written, not the 1 GiB a dd would allocate.
+        assert os.stat(path).st_blocks * 512 < 64 * MiB
+        [info] = json.loads(dep.cli('export', '--json', vol))
+        _qemu_io(info, *reads)
+        dep.cli('delete-export', vol)
+        dep.wait_status('volumes', vol, 'available')
+
+    [info] = json.loads(dep.cli('export', '--json', vol))
+    _qemu_io(info, *(writes + reads))
+    dep.cli('delete-export', vol)
+    dep.wait_status('volumes', vol, 'available')
+    before = len(_driver_moves(dep))
+
+    default_type = _volume(dep, vol)['volume_type']
+    dep.cli('migrate', vol, '%s@%s#%s' % (HOST, second, second))
+    seen = _wait_moved(dep, vol, second)
+    assert seen['volume_type'] == default_type  # migrate keeps the type
+    check_data(second)
+
+    dep.cli('retype', '--migration-policy', 'on-demand', vol, first)
+    seen = _wait_moved(dep, vol, first)
+    assert seen['volume_type'] == first
+    check_data(first)
+
+    # The driver moved it both times; the generic path would have made
+    # a new volume whose name_id the volume would now carry.
+    assert _driver_moves(dep)[before:] == [
+        (vol, '%s@%s#%s' % (HOST, second, second), 'copy'),
+        (vol, '%s@%s#%s' % (HOST, first, first), 'copy')]
+    assert seen['os-vol-mig-status-attr:name_id'] is None
+    status, body = dep.api.call('GET', '/volumes?all_tenants=1')
+    assert [v['id'] for v in body['volumes']
+            if v['name'] == 'migrating'] == [vol]
+
+    dep.cli('delete', vol)
+    assert sandbox.wait_for(lambda: dep.status('volumes', vol) is None,
+                            180, 0.5)
+    for backend in BACKENDS:
+        assert not os.path.exists(dep.backing(backend, name))
+    dep.assert_no_errors()
+
+
 def _statuses(dep, ids):
     status, body = dep.api.call('GET', '/volumes/detail?limit=1000')
     assert status == 200, body
@@ -486,6 +600,140 @@ def test_fifty_concurrent_creates_and_exports(deployment):
     assert dep.tgtd.targets() == {}
     for backend in BACKENDS:
         assert os.listdir(os.path.dirname(dep.backing(backend, 'x'))) == []
+    dep.assert_no_errors()
+
+
+def _shared_host_conf(dep, name, home, tgtd):
+    """cinder.conf of one more cinder-volume host: ``name``, one backend.
+
+    Both such hosts name the backend ``shared`` and use the same
+    volumes_home, as two machines mounting one FUSE storage would; each
+    has its own tgtd and volumes_dir, as a machine has.
+    """
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(dep.conf)
+    path = os.path.join(dep.work, 'cinder-%s.conf' % name)
+    for section in BACKENDS:
+        conf.remove_section(section)
+    conf['DEFAULT'].update(host=name, enabled_backends='shared',
+                           log_file='cinder-volume-%s.log' % name)
+    conf['shared'] = {
+        'volume_driver': 'fuse_cinder.driver.FuseISCSIDriver',
+        'volume_backend_name': 'shared',
+        'volumes_home': home,
+        'volumes_dir': os.path.join(dep.work, 'targets-%s' % name),
+        'target_ip_address': tgtd.ip,
+        'target_port': str(tgtd.portal_port),
+        'fuse_tgt_control_port': str(tgtd.control_port),
+    }
+    conf['fuse_cinder_tgt_privileged']['helper_command'] = (
+        '%s --config-file %s' % (os.path.join(BIN, 'privsep-helper'), path))
+    with open(path, 'w') as f:
+        conf.write(f)
+    return path
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        sandbox.kill_session(proc.pid)
+        proc.wait(timeout=30)
+
+
+def _backend_up(dep, backend):
+    status, body = dep.api.call('GET', '/os-services', microversion='3.49')
+    assert status == 200, body
+    return any(s['binary'] == 'cinder-volume' and s['host'] == backend and
+               s['state'] == 'up' and s.get('backend_state') == 'up'
+               for s in body['services'])
+
+
+def test_a_dead_hosts_volumes_are_served_by_the_other_host(deployment):
+    """Host failover on shared FUSE storage (README, "Host failover").
+
+    Host a serves two volumes from a volumes_home that host b mounts
+    too; one is exported with os-export. Host a dies (cinder-volume
+    killed, its tgtd gone). ``cinder-manage volume update_host`` gives
+    the volumes to host b, whose start-up ensure_export re-creates the
+    exported volume's target (same IQN and CHAP) in its own tgtd; the
+    other is exported on demand there. The data written through host a
+    is read back over iSCSI through host b.
+    """
+    dep = deployment
+    home = os.path.join(dep.mounts['fuse1'].mountpoint, 'shared')
+    os.makedirs(home)
+    tgtds = {}
+    with contextlib.ExitStack() as stack:
+        for name in ('fuse-mp-a', 'fuse-mp-b'):
+            tgtds[name] = sandbox.Tgtd(
+                log_path=os.path.join(dep.work, 'tgtd-%s.log' % name))
+            stack.callback(tgtds[name].stop)
+            tgtds[name].start()
+        conf_a = _shared_host_conf(dep, 'fuse-mp-a', home,
+                                   tgtds['fuse-mp-a'])
+        conf_b = _shared_host_conf(dep, 'fuse-mp-b', home,
+                                   tgtds['fuse-mp-b'])
+        dep.start('cinder-volume', conf_a, 'cinder-volume-a')
+        assert sandbox.wait_for(
+            lambda: _backend_up(dep, 'fuse-mp-a@shared'), 300, 1), (
+            dep.log_tail())
+        dep.cli('type-create', 'shared')
+        dep.cli('type-key', 'shared', 'set', 'volume_backend_name=shared')
+        vols = [dep.cli_id('create', '1', '--volume-type', 'shared',
+                           '--name', 'failover-%d' % i) for i in range(2)]
+        infos = {}
+        for i, vol in enumerate(vols):
+            dep.wait_status('volumes', vol, 'available')
+            assert _volume(dep, vol)['os-vol-host-attr:host'] == (
+                'fuse-mp-a@shared#shared')
+            [infos[vol]] = json.loads(dep.cli('export', '--json', vol))
+            assert infos[vol]['target_portal'] == tgtds['fuse-mp-a'].portal
+            _qemu_io(infos[vol], 'write -P 0x%x 0 1M' % (0x61 + i),
+                     'write -P 0x%x 900M 1M' % (0x71 + i))
+        kept, on_demand = vols
+        dep.cli('delete-export', on_demand)
+        dep.wait_status('volumes', on_demand, 'available')
+        assert dep.status('volumes', kept) == 'exported'
+
+        # Host a dies: its cinder-volume and its tgtd.
+        dead = dep.procs.pop('cinder-volume-a')
+        sandbox.kill_session(dead.pid)
+        dead.wait(timeout=30)
+        tgtds['fuse-mp-a'].stop()
+
+        dep.manage('volume', 'update_host',
+                   '--currenthost', 'fuse-mp-a@shared#shared',
+                   '--newhost', 'fuse-mp-b@shared#shared')
+        dep.start('cinder-volume', conf_b, 'cinder-volume-b')
+        stack.callback(_stop, dep.procs['cinder-volume-b'])
+        assert sandbox.wait_for(
+            lambda: _backend_up(dep, 'fuse-mp-b@shared'), 300, 1), (
+            dep.log_tail())
+
+        # ensure_export at b's start-up: the same target, CHAP and data.
+        target = tgtds['fuse-mp-b']
+        assert sandbox.wait_for(
+            lambda: infos[kept]['target_iqn'] in target.targets(), 60, 0.5)
+        moved = dict(infos[kept], target_portal=target.portal)
+        _qemu_io(moved, 'read -P 0x61 0 1M', 'read -P 0x71 900M 1M')
+        # The other one, exported on demand by host b.
+        [info] = json.loads(dep.cli('export', '--json', on_demand))
+        assert info['target_portal'] == target.portal
+        _qemu_io(info, 'read -P 0x62 0 1M', 'read -P 0x72 900M 1M')
+        for vol in vols:
+            assert _volume(dep, vol)['os-vol-host-attr:host'] == (
+                'fuse-mp-b@shared#shared')
+            dep.cli('delete-export', vol)
+        for vol in vols:
+            dep.wait_status('volumes', vol, 'available')
+            dep.cli('delete', vol)
+        for vol in vols:
+            assert sandbox.wait_for(
+                lambda: dep.status('volumes', vol) is None, 180, 0.5)
+        assert os.listdir(home) == []
+        assert target.targets() == {}
     dep.assert_no_errors()
 
 

@@ -34,9 +34,16 @@ ENOTCONN = 'Transport endpoint is not connected'
 HELPER = 'fuse-cinder-files'
 
 
+EXDEV = 'Invalid cross-device link'
+
+
 class FakeFS:
     def __init__(self, root, total=100 << 30, avail=80 << 30):
         self.root = root
+        # volumes_home -> filesystem: the helper's directories, and which
+        # of them a rename may cross (only within one filesystem).
+        self.homes = {root: 'fs0'}
+        self.home = root         # the directory of the request running
         self.files = {}          # path -> apparent size
         self.kinds = {root: 'directory'}   # non-regular entries
         self.total = total
@@ -47,16 +54,23 @@ class FakeFS:
         self.unkillable = False  # every call stuck beyond SIGKILL
 
     # -- test helpers --------------------------------------------------
-    def add(self, name, size=0, kind=None):
-        path = os.path.join(self.root, name)
+    def add(self, name, size=0, kind=None, home=None):
+        path = os.path.join(home or self.root, name)
         if kind:
             self.kinds[path] = kind
         else:
             self.files[path] = size
         return path
 
-    def names(self):
-        return sorted(os.path.basename(p) for p in self.files)
+    def add_home(self, home, filesystem='fs0'):
+        """Another volumes_home the helper may be given (migrations)."""
+        self.homes[home] = filesystem
+        self.kinds[home] = 'directory'
+
+    def names(self, home=None):
+        home = home or self.root
+        return sorted(os.path.basename(p) for p in self.files
+                      if os.path.dirname(p) == home)
 
     def fail(self, op, stderr, exit_code=1):
         """Make every request ``op`` (a helper operation) fail so."""
@@ -88,7 +102,8 @@ class FakeFS:
                 code, stderr = self.failures[self._key(cmd)]
                 raise processutils.ProcessExecutionError(
                     exit_code=code, stderr=stderr, cmd=' '.join(cmd))
-            assert cmd[0] == HELPER and cmd[2] == self.root, cmd
+            assert cmd[0] == HELPER and cmd[2] in self.homes, cmd
+            self.home = cmd[2]
             handler = getattr(self, '_' + cmd[1])
             return handler(*cmd[3:]) or '', ''
         except processutils.ProcessExecutionError:
@@ -101,10 +116,18 @@ class FakeFS:
         raise processutils.ProcessExecutionError(
             exit_code=code, stderr='%s: %s' % (HELPER, text), cmd=HELPER)
 
-    def _path(self, name, check=file_names.is_owned):
+    def _path(self, name, check=file_names.is_owned, home=None):
         """The helper's own name rules: a refusal is a driver bug here."""
         assert check(name), 'the root helper would refuse %r' % name
-        return os.path.join(self.root, name)
+        return os.path.join(home or self.home, name)
+
+    def _other_home(self, dst_home, src, dst, existing='keep'):
+        """The two-directory form: the helper's rules, and EXDEV."""
+        assert dst_home in self.homes, dst_home
+        assert file_names.is_volume(src), src
+        assert (dst == src and existing == 'keep') or \
+            file_names.is_temp_of(dst, src), (src, dst)
+        return dst_home
 
     def _stat(self, name):
         path = self._path(name, file_names.is_plain)
@@ -135,18 +158,24 @@ class FakeFS:
     def _delete(self, name):
         self.files.pop(self._path(name), None)
 
-    def _rename(self, src, dst, existing):
+    def _rename(self, src, dst, existing, dst_home=None):
+        if dst_home:
+            self._other_home(dst_home, src, dst, existing)
         src_path = self._path(src, file_names.is_plain)
-        dst_path = self._path(dst, file_names.is_rename_target)
+        dst_path = self._path(dst, file_names.is_rename_target, dst_home)
         if src_path not in self.files:
             self._err('rename %s: No such file or directory' % src)
+        if dst_home and self.homes[dst_home] != self.homes[self.home]:
+            self._err('rename %s: %s' % (src, EXDEV))
         if existing == 'keep' and dst_path in self.files:
             self._err('rename %s: File exists' % src)
         self.files[dst_path] = self.files.pop(src_path)
 
-    def _copy(self, src, dst, provisioning):
+    def _copy(self, src, dst, provisioning, dst_home=None):
+        if dst_home:
+            self._other_home(dst_home, src, dst)
         src_path = self._path(src, file_names.is_object)
-        dst_path = self._path(dst)
+        dst_path = self._path(dst, home=dst_home)
         if src_path not in self.files:
             self._err('copy %s: No such file or directory' % src)
         if dst_path in self.files:
@@ -156,4 +185,4 @@ class FakeFS:
     def _list(self):
         return ''.join('%s\0%d\0' % (os.path.basename(p), s)
                        for p, s in sorted(self.files.items())
-                       if os.path.dirname(p) == self.root)
+                       if os.path.dirname(p) == self.home)

@@ -252,3 +252,90 @@ def test_read_streams_the_whole_file(home, capfdbinary):
 def test_read_takes_only_volumes_and_snapshots(home, name, capfdbinary):
     assert run(home, 'read', name) == 2
     assert capfdbinary.readouterr().out == b''
+
+
+# -- into a second volumes_home (migrations) -------------------------------
+
+TEMP_OF_VOL = '.fuse_cinder_tmp-%s-0123abcd' % VOL
+
+
+@pytest.fixture
+def other(tmp_path):
+    path = tmp_path / 'other'
+    path.mkdir()
+    return path
+
+
+def test_copy_into_another_home_keeps_bytes_and_holes(home, other):
+    with open(home / VOL, 'wb') as f:
+        f.truncate(64 * MiB)
+        f.seek(8 * MiB)
+        f.write(b'payload' * 1000)
+    assert run(home, 'copy', VOL, TEMP_OF_VOL, 'thin', str(other)) == 0
+    assert (other / TEMP_OF_VOL).read_bytes() == (home / VOL).read_bytes()
+    assert os.stat(other / TEMP_OF_VOL).st_blocks * 512 < 8 * MiB
+    assert os.listdir(home) == [VOL]
+    # The single-directory form is unchanged.
+    assert run(home, 'copy', VOL, TEMP, 'thin') == 0
+    assert sorted(os.listdir(home)) == sorted([VOL, TEMP])
+
+
+def test_rename_into_another_home_keeps_the_name(home, other, capsys):
+    (home / VOL).write_bytes(b'mine')
+    assert run(home, 'rename', VOL, VOL, 'keep', str(other)) == 0
+    assert os.listdir(home) == [] and (other / VOL).read_bytes() == b'mine'
+    (home / VOL).write_bytes(b'new')
+    assert run(home, 'rename', VOL, VOL, 'keep', str(other)) == 1
+    assert 'File exists' in capsys.readouterr().err
+    assert (other / VOL).read_bytes() == b'mine'
+    assert (home / VOL).read_bytes() == b'new'
+
+
+@pytest.mark.parametrize('args', [
+    ('copy', SNAP, '.fuse_cinder_tmp-%s-0123abcd' % SNAP, 'thin'),
+    ('copy', VOL, TEMP, 'thin'),                    # another volume's temp
+    ('copy', VOL, VOL, 'thin'),                     # not a temporary name
+    ('copy', VOL, TEMP_OF_VOL + '0', 'thin'),
+    ('copy', 'passwd', TEMP_OF_VOL, 'thin'),
+    ('rename', VOL, VOL2, 'keep'),                  # a volume keeps its name
+    ('rename', VOL, VOL, 'replace'),                # never over a file
+    ('rename', 'imported', VOL, 'keep'),            # manage stays at home
+    ('rename', VOL, TEMP_OF_VOL, 'keep'),
+])
+def test_only_a_volume_goes_to_another_home(home, other, args):
+    for name in (VOL, SNAP, 'imported', 'passwd'):
+        (home / name).write_bytes(name.encode())
+    before = sorted(os.listdir(home))
+    assert run(home, *(args + (str(other),))) == 2
+    assert os.listdir(other) == []
+    assert sorted(os.listdir(home)) == before
+
+
+@pytest.mark.parametrize('dst_home', ['relative/dir', '{other}/../other',
+                                      '{other}/', '{other}\n', '/etc'])
+def test_the_other_home_is_checked_as_the_first(home, other, dst_home,
+                                                monkeypatch, capsys):
+    """Normalised and on FUSE; only ``home`` passes for FUSE here."""
+    home_ino = os.stat(home).st_ino
+    monkeypatch.setattr(file_helper, 'is_fuse_fd',
+                        lambda fd: os.fstat(fd).st_ino == home_ino)
+    (home / VOL).write_bytes(b'mine')
+    dst_home = dst_home.format(other=other)
+    for args in (('copy', VOL, TEMP_OF_VOL, 'thin'),
+                 ('rename', VOL, VOL, 'keep')):
+        assert run(home, *(args + (dst_home,)), require_fuse=True) == 2
+        assert 'refused' in capsys.readouterr().err
+    assert os.listdir(other) == [] and os.listdir(home) == [VOL]
+    assert not os.path.lexists(os.path.join('/etc', VOL))
+    # The same request into a FUSE directory goes through.
+    monkeypatch.setattr(file_helper, 'is_fuse_fd', lambda fd: True)
+    assert run(home, 'rename', VOL, VOL, 'keep', str(other),
+               require_fuse=True) == 0
+    assert os.listdir(other) == [VOL]
+
+
+def test_an_error_names_both_homes(home, other, capsys):
+    assert run(home, 'copy', VOL, TEMP_OF_VOL, 'thin', str(other)) == 1
+    err = capsys.readouterr().err
+    assert '%s and %s' % (home, other) in err
+    assert 'No such file or directory' in err

@@ -42,6 +42,8 @@ HOME = '/mnt/cdmi/volumes'
 VOL = 'volume-0b1e8a4e-6d64-4a45-9f3c-0c7d6a1f2b3c'
 SNAP = 'snapshot-2d3a0c6a-8f86-4c67-9b5e-2e9f8c3b4d5e'
 TEMP = '.fuse_cinder_tmp-%s-0123abcd' % VOL
+SNAP_TEMP = '.fuse_cinder_tmp-%s-0123abcd' % SNAP
+HOME2 = '/mnt/other/volumes'
 T = ['timeout', '-s', 'KILL', '30']
 F = 'fuse-cinder-files'
 CONF = '/etc/cinder/cinder.conf'
@@ -121,6 +123,16 @@ def test_life_cycle_commands_are_admitted(make_driver, fake_fs, filters):
         assert admitted(filters, cmd), cmd
 
 
+def test_migration_commands_are_admitted(shipped):
+    """The two-directory forms, beside the unchanged one-directory ones."""
+    for cmd in ([F, 'copy', HOME, VOL, TEMP, 'thin', HOME2],
+                [F, 'copy', HOME, VOL, TEMP, 'thick', HOME2],
+                [F, 'rename', HOME, VOL, VOL, 'keep', HOME2],
+                [F, 'copy', HOME, VOL, TEMP, 'thin'],
+                [F, 'rename', HOME, TEMP, VOL, 'keep']):
+        assert admitted(shipped, T + cmd), cmd
+
+
 @pytest.mark.after_all
 def test_every_command_of_the_unit_run_is_admitted(filters):
     """Filters and code cannot drift apart: all that the fakes saw."""
@@ -177,6 +189,30 @@ HOSTILE = [
     T + [F, 'delete', HOME, VOL, '/etc/passwd'],
     T + [F, 'list'], T + [F, '--help'],
     T + [F, 'copy', HOME, TEMP, SNAP, 'thin'],
+    # into a second volumes_home (migration): only a volume, only its own
+    # temporary or its own name, never a '..' or relative directory
+    T + [F, 'copy', HOME, VOL, TEMP, 'thin', HOME2 + '/../../../etc'],
+    T + [F, 'copy', HOME, VOL, TEMP, 'thin', '/etc/../' + HOME2],
+    T + [F, 'copy', HOME, VOL, TEMP, 'thin', 'etc'],
+    T + [F, 'copy', HOME, VOL, TEMP, 'thin', HOME2 + '\n'],
+    T + [F, 'copy', HOME, VOL, TEMP, 'thin', HOME2 + '/'],
+    T + [F, 'copy', HOME, VOL, TEMP, 'thin', ''],
+    T + [F, 'copy', HOME, SNAP, SNAP_TEMP, 'thin', HOME2],
+    T + [F, 'copy', HOME, VOL, VOL, 'thin', HOME2],
+    T + [F, 'copy', HOME, VOL, SNAP, 'thin', HOME2],
+    T + [F, 'copy', HOME, '../../../etc/shadow', TEMP, 'thin', HOME2],
+    T + [F, 'copy', HOME, VOL, '../' + TEMP, 'thin', HOME2],
+    T + [F, 'copy', HOME, VOL, TEMP, 'thin', HOME2, '--verbose'],
+    T + [F, 'copy', HOME, VOL, TEMP, 'thin', HOME2, HOME],
+    T + [F, 'rename', HOME, VOL, VOL, 'replace', HOME2],
+    T + [F, 'rename', HOME, 'passwd', VOL, 'keep', HOME2],
+    T + [F, 'rename', HOME, SNAP, SNAP, 'keep', HOME2],
+    T + [F, 'rename', HOME, VOL, TEMP, 'keep', HOME2],
+    T + [F, 'rename', HOME, VOL, '../../etc/passwd', 'keep', HOME2],
+    T + [F, 'rename', HOME, VOL, VOL, 'keep', HOME2 + '/../../etc'],
+    T + [F, 'rename', HOME, VOL, VOL, 'keep', 'etc'],
+    T + [F, 'rename', HOME, VOL, VOL, 'keep\n', HOME2],
+    T + [F, 'rename', HOME, VOL, VOL, 'keep', HOME2, HOME],
     # tgt's own tools: root for the cinder user before privsep
     ['tgt-admin', '--conf', '/tmp/evil.conf', '--update', 'ALL'],
     ['tgt-admin', '-C', '21', '--conf', '/home/cinder/x.conf', '--update',
@@ -246,6 +282,8 @@ PAST_THE_MATCHER = [
     [F, 'create', '/usr/bin', VOL, '0', 'thin'],
     [F, 'rename', '/etc', 'shadow', VOL, 'keep'],
     [F, 'statfs', '/proc/self'],
+    [F, 'copy', '/var/lib', VOL, TEMP, 'thin', '/etc'],
+    [F, 'rename', '/etc', VOL, VOL, 'keep', '/var/lib'],
 ]
 
 
