@@ -176,8 +176,6 @@ def build_config(state_dir, api_port=8776, volume_driver=DEFAULT_DRIVER,
         'default_volume_type': '__DEFAULT__',
         'log_file': os.path.join(state_dir, 'cinder.log'),
         'debug': str(bool(debug)),
-        # The fake transport delivers in-process: no need to wait long.
-        'rpc_response_timeout': '120',
         'report_interval': '5',
         'periodic_interval': '10',
         'periodic_fuzzy_delay': '0',
@@ -297,7 +295,7 @@ def _service_class(service):
     return SharedProcessService
 
 
-def _sqlite_write_ahead_log():
+def _sqlite_write_ahead_log(connection):
     """Commit the all-in-one's SQLite database without an fsync each.
 
     In SQLite's default rollback journal every commit syncs the disk
@@ -305,17 +303,25 @@ def _sqlite_write_ahead_log():
     exports queued behind each other's commits for seconds. A write-ahead
     log with ``synchronous = NORMAL`` syncs only at checkpoints and, as
     SQLite documents, never corrupts the database; a power cut can lose
-    the last commits. Production Cinder uses MySQL or PostgreSQL.
+    the last commits. Production Cinder uses MySQL or PostgreSQL. The
+    journal mode stays with the file; ``synchronous`` is per connection,
+    and oslo.db opens one per session (NullPool).
     """
     import sqlite3
 
     from sqlalchemy import event
     from sqlalchemy import pool
 
+    path = connection[len('sqlite:///'):]
+    db = sqlite3.connect(path)
+    try:
+        db.execute('PRAGMA journal_mode = WAL')
+    finally:
+        db.close()
+
     @event.listens_for(pool.Pool, 'connect')
-    def _pragmas(dbapi_con, _record):
+    def _synchronous_normal(dbapi_con, _record):
         if isinstance(dbapi_con, sqlite3.Connection):
-            dbapi_con.execute('PRAGMA journal_mode = WAL')
             dbapi_con.execute('PRAGMA synchronous = NORMAL')
 
 
@@ -357,7 +363,8 @@ def run(config_args):
     _put_own_bin_on_path()
     priv_context.init(root_helper=_privsep_root_helper())
     _serialise_fake_transport()
-    _sqlite_write_ahead_log()
+    if conf.database.connection.startswith('sqlite:///'):
+        _sqlite_write_ahead_log(conf.database.connection)
 
     migration.db_sync()
     coordination.COORDINATOR.start()

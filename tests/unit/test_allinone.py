@@ -44,6 +44,8 @@ def test_write_config_only(tmp_path, capsys):
     assert default['osapi_volume_workers'] == '1'
     assert default['enabled_backends'] == 'fuse'
     assert default['api_paste_config'] == '/etc/cinder/api-paste.ini'
+    # Cinder's own RPC timeout (60 s): exports need no more
+    assert 'rpc_response_timeout' not in default
     assert conf['database']['connection'] == (
         'sqlite:///%s' % (state / 'cinder.sqlite'))
     backend = conf['fuse']
