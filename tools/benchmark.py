@@ -56,6 +56,7 @@ from cinder.volume import configuration
 from cinder.volume import driver as cinder_driver
 from cinder.volume import volume_utils
 
+from fuse_cinder.allinone import faultfs
 from fuse_cinder.cmd import sparse_copy
 from fuse_cinder import driver
 from fuse_cinder import options
@@ -63,7 +64,6 @@ from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as priv_tgt
 from fuse_cinder.target import tgt as target_tgt
 from fuse_cinder.target import tgtd_mgmt
-from tests.functional import faultfs
 from tests.functional import fusemount
 from tests.functional import tgtd
 

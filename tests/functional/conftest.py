@@ -16,8 +16,8 @@ import collections
 from eventlet import patcher
 import pytest
 
+from fuse_cinder.allinone import faultfs
 from fuse_cinder import privileged
-from tests.functional import faultfs
 
 
 @pytest.fixture(autouse=True, scope='session')

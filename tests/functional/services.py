@@ -26,7 +26,7 @@ import secrets
 import signal
 import subprocess
 
-from fuse_cinder import sandbox
+from fuse_cinder.allinone import sandbox
 
 MARIADB_PORTS = range(13306, 13310)
 RABBIT_SLOTS = ((15672, 15673, 15674), (15675, 15676, 15677))

@@ -35,7 +35,7 @@ import tempfile
 
 import pytest
 
-from fuse_cinder import sandbox
+from fuse_cinder.allinone import sandbox
 from tests.functional import patched_cinder
 
 MiB = 1 << 20

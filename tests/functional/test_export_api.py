@@ -36,8 +36,8 @@ import uuid
 
 import pytest
 
-from fuse_cinder import allinone
-from fuse_cinder import sandbox
+from fuse_cinder.allinone import api_client
+from fuse_cinder.allinone import sandbox
 from tests.functional import patched_cinder
 from tests.functional import tgtd as tgtd_helper
 
@@ -178,7 +178,7 @@ class AllInOne(object):
 
     def http(self, method, path, body=None, user='admin', project='admin',
              microversion='3.0', timeout=60):
-        return allinone.Api(self.url, user, project).call(
+        return api_client.Api(self.url, user, project).call(
             method, path, body, microversion=microversion, timeout=timeout)
 
     def action(self, vol_id, body, **kw):

@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from tests.functional import faultfs
+from fuse_cinder.allinone import faultfs
 
 MiB = 1024 * 1024
 TIMEOUT = 30
@@ -407,7 +407,7 @@ class TestDeath(object):
         mountpoint = str(tmp_path / 'mnt')
         script = (
             'import sys, time\n'
-            'from tests.functional import faultfs\n'
+            'from fuse_cinder.allinone import faultfs\n'
             'faultfs.FaultFS(sys.argv[1], sys.argv[2]).start()\n'
             'print("up", flush=True)\n'
             'time.sleep(600)\n')

@@ -27,7 +27,7 @@ import pytest
 from cinder import context
 from cinder import objects
 
-from fuse_cinder import sandbox
+from fuse_cinder.allinone import sandbox
 from fuse_cinder.target import tgt
 from tests.functional import fusemount
 from tests.functional import test_export_api as api_base

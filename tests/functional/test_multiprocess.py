@@ -40,8 +40,10 @@ import time
 
 import pytest
 
-from fuse_cinder import allinone
-from fuse_cinder import sandbox
+from fuse_cinder.allinone import api_client
+from fuse_cinder.allinone import cinder_conf
+from fuse_cinder.allinone import deployment as aio_deployment
+from fuse_cinder.allinone import sandbox
 from tests.functional import patched_cinder
 from tests.functional import services
 
@@ -79,7 +81,7 @@ pytestmark = pytest.mark.skipif(bool(_skip_reason()),
 def write_cinder_conf(path, work, api_port, db_url, transport_url,
                       volumes_homes, tgtd):
     """The cinder.conf of README.rst "Multi-process deployment"."""
-    paste = allinone.find_api_paste()
+    paste = cinder_conf.find_api_paste()
     conf = configparser.ConfigParser(interpolation=None)
     conf['DEFAULT'] = {
         'host': HOST,
@@ -284,9 +286,9 @@ def deployment(tmp_path_factory):
             dep.mounts[name] = mount
             homes[name] = os.path.join(mount.mountpoint, 'volumes')
             os.makedirs(homes[name])
-        port = sandbox.free_port(allinone.API_PORTS)
+        port = sandbox.free_port(aio_deployment.API_PORTS)
         assert port, 'no free API port in 18780-18789'
-        dep.api = allinone.Api('http://127.0.0.1:%d/v3' % port)
+        dep.api = api_client.Api('http://127.0.0.1:%d/v3' % port)
         write_cinder_conf(dep.conf, work, port, db.url, mq.url, homes,
                           dep.tgtd)
         dep.manage('db', 'sync')

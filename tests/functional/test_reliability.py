@@ -11,7 +11,7 @@
 #    under the License.
 """The backend's reliability claims, each under a real injected fault.
 
-Faults come from FaultFS (tests/functional/faultfs.py: a FUSE filesystem
+Faults come from FaultFS (fuse_cinder/allinone/faultfs.py: a FUSE filesystem
 that hangs, dies or fills up on command) and from killing tgtd. The first
 test drives the driver itself, calling get_volume_stats as cinder-volume's
 periodic task does; the others go through a real Cinder (API, scheduler
@@ -43,11 +43,11 @@ import pytest
 
 from cinder import context
 
+from fuse_cinder.allinone import faultfs
+from fuse_cinder.allinone import sandbox
 from fuse_cinder import driver
 from fuse_cinder import mount
-from fuse_cinder import sandbox
 from fuse_cinder.target import tgt
-from tests.functional import faultfs
 from tests.functional import patched_cinder
 from tests.functional import test_export_api as export_api
 from tests.functional import test_tgt_export as tgt_export

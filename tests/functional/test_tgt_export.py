@@ -24,7 +24,7 @@ from cinder import context
 from cinder import exception
 from cinder import objects
 
-from fuse_cinder import sandbox
+from fuse_cinder.allinone import sandbox
 from fuse_cinder.target import tgt
 from tests.functional import fusemount
 from tests.functional import tgtd

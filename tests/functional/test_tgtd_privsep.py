@@ -32,10 +32,10 @@ from oslo_config import cfg
 from oslo_privsep import priv_context
 import pytest
 
+from fuse_cinder.allinone import sandbox
 from fuse_cinder import driver
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as ptgt
-from fuse_cinder import sandbox
 from fuse_cinder.target import tgt
 from fuse_cinder.target import tgtd_mgmt
 from tests.functional import tgtd as tgtd_helpers

@@ -36,7 +36,7 @@ import threading
 
 import pytest
 
-from fuse_cinder import sandbox
+from fuse_cinder.allinone import sandbox
 from tests.functional import fusemount
 from tests.functional import test_tgt_export
 from tests.functional import tgtd

@@ -31,7 +31,7 @@ import pytest
 
 from cinder import exception
 
-from fuse_cinder import sandbox
+from fuse_cinder.allinone import sandbox
 
 CONTROL_PORTS = range(21, 30)
 PORTAL_PORTS = range(13261, 13270)

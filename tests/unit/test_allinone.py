@@ -19,13 +19,17 @@ import sys
 
 import pytest
 
-from fuse_cinder import allinone
+from fuse_cinder.allinone import api_client
+from fuse_cinder.allinone import cinder_conf
+from fuse_cinder.allinone import cli
+from fuse_cinder.allinone import deployment
+from fuse_cinder.allinone import service_runner
 import fuse_cinderclient_ext
 
 
 def test_write_config_only(tmp_path, capsys):
     state = tmp_path / 'state'
-    code = allinone.main([
+    code = cli.main([
         '--state-dir', str(state), '--api-port', '18777',
         '--volumes-home', '/mnt/fuse/volumes', '--tgt-control-port', '33',
         '--target-port', '13273', '--backend-option', 'fuse_check_mount=False',
@@ -62,10 +66,10 @@ def test_write_config_only(tmp_path, capsys):
 
 def test_unknown_arguments_go_to_cinder(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(allinone, 'run', seen.append)
-    allinone.main(['--state-dir', str(tmp_path),
-                   '--api-paste-config', '/x/api-paste.ini',
-                   '--config-file', '/etc/extra.conf', '--debug'])
+    monkeypatch.setattr(service_runner, 'run', seen.append)
+    cli.main(['--state-dir', str(tmp_path),
+              '--api-paste-config', '/x/api-paste.ini',
+              '--config-file', '/etc/extra.conf', '--debug'])
     assert seen == [['--config-file', str(tmp_path / 'cinder.conf'),
                      '--config-file', '/etc/extra.conf']]
     conf = configparser.ConfigParser(interpolation=None)
@@ -75,28 +79,28 @@ def test_unknown_arguments_go_to_cinder(tmp_path, monkeypatch):
 
 def test_use_config_runs_that_file_and_writes_none(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(allinone, 'run', seen.append)
-    allinone.main(['--state-dir', str(tmp_path),
-                   '--use-config', '/etc/fuse-cinder-aio-x/cinder.conf'])
+    monkeypatch.setattr(service_runner, 'run', seen.append)
+    cli.main(['--state-dir', str(tmp_path),
+              '--use-config', '/etc/fuse-cinder-aio-x/cinder.conf'])
     assert seen == [['--config-file', '/etc/fuse-cinder-aio-x/cinder.conf']]
     assert os.listdir(tmp_path) == []
 
 
 def test_unprivileged_is_a_launcher_option():
-    args, rest = allinone.parse_deploy_args(['--unprivileged'])
+    args, rest = cli.parse_deploy_args(['--unprivileged'])
     assert args.unprivileged and rest == []
-    assert not allinone.parse_deploy_args([])[0].unprivileged
+    assert not cli.parse_deploy_args([])[0].unprivileged
 
 
 def test_bad_backend_option_is_rejected(tmp_path):
     with pytest.raises(SystemExit):
-        allinone.main(['--state-dir', str(tmp_path),
-                       '--backend-option', 'no-equals-sign'])
+        cli.main(['--state-dir', str(tmp_path),
+                  '--backend-option', 'no-equals-sign'])
 
 
 def test_missing_api_paste_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(allinone, 'find_api_paste', lambda: None)
-    assert allinone.main(['--state-dir', str(tmp_path)]) == 2
+    monkeypatch.setattr(cinder_conf, 'find_api_paste', lambda: None)
+    assert cli.main(['--state-dir', str(tmp_path)]) == 2
     assert 'api-paste.ini' in capsys.readouterr().err
 
 
@@ -104,15 +108,15 @@ def test_missing_api_paste_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 def test_without_state_dir_the_whole_deployment_runs(monkeypatch):
     seen = []
-    monkeypatch.setattr(allinone, 'deploy', seen.append)
-    monkeypatch.setattr(allinone, 'run_services', lambda a: 'services')
-    allinone.main(['--self-check', '--work-dir', '/w'])
+    monkeypatch.setattr(cli, 'deploy', seen.append)
+    monkeypatch.setattr(service_runner, 'run_services', lambda a: 'services')
+    cli.main(['--self-check', '--work-dir', '/w'])
     assert seen == [['--self-check', '--work-dir', '/w']]
-    assert allinone.main(['--state-dir=/s']) == 'services'
+    assert cli.main(['--state-dir=/s']) == 'services'
 
 
 def test_deploy_arguments_and_what_goes_to_cinder():
-    args, rest = allinone.parse_deploy_args(
+    args, rest = cli.parse_deploy_args(
         ['--volumes-home', '/mnt/f/v', '--self-check',
          '--config-file', '/etc/extra.conf'])
     assert args.volumes_home == '/mnt/f/v'
@@ -124,13 +128,13 @@ def test_deploy_arguments_and_what_goes_to_cinder():
 def test_deploy_refuses_non_root_and_starts_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(os, 'geteuid', lambda: 1000)
     started = []
-    monkeypatch.setattr(allinone.sandbox.Tgtd, 'start', started.append)
-    monkeypatch.setattr(allinone.subprocess, 'run',
+    monkeypatch.setattr(deployment.sandbox.Tgtd, 'start', started.append)
+    monkeypatch.setattr(deployment.subprocess, 'run',
                         lambda *a, **k: started.append(a))
     lines = []
     before = signal.getsignal(signal.SIGINT)
-    code = allinone.deploy(['--work-dir', str(tmp_path / 'w')],
-                           out=lines.append)
+    code = cli.deploy(['--work-dir', str(tmp_path / 'w')],
+                      out=lines.append)
     assert code == 1
     assert started == []
     assert any(line.startswith('ERROR: run as root') for line in lines)
@@ -143,7 +147,7 @@ def test_deploy_refuses_non_root_and_starts_nothing(tmp_path, monkeypatch):
 def test_deploy_removes_its_temporary_work_dir(monkeypatch):
     monkeypatch.setattr(os, 'geteuid', lambda: 1000)
     lines = []
-    assert allinone.deploy([], out=lines.append) == 1
+    assert cli.deploy([], out=lines.append) == 1
     work = lines[0].split(': ', 1)[1]
     assert work.startswith('/var/tmp/fuse-cinder-aio-')
     assert not os.path.exists(work)
@@ -158,7 +162,7 @@ def _evaluate(line, env):
 
 
 def test_cli_environment_is_a_noauth_shell_line():
-    line = allinone.cli_environment('http://127.0.0.1:18780/v3')
+    line = api_client.cli_environment('http://127.0.0.1:18780/v3')
     assert line.startswith('export ')
     env = _evaluate(line, {'PATH': '/usr/bin:/bin'})
     assert env['OS_AUTH_TYPE'] == 'noauth'
@@ -171,7 +175,7 @@ def test_cli_environment_is_a_noauth_shell_line():
 
 
 def test_cli_environment_can_add_the_extension_dir():
-    line = allinone.cli_environment('http://x/v3', '/src/my checkout')
+    line = api_client.cli_environment('http://x/v3', '/src/my checkout')
     env = _evaluate(line, {'PATH': '/bin'})
     assert env['PYTHONPATH'] == '/src/my checkout'
     env = _evaluate(line, {'PATH': '/bin', 'PYTHONPATH': '/other'})
@@ -180,17 +184,17 @@ def test_cli_environment_can_add_the_extension_dir():
 
 def test_extension_dir_only_off_site_packages(monkeypatch, tmp_path):
     # Found in a checkout (editable install, PYTHONPATH): name it.
-    assert allinone.client_extension_dir() == os.path.dirname(
+    assert api_client.client_extension_dir() == os.path.dirname(
         os.path.abspath(fuse_cinderclient_ext.__file__))
     # Found in site-packages (a regular install): pkgutil sees it there.
-    monkeypatch.setattr(allinone.site, 'getsitepackages',
+    monkeypatch.setattr(api_client.site, 'getsitepackages',
                         lambda: [os.path.dirname(os.path.abspath(
                             fuse_cinderclient_ext.__file__))])
-    assert allinone.client_extension_dir() is None
+    assert api_client.client_extension_dir() is None
 
 
 def test_qemu_io_url_carries_the_chap_login():
-    assert allinone.qemu_io_url({
+    assert api_client.qemu_io_url({
         'auth_username': 'u', 'auth_password': 'p',
         'target_portal': '127.0.0.1:13281',
         'target_iqn': 'iqn.2010-10.org.openstack:volume-1',
@@ -213,14 +217,14 @@ def test_qemu_io_url_carries_the_chap_login():
      False),
 ])
 def test_ready_means_scheduler_and_a_backend_up(monkeypatch, services, up):
-    api = allinone.Api('http://127.0.0.1:1/v3')
+    api = api_client.Api('http://127.0.0.1:1/v3')
     monkeypatch.setattr(api, 'call',
                         lambda *a, **k: (200, {'services': services}))
     assert api.services_up() is up
 
 
 def test_not_ready_while_the_api_does_not_answer(monkeypatch):
-    api = allinone.Api('http://127.0.0.1:1/v3')
+    api = api_client.Api('http://127.0.0.1:1/v3')
 
     def refused(*a, **k):
         raise ConnectionRefusedError()
@@ -232,8 +236,8 @@ def test_not_ready_while_the_api_does_not_answer(monkeypatch):
 def test_own_bin_directory_goes_first_on_path_once(monkeypatch):
     bindir = os.path.dirname(sys.executable)
     monkeypatch.setenv('PATH', '/usr/bin:/bin')
-    allinone._put_own_bin_on_path()
-    allinone._put_own_bin_on_path()
+    service_runner._put_own_bin_on_path()
+    service_runner._put_own_bin_on_path()
     assert os.environ['PATH'] == '%s:/usr/bin:/bin' % bindir
 
 
@@ -257,7 +261,7 @@ def _assert_refusal(text, value='keystone', where=None):
 
 def test_keystone_in_an_extra_file_is_refused(tmp_path):
     extra = _conf(tmp_path, 'keystone.conf', KEYSTONE)
-    why = allinone.config_refusal(['--debug', '--config-file', extra])
+    why = cinder_conf.config_refusal(['--debug', '--config-file', extra])
     assert why.startswith('[DEFAULT] auth_strategy = keystone (set in %s) '
                           'is not supported' % extra)
     _assert_refusal(why)
@@ -273,42 +277,43 @@ def test_every_spelling_and_config_dirs_are_read(tmp_path, spelling):
     extra = _conf(conf_dir, '50-auth.conf', '[DEFAULT]\nauth_strategy = '
                   'noauth_include_project_id\n')
     args = [a % {'file': extra, 'dir': conf_dir} for a in spelling]
-    _assert_refusal(allinone.config_refusal(args),
+    _assert_refusal(cinder_conf.config_refusal(args),
                     'noauth_include_project_id', where=extra)
 
 
 def test_the_last_file_wins_as_in_cinder(tmp_path):
     keystone = _conf(tmp_path, 'a.conf', KEYSTONE)
     noauth = _conf(tmp_path, 'b.conf', '[DEFAULT]\nauth_strategy = noauth\n')
-    assert allinone.config_refusal(['--config-file', keystone,
-                                    '--config-file', noauth]) is None
-    _assert_refusal(allinone.config_refusal(
+    assert cinder_conf.config_refusal(['--config-file', keystone,
+                                       '--config-file', noauth]) is None
+    _assert_refusal(cinder_conf.config_refusal(
         ['--config-file', noauth, '--config-file', keystone]))
 
 
 def test_other_configuration_is_fine(tmp_path):
     extra = _conf(tmp_path, 'x.conf', '[DEFAULT]\ndebug = True\n'
                   '[fuse]\nfuse_sparse_volumes = False\n')
-    assert allinone.config_refusal([]) is None
-    assert allinone.config_refusal(['--config-file', extra]) is None
+    assert cinder_conf.config_refusal([]) is None
+    assert cinder_conf.config_refusal(['--config-file', extra]) is None
     # Unreadable files are left to Cinder's own parse, which names them.
-    assert allinone.config_refusal(['--config-file', '/nonexistent']) is None
+    assert cinder_conf.config_refusal(
+        ['--config-file', '/nonexistent']) is None
 
 
 def test_deploy_refuses_keystone_before_starting_anything(tmp_path,
                                                           monkeypatch):
     started = []
-    monkeypatch.setattr(allinone.sandbox.Tgtd, 'start', started.append)
-    monkeypatch.setattr(allinone.sandbox.BindfsMount, 'start',
+    monkeypatch.setattr(deployment.sandbox.Tgtd, 'start', started.append)
+    monkeypatch.setattr(deployment.sandbox.BindfsMount, 'start',
                         started.append)
-    monkeypatch.setattr(allinone.subprocess, 'run',
+    monkeypatch.setattr(deployment.subprocess, 'run',
                         lambda *a, **k: started.append(a))
-    monkeypatch.setattr(allinone.subprocess, 'Popen',
+    monkeypatch.setattr(deployment.subprocess, 'Popen',
                         lambda *a, **k: started.append(a))
     extra = _conf(tmp_path, 'keystone.conf', KEYSTONE)
     lines = []
-    code = allinone.deploy(['--work-dir', str(tmp_path / 'w'),
-                            '--config-file', extra], out=lines.append)
+    code = cli.deploy(['--work-dir', str(tmp_path / 'w'),
+                       '--config-file', extra], out=lines.append)
     assert code == 1
     assert started == []
     [error] = [line for line in lines if line.startswith('ERROR: ')]

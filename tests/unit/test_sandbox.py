@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from fuse_cinder import sandbox
+from fuse_cinder.allinone import sandbox
 
 MOUNTS = [('/', 'ext4'), ('/mnt/fuse', 'fuse.bindfs'),
           ('/mnt/fuse/deeper', 'tmpfs'), ('/mnt/fuse space', 'fuse.sshfs'),

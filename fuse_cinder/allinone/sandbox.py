@@ -410,7 +410,8 @@ def kill_session(sid, sig=signal.SIGKILL):
 SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 #: The rootwrap filters this checkout ships (README install step 4).
 FILTERS_PATH = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))),
     'etc', 'cinder', 'rootwrap.d')
 
 
