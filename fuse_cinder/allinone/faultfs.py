@@ -35,7 +35,7 @@ Test side::
 
 By hand::
 
-    python -m tests.functional.faultfs BACKING MOUNTPOINT [--control @name]
+    python -m fuse_cinder.allinone.faultfs BACKING MOUNTPOINT [--control @name]
 
 Worth knowing when writing fault tests:
 
@@ -866,7 +866,7 @@ class FaultFS(object):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog='python -m tests.functional.faultfs',
+        prog='python -m fuse_cinder.allinone.faultfs',
         description='Fault-injecting passthrough FUSE filesystem.')
     parser.add_argument('backing', help='directory to mirror')
     parser.add_argument('mountpoint')

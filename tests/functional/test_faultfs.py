@@ -435,7 +435,7 @@ class TestCommandLine(object):
         mountpoint = str(tmp_path / 'mnt')
         os.mkdir(mountpoint)
         proc = subprocess.Popen(
-            [sys.executable, '-m', 'tests.functional.faultfs',
+            [sys.executable, '-m', 'fuse_cinder.allinone.faultfs',
              str(tmp_path / 'backing'), mountpoint], cwd=_repo_root())
         try:
             assert _wait(lambda: faultfs.is_mounted(mountpoint))
