@@ -165,7 +165,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
     def check_for_setup_error(self):
         self.mount.check()
 
-    def _account(self, delta_bytes):
+    def _count_provisioned(self, delta_bytes):
         with self._provisioned_lock:
             self._provisioned_bytes = max(0,
                                           self._provisioned_bytes +
@@ -189,7 +189,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         LOG.debug("Creating %(name)s (%(size)d GiB)",
                   {'name': volume.name, 'size': size})
         self.files.create(volume.name, size)
-        self._account(size * units.Gi)
+        self._count_provisioned(size * units.Gi)
 
     def delete_volume(self, volume):
         """Remove the backing file; deleting twice is harmless."""
@@ -199,7 +199,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                      volume.name)
             return
         self.files.delete(volume.name)
-        self._account(-old)
+        self._count_provisioned(-old)
 
     def extend_volume(self, volume, new_size):
         size = self._check_size(new_size, 'new')
@@ -208,7 +208,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             raise exception.VolumeBackendAPIException(
                 data=_("backing file of %s is missing") % volume.name)
         self.files.extend(volume.name, size)
-        self._account(size * units.Gi - old)
+        self._count_provisioned(size * units.Gi - old)
         if volume.volume_attachment or volume.provider_location:
             self.target_driver.extend_target(volume)
 
@@ -224,14 +224,14 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                 reason=_("cannot snapshot %s: its backing file does not "
                          "exist") % source.name)
         self.files.copy(source.name, snapshot.name)
-        self._account(source.size * units.Gi)
+        self._count_provisioned(source.size * units.Gi)
 
     def delete_snapshot(self, snapshot):
         old = self.files.size(snapshot.name)
         if old is None:
             return
         self.files.delete(snapshot.name)
-        self._account(-old)
+        self._count_provisioned(-old)
 
     def create_volume_from_snapshot(self, volume, snapshot):
         size = self._check_size(volume.size, 'volume')
@@ -239,7 +239,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             raise exception.InvalidSnapshot(
                 reason=_("backing file of %s is missing") % snapshot.name)
         self.files.copy(snapshot.name, volume.name, size)
-        self._account(size * units.Gi)
+        self._count_provisioned(size * units.Gi)
 
     def create_cloned_volume(self, volume, src_vref):
         size = self._check_size(volume.size, 'volume')
@@ -248,7 +248,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                 reason=_("cannot clone %s: its backing file does not "
                          "exist") % src_vref.name)
         self.files.copy(src_vref.name, volume.name, size)
-        self._account(size * units.Gi)
+        self._count_provisioned(size * units.Gi)
 
     def revert_to_snapshot(self, context, volume, snapshot):
         """Put the snapshot's content back, keeping the old until done."""
@@ -256,7 +256,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self.files.replace(snapshot.name, volume.name)
         if volume.size > snapshot.volume_size:
             self.files.extend(volume.name, volume.size)
-        self._account(self.files.size(volume.name) - old)
+        self._count_provisioned(self.files.size(volume.name) - old)
 
     # -- migration and retype ------------------------------------------
 
@@ -331,7 +331,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         else:
             same_fs = dest.mount.device() == self.mount.device()
             how = self.files.move_to(volume.name, dest, rename=same_fs)
-        self._account(-size)
+        self._count_provisioned(-size)
         LOG.info("Volume %(vol)s moved to %(host)s (%(home)s) by the FUSE "
                  "driver: %(how)s.",
                  {'vol': volume.id, 'host': host['host'],
@@ -581,13 +581,13 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         size_gb = size_gb or self._gib(size)
         if size < size_gb * units.Gi:
             self.files.extend(obj.name, size_gb)
-        self._account(max(size, size_gb * units.Gi))
+        self._count_provisioned(max(size, size_gb * units.Gi))
 
     def _release_file(self, obj):
         """Leave the file as it is, as Cinder's other drivers do."""
         size = self.files.size(obj.name)
         if size is not None:
-            self._account(-size)
+            self._count_provisioned(-size)
 
     def manage_existing(self, volume, existing_ref):
         self._take_file(volume, existing_ref, 'volume', volume.size)
