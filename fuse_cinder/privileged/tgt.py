@@ -621,7 +621,7 @@ def delete_target(port: int, iqn: str,
         _check_str(chap_user, _('The CHAP user'), _CHAP_RE, 255)
     view, _pid = _view(client)
     target = _ours(view.find(client, iqn), iqn)
-    users = {chap_user} - {None}
+    users = set() if chap_user is None else {chap_user}
     known: set = set()
     if target is not None:
         try:

@@ -49,7 +49,7 @@ class TgtdView(object):
     ``_lock``; tgtd is never asked while holding it.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pid: Optional[int] = None
         self._targets: dict = {}        # name -> tgtd_mgmt.Target

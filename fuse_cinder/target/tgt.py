@@ -133,7 +133,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
     # One target per volume: the ACL and CHAP account are per volume.
     SHARED_TARGET_SUPPORT = False
 
-    def __init__(self, *args, control=None, **kwargs):
+    def __init__(self, *args, control=None, **kwargs) -> None:
         conf = kwargs.get('configuration')
         if conf is not None and hasattr(conf, 'append_config_values'):
             conf.append_config_values(options.tgt_opts)
@@ -726,12 +726,12 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 except exception.CinderException as err:
                     failures.append((spec.volume_id, err))
         if failures:
-            volume_id, err = failures[0]
+            volume_id, first = failures[0]
             msg = (_('%(failed)d of %(total)d LUNs in %(dir)s could not be '
                      're-opened, first %(vol)s: %(err)s')
                    % {'failed': len(failures),
                       'total': len(failures) + reopened, 'dir': directory,
-                      'vol': volume_id, 'err': err})
+                      'vol': volume_id, 'err': first})
             LOG.error(msg)
             raise exception.TargetUpdateFailed(volume_id=volume_id,
                                                message=msg)

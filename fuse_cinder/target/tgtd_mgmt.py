@@ -234,9 +234,8 @@ def parse_targets(text: str) -> dict:
             if key == 'LUN':
                 lun = target.luns.setdefault(int(value), Lun())
             elif lun is not None and key in _LUN_FIELDS:
-                if key == 'Backing store path' and value == 'None':
-                    value = None
-                setattr(lun, _LUN_FIELDS[key], value)
+                missing = key == 'Backing store path' and value == 'None'
+                setattr(lun, _LUN_FIELDS[key], None if missing else value)
         elif section == 'Account information':
             target.accounts.append(line.split()[0])
         elif section == 'ACL information':
@@ -327,9 +326,9 @@ class TgtdClient:
             raise TgtdTimeout('tgtd on control port %d did not answer %s '
                               'within %.1f s' % (self.control_port, what,
                                                  self.timeout))
-        except OSError as err:
+        except OSError as exc:
             raise TgtdUnavailable('tgtd on control port %d failed %s: %s'
-                                  % (self.control_port, what, err.strerror))
+                                  % (self.control_port, what, exc.strerror))
         finally:
             sock.close()
         if err != SUCCESS:
