@@ -20,9 +20,7 @@ running, and the child is killed (as root, by ``timeout`` itself) when the
 daemon does not answer.
 """
 
-import dataclasses
 import os
-import re
 import select
 import shlex
 import subprocess
@@ -35,6 +33,7 @@ from cinder import exception
 from cinder.i18n import _
 from cinder import utils
 
+from fuse_cinder import mount_table
 from fuse_cinder import processes
 
 LOG = logging.getLogger(__name__)
@@ -52,7 +51,6 @@ _REFUSED_TEXT = ': refused: '
 _NOT_FUSE_TEXT = 'not on a FUSE filesystem'
 #: The root helper every call on the mount goes through.
 HELPER = 'fuse-cinder-files'
-_OCTAL_ESCAPE_RE = re.compile(r'\\([0-7]{3})')
 # Bytes per read from a streaming helper's pipe.
 _PIPE_CHUNK = 1 << 20
 
@@ -69,48 +67,6 @@ class FuseMountUnavailable(exception.VolumeBackendAPIException):
 
 class FuseNoSpace(exception.VolumeBackendAPIException):
     message = _("No space left on FUSE mount %(mount)s: %(reason)s")
-
-
-@dataclasses.dataclass(frozen=True)
-class MountEntry:
-    """One line of /proc/self/mounts."""
-
-    source: str
-    mount_point: str
-    fs_type: str
-    options: tuple
-
-    @property
-    def is_fuse(self):
-        return self.fs_type in ('fuse', 'fuseblk') or \
-            self.fs_type.startswith('fuse.')
-
-    def option(self, name):
-        for opt in self.options:
-            key, _sep, value = opt.partition('=')
-            if key == name:
-                return value
-        return None
-
-    @property
-    def reachable_by_root(self):
-        """Whether root (cinder's root helper, tgtd) may open its files.
-
-        FUSE hides a mount from every user but its owner unless it was
-        mounted with allow_other or allow_root.
-        """
-        return ('allow_other' in self.options or
-                'allow_root' in self.options or
-                self.option('user_id') == '0')
-
-
-def _unescape(field):
-    """Undo the octal escapes the kernel uses for blanks in mount paths.
-
-    Only those: every other character, non-ASCII ones included, is the
-    path's own.
-    """
-    return _OCTAL_ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _copy_sparse(pipe, out, deadline):
@@ -130,59 +86,6 @@ def _copy_sparse(pipe, out, deadline):
         else:
             out.write(data)
         size += len(data)
-
-
-def parse_mounts(text):
-    entries = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        entries.append(MountEntry(_unescape(fields[0]), _unescape(fields[1]),
-                                  fields[2], tuple(fields[3].split(','))))
-    return entries
-
-
-@dataclasses.dataclass(frozen=True)
-class MountId:
-    """One line of /proc/self/mountinfo, as far as identity goes."""
-
-    mount_id: int
-    mount_point: str
-    #: The filesystem's device number, "major:minor": the same for every
-    #: mount of one filesystem, and unique on the machine (FUSE mounts get
-    #: an anonymous one each), whatever mount namespace looks at it.
-    device: str = ''
-
-
-def parse_mountinfo(text):
-    """[MountId] of /proc/self/mountinfo, in the kernel's order."""
-    entries = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 5 or not fields[0].isdigit():
-            continue
-        entries.append(MountId(int(fields[0]), _unescape(fields[4]),
-                               fields[2]))
-    return entries
-
-
-def find_mount(path, entries):
-    """The mount holding ``path``: the longest matching mount point.
-
-    ``path`` is not resolved with realpath, which would stat every component
-    on a possibly hung mount; volumes_home must be given without symlinks.
-    The last matching entry wins, as the kernel stacks later mounts on top.
-    """
-    path = os.path.normpath(path)
-    best = None
-    for entry in entries:
-        mp = entry.mount_point
-        inside = path == mp or path.startswith(mp.rstrip('/') + '/')
-        if inside and (best is None or
-                       len(mp) >= len(best.mount_point)):
-            best = entry
-    return best
 
 
 class FuseMount:
@@ -211,7 +114,8 @@ class FuseMount:
         FUSE daemon.
         """
         with open(self.mounts_file) as f:
-            return find_mount(self.volumes_home, parse_mounts(f.read()))
+            return mount_table.find_mount(
+                self.volumes_home, mount_table.parse_mounts(f.read()))
 
     def identity(self):
         """The kernel's id of the mount holding volumes_home (procfs).
@@ -235,7 +139,8 @@ class FuseMount:
 
     def _mountinfo(self):
         with open(self.mountinfo_file) as f:
-            return find_mount(self.volumes_home, parse_mountinfo(f.read()))
+            return mount_table.find_mount(
+                self.volumes_home, mount_table.parse_mountinfo(f.read()))
 
     def run(self, *cmd, timeout=None, **kwargs):
         """Run one command on the mount as root, bounded in time.

@@ -30,6 +30,9 @@ import socket
 import subprocess
 import time
 
+from fuse_cinder import mount_table
+from fuse_cinder.target import tgtd_mgmt
+
 #: Ports a private tgtd picks from unless told otherwise.
 CONTROL_PORTS = range(41, 50)
 PORTAL_PORTS = range(13281, 13290)
@@ -78,19 +81,11 @@ def free_port(ports, host='127.0.0.1'):
 
 # -- mounts ----------------------------------------------------------------
 
-def _unescape(field):
-    # /proc/self/mounts escapes space, tab, newline and backslash in octal.
-    for code, char in (('\\040', ' '), ('\\011', '\t'), ('\\012', '\n'),
-                       ('\\134', '\\')):
-        field = field.replace(code, char)
-    return field
-
-
 def mounts():
     """[(mount point, fs type)] from the kernel; never touches a mount."""
     with open('/proc/self/mounts') as f:
-        return [(_unescape(line.split()[1]), line.split()[2])
-                for line in f if len(line.split()) > 2]
+        return [(e.mount_point, e.fs_type)
+                for e in mount_table.parse_mounts(f.read())]
 
 
 def is_mounted(path):
@@ -103,17 +98,15 @@ def mount_of(path):
 
     No stat or realpath: a hung FUSE daemon would block them.
     """
-    path = os.path.abspath(path)
-    best = ('/', '')
-    for point, fs_type in mounts():
-        inside = path == point or path.startswith(point.rstrip('/') + '/')
-        if inside and len(point) >= len(best[0]):
-            best = (point, fs_type)
-    return best
+    entry = mount_table.find_mount(
+        os.path.abspath(path),
+        [mount_table.MountEntry('', point, fs_type, ())
+         for point, fs_type in mounts()])
+    return (entry.mount_point, entry.fs_type) if entry else ('/', '')
 
 
 def is_fuse(path):
-    return mount_of(path)[1].startswith('fuse')
+    return mount_table.is_fuse_type(mount_of(path)[1])
 
 
 class BindfsMount(object):
@@ -191,18 +184,14 @@ def list_targets(control_port):
     """{iqn: tid} of one tgtd."""
     out = tgtadm(control_port, '--lld', 'iscsi', '--mode', 'target',
                  '--op', 'show').stdout
-    found = {}
-    for line in out.splitlines():
-        if line.startswith('Target ') and ':' in line:
-            head, _sep, iqn = line.partition(': ')
-            found[iqn.strip()] = int(head.split()[1])
-    return found
+    return {name: target.tid
+            for name, target in tgtd_mgmt.parse_targets(out).items()}
 
 
 def list_accounts(control_port):
     out = tgtadm(control_port, '--lld', 'iscsi', '--mode', 'account',
                  '--op', 'show').stdout
-    return [line.strip() for line in out.splitlines()[1:] if line.strip()]
+    return tgtd_mgmt.parse_accounts(out)
 
 
 class Tgtd(object):

@@ -45,11 +45,11 @@ import stat
 import sys
 
 from fuse_cinder.cmd import sparse_copy
+from fuse_cinder import mount_table
 from fuse_cinder import names
 
 PROG = 'fuse-cinder-files'
 ZERO_CHUNK = 1 << 20
-_FUSE_TYPES = ('fuse', 'fuseblk')
 _OPEN_FILE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 OTHER_HOME_HELP = ('the volumes_home of another backend to put the '
                    'volume in (a migration); checked as the first')
@@ -59,30 +59,17 @@ class Refused(Exception):
     """A request outside what the driver may do as root."""
 
 
-def _mount_types():
-    """{mount id: filesystem type} from /proc/self/mountinfo."""
-    types = {}
-    with open('/proc/self/mountinfo') as f:
-        for line in f:
-            left, sep, right = line.partition(' - ')
-            if sep and right.split():
-                types[int(left.split()[0])] = right.split()[0]
-    return types
-
-
-def _mount_id(fd):
-    with open('/proc/self/fdinfo/%d' % fd) as f:
-        for line in f:
-            key, _sep, value = line.partition(':')
-            if key == 'mnt_id':
-                return int(value)
-    raise Refused('the kernel does not say which mount holds the directory')
-
-
 def is_fuse_fd(fd):
     """Whether the file open on ``fd`` lies on a FUSE filesystem."""
-    fs_type = _mount_types().get(_mount_id(fd), '')
-    return fs_type in _FUSE_TYPES or fs_type.startswith('fuse.')
+    mount_id = mount_table.fd_mount_id(fd)
+    if mount_id is None:
+        raise Refused('the kernel does not say which mount holds the '
+                      'directory')
+    with open('/proc/self/mountinfo') as f:
+        entries = mount_table.parse_mountinfo(f.read())
+    fs_type = next((m.fs_type for m in entries if m.mount_id == mount_id),
+                   '')
+    return mount_table.is_fuse_type(fs_type)
 
 
 def open_home(path, require_fuse=True):

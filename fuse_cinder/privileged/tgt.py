@@ -28,7 +28,6 @@ CHAP secrets reach tgtd only in the socket request: never on an argv,
 in a log line or in an exception.
 """
 
-import dataclasses
 import os
 import re
 import time
@@ -39,7 +38,7 @@ from oslo_log import log as logging
 from cinder import exception
 from cinder.i18n import _
 
-from fuse_cinder import mount
+from fuse_cinder import mount_table
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt_view
 from fuse_cinder.target import tgtd_mgmt
@@ -94,15 +93,6 @@ class TargetConflict(TargetRefused):
 
 class TargetMissing(TargetRefused):
     """tgtd has no target of that name."""
-
-
-@dataclasses.dataclass(frozen=True)
-class MountPoint:
-    """One line of a mountinfo file, as far as the checks go."""
-
-    mount_id: int
-    mount_point: str
-    fs_type: str
 
 
 # -- validation -----------------------------------------------------------
@@ -177,17 +167,9 @@ def is_volume_path(path) -> bool:
 
 
 def read_mountinfo(filename: str = MOUNTINFO) -> list:
-    """[MountPoint] of a mountinfo file; procfs never blocks."""
-    entries = []
+    """[MountId] of a mountinfo file; procfs never blocks."""
     with open(filename) as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) < 7 or '-' not in fields[6:]:
-                continue
-            fs_type = fields[fields.index('-', 6) + 1]
-            entries.append(MountPoint(int(fields[0]),
-                                      mount._unescape(fields[4]), fs_type))
-    return entries
+        return mount_table.parse_mountinfo(f.read())
 
 
 def check_path(path, mountinfo: str = MOUNTINFO) -> str:
@@ -200,8 +182,8 @@ def check_path(path, mountinfo: str = MOUNTINFO) -> str:
         raise _invalid(_('The backing file'),
                        _('must be an absolute normalised path ending in '
                          'volume-<uuid>'))
-    found = mount.find_mount(path, read_mountinfo(mountinfo))
-    if found is None or not found.fs_type.startswith('fuse'):
+    found = mount_table.find_mount(path, read_mountinfo(mountinfo))
+    if found is None or not mount_table.is_fuse_type(found.fs_type):
         raise _invalid(_('The backing file %s') % path,
                        _('is not on a FUSE mount'))
     return path
@@ -266,15 +248,6 @@ def _fd_links(pid: int, numbers) -> set:
     return found
 
 
-def _fd_mount_id(pid: int, fd: str) -> Optional[int]:
-    with open('/proc/%d/fdinfo/%s' % (pid, fd)) as f:
-        for line in f:
-            key, _sep, value = line.partition(':')
-            if key == 'mnt_id':
-                return int(value)
-    return None
-
-
 def _on_fuse(pid: int, fds: list, path: str) -> bool:
     """Some of tgtd's new descriptors name ``path``, all on FUSE.
 
@@ -287,8 +260,9 @@ def _on_fuse(pid: int, fds: list, path: str) -> bool:
     mounts = {m.mount_id: m for m in
               read_mountinfo('/proc/%d/mountinfo' % pid)}
     try:
-        return all(getattr(mounts.get(_fd_mount_id(pid, fd)), 'fs_type',
-                           '').startswith('fuse') for fd in fds)
+        return all(mount_table.is_fuse_type(getattr(
+            mounts.get(mount_table.fd_mount_id(fd, pid)), 'fs_type', ''))
+            for fd in fds)
     except OSError:
         return False
 

@@ -26,6 +26,7 @@ from cinder.tests.unit import fake_snapshot
 from cinder.tests.unit import fake_volume
 
 from fuse_cinder import mount
+from fuse_cinder import mount_table
 from tests.unit import conftest
 from tests.unit import fake_executor
 
@@ -770,7 +771,7 @@ def test_name_templates_must_be_cinders(make_driver, fake_fs):
 def test_mount_paths_keep_non_ascii_and_unescape_blanks():
     text = ('bindfs /mnt/\u00e9t\u00e9 fuse rw,allow_other 0 0\n'
             'bindfs /mnt/a\\040b\\134c fuse rw 0 0\n')
-    points = [e.mount_point for e in mount.parse_mounts(text)]
+    points = [e.mount_point for e in mount_table.parse_mounts(text)]
     assert points == ['/mnt/\u00e9t\u00e9', '/mnt/a b\\c']
 
 

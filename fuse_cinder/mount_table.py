@@ -1,0 +1,135 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+"""The kernel's mount table, read from procfs: it never blocks on a mount.
+
+Stdlib only, so that the root helper (fuse-cinder-files), the privsep
+daemon, the driver and the test sandbox share one reader without
+importing Cinder.
+"""
+
+import dataclasses
+import os
+import re
+
+_OCTAL_ESCAPE_RE = re.compile(r'\\([0-7]{3})')
+#: Filesystem types of FUSE mounts besides ``fuse.<name>``.
+_FUSE_TYPES = ('fuse', 'fuseblk')
+
+
+def is_fuse_type(fs_type):
+    return fs_type in _FUSE_TYPES or fs_type.startswith('fuse.')
+
+
+@dataclasses.dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mounts."""
+
+    source: str
+    mount_point: str
+    fs_type: str
+    options: tuple
+
+    @property
+    def is_fuse(self):
+        return is_fuse_type(self.fs_type)
+
+    def option(self, name):
+        for opt in self.options:
+            key, _sep, value = opt.partition('=')
+            if key == name:
+                return value
+        return None
+
+    @property
+    def reachable_by_root(self):
+        """Whether root (cinder's root helper, tgtd) may open its files.
+
+        FUSE hides a mount from every user but its owner unless it was
+        mounted with allow_other or allow_root.
+        """
+        return ('allow_other' in self.options or
+                'allow_root' in self.options or
+                self.option('user_id') == '0')
+
+
+def unescape(field):
+    """Undo the octal escapes the kernel uses for blanks in mount paths.
+
+    Only those: every other character, non-ASCII ones included, is the
+    path's own.
+    """
+    return _OCTAL_ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mounts(text):
+    entries = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        entries.append(MountEntry(unescape(fields[0]), unescape(fields[1]),
+                                  fields[2], tuple(fields[3].split(','))))
+    return entries
+
+
+@dataclasses.dataclass(frozen=True)
+class MountId:
+    """One line of /proc/<pid>/mountinfo, as far as identity goes."""
+
+    mount_id: int
+    mount_point: str
+    #: The filesystem's device number, "major:minor": the same for every
+    #: mount of one filesystem, and unique on the machine (FUSE mounts get
+    #: an anonymous one each), whatever mount namespace looks at it.
+    device: str = ''
+    fs_type: str = ''
+
+
+def parse_mountinfo(text):
+    """[MountId] of a mountinfo file, in the kernel's order."""
+    entries = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5 or not fields[0].isdigit():
+            continue
+        rest = fields[fields.index('-', 6) + 1:] if '-' in fields[6:] else []
+        entries.append(MountId(int(fields[0]), unescape(fields[4]),
+                               fields[2], rest[0] if rest else ''))
+    return entries
+
+
+def fd_mount_id(fd, pid='self'):
+    """The id of the mount holding the file open on ``fd`` (procfs)."""
+    with open('/proc/%s/fdinfo/%s' % (pid, fd)) as f:
+        for line in f:
+            key, _sep, value = line.partition(':')
+            if key == 'mnt_id':
+                return int(value)
+    return None
+
+
+def find_mount(path, entries):
+    """The mount holding ``path``: the longest matching mount point.
+
+    ``path`` is not resolved with realpath, which would stat every component
+    on a possibly hung mount; volumes_home must be given without symlinks.
+    The last matching entry wins, as the kernel stacks later mounts on top.
+    """
+    path = os.path.normpath(path)
+    best = None
+    for entry in entries:
+        mp = entry.mount_point
+        inside = path == mp or path.startswith(mp.rstrip('/') + '/')
+        if inside and (best is None or
+                       len(mp) >= len(best.mount_point)):
+            best = entry
+    return best
