@@ -478,6 +478,19 @@ def _retry_gone(func):
     return func(True)
 
 
+def _on_target(client: tgtd_mgmt.TgtdClient, view, iqn: str, action):
+    """``action(target)`` on our target ``iqn``; TargetMissing without."""
+    def attempt(refreshed):
+        if refreshed:
+            view.forget(iqn)
+        target = _ours(view.find(client, iqn), iqn)
+        if target is None:
+            raise TargetMissing(reason=_('target %s does not exist') % iqn)
+        return action(target)
+
+    return _retry_gone(attempt)
+
+
 def _state(target: tgtd_mgmt.Target) -> dict:
     lun = target.luns.get(LUN) or tgtd_mgmt.Lun()
     return {'tid': target.tid, 'iqn': target.name, 'path': lun.path,
@@ -618,16 +631,8 @@ def set_acl(port: int, iqn: str, initiators) -> None:
     check_iqn(iqn)
     initiators = check_initiators(initiators)
     view, _pid = _view(client)
-
-    def apply(refreshed):
-        if refreshed:
-            view.forget(iqn)
-        target = _ours(view.find(client, iqn), iqn)
-        if target is None:
-            raise TargetMissing(reason=_('target %s does not exist') % iqn)
-        _sync_acl(client, view, target, initiators)
-
-    _retry_gone(apply)
+    _on_target(client, view, iqn,
+               lambda target: _sync_acl(client, view, target, initiators))
 
 
 @privileged.tgt_pctxt.entrypoint
@@ -648,17 +653,12 @@ def reopen_lun(port: int, iqn: str, path: str, bsoflags: str,
     check_flag(readonly, _('readonly'))
     view, pid = _view(client)
 
-    def reopen(refreshed):
-        if refreshed:
-            view.forget(iqn)
-        target = _ours(view.find(client, iqn), iqn)
-        if target is None:
-            raise TargetMissing(reason=_('target %s does not exist') % iqn)
+    def reopen(target):
         _delete_lun(client, view, target)
         _add_lun(client, pid, view, target, path, bsoflags, write_cache,
                  serial, readonly)
 
-    _retry_gone(reopen)
+    _on_target(client, view, iqn, reopen)
     LOG.info('Re-opened LUN %(lun)d of target %(iqn)s on %(path)s.',
              {'lun': LUN, 'iqn': iqn, 'path': path})
 
