@@ -313,3 +313,16 @@ def test_hostile_session_params_reach_no_tgtd():
     with pytest.raises(exception.InvalidInput):
         _run_export(client, session_params={'MaxOutstandingR2T': 8})
     assert _steps(client) == []
+
+
+@pytest.mark.parametrize('bsoflags', ptgt.BSOFLAGS)
+def test_every_lun_uses_the_rdwr_backing_store(bsoflags):
+    """rdwr calls fdatasync on SYNCHRONIZE CACHE; aio never does."""
+    client = mock.Mock()
+    view = mock.Mock()
+    with mock.patch.object(ptgt, '_OpenCheck') as check:
+        check.return_value.passed.return_value = True
+        ptgt._add_lun(client, 123, view, target(), PATH, bsoflags, True,
+                      SERIAL, False)
+    client.new_lun.assert_called_once_with(1, ptgt.LUN, PATH, bstype='rdwr',
+                                           bsoflags=bsoflags)
