@@ -1462,8 +1462,10 @@ def bench_io(env, report, p):
         log('data path round %d/%d' % (rnd + 1, p['io_rounds']))
         # One test on every target in turn, so that the runs compared
         # are close in time; the order rotates so that drift in the
-        # machine's load spreads evenly.
-        order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+        # machine's load spreads evenly. Each LUN of the ceiling table
+        # runs next to its ceiling (the pair's order alternates), which
+        # is what keeps their ratio steady on a shared machine.
+        order = paired_order(targets, rnd)
         for name, args, amount, unit, cold in tests:
             for target in order:
                 if cold:
@@ -1536,6 +1538,23 @@ def bench_io(env, report, p):
     io_ceiling(report, base, names, cpu)
 
 
+#: (LUN, its ceiling) kinds, run side by side in every round.
+CEILING_PAIRS = ((DEFAULT_SETTING, 'file'), ('overlay', 'overlay-file'),
+                 ('plain', 'plain-file'))
+
+
+def paired_order(targets, rnd):
+    """The targets of round ``rnd``: pairs adjacent, rotated by pairs."""
+    by_kind = {t.kind: t for t in targets}
+    units = [[by_kind[a], by_kind[b]] for a, b in CEILING_PAIRS]
+    paired = {t.kind for t in itertools.chain(*units)}
+    units += [[t] for t in targets if t.kind not in paired]
+    if rnd % 2:
+        units = [list(reversed(u)) for u in units]
+    shift = rnd % len(units)
+    return list(itertools.chain(*(units[shift:] + units[:shift])))
+
+
 def cpu_seconds(pid):
     """User plus system CPU seconds of a process so far (procfs)."""
     with open('/proc/%d/stat' % pid) as f:
@@ -1604,7 +1623,8 @@ def io_ceiling(report, base, names, cpu):
         'Data path against its ceiling',
         'Each LUN\'s figure divided by that of qemu-img opening the same '
         'kind of file itself with O_DIRECT (the ceiling: FUSE, or ext4, '
-        'without iSCSI), round by round; median and range over the rounds. '
+        'without iSCSI); the two run next to each other in every round, '
+        'each first in turn; median and range of the per-round ratios. '
         'Every LUN keeps every flush: tgtd\'s rdwr backing store calls '
         'fdatasync on SYNCHRONIZE CACHE (``tests/functional/'
         'test_flush.py`` proves it for every setting the options allow). '
