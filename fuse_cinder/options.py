@@ -60,6 +60,13 @@ fuse_opts = [
                     'revert) may take before the driver gives up.'),
 ]
 
+
+def _iscsi_length(name, text):
+    """An iSCSI length key: RFC 7143's range, 256 KiB by default."""
+    return cfg.IntOpt(name, default=262144, min=512, max=16777215,
+                      help=text)
+
+
 tgt_opts = [
     cfg.IntOpt('fuse_tgt_control_port',
                default=0,
@@ -92,6 +99,33 @@ tgt_opts = [
                     'cinder-volume host, so FUSE gets large requests and '
                     'the host holds no second copy of the data; empty '
                     'keeps buffered I/O. See BENCHMARKS.rst.'),
+    # iSCSI login keys each target offers (RFC 7143). Cinder has no
+    # options for these; tgtd's defaults (8 KiB data PDUs, every write
+    # burst solicited by an R2T) cost a round trip per 8 KiB written.
+    _iscsi_length('fuse_tgt_max_recv_data_segment_length',
+                  'MaxRecvDataSegmentLength of each target: the largest '
+                  'data PDU tgtd accepts from an initiator, so the size in '
+                  'which writes travel (tgtd\'s default is 8192). Applies '
+                  'to sessions that log in after the export. See '
+                  'BENCHMARKS.rst.'),
+    _iscsi_length('fuse_tgt_max_burst_length',
+                  'MaxBurstLength of each target: the most data of one '
+                  'sequence (read data, or write data per R2T). libiscsi '
+                  'takes at most 262144.'),
+    _iscsi_length('fuse_tgt_first_burst_length',
+                  'FirstBurstLength of each target: the unsolicited data '
+                  'an initiator may send with a write (immediate data '
+                  'and/or data-out before the first R2T). At most '
+                  'fuse_tgt_max_burst_length.'),
+    cfg.BoolOpt('fuse_tgt_immediate_data',
+                default=True,
+                help='ImmediateData of each target: whether an initiator '
+                     'may send write data inside the command PDU.'),
+    cfg.BoolOpt('fuse_tgt_initial_r2t',
+                default=False,
+                help='InitialR2T of each target: when on, every write '
+                     'waits for tgtd\'s R2T before sending any data '
+                     'beyond the immediate data (tgtd\'s default is on).'),
 ]
 
 CONF = cfg.CONF

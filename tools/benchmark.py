@@ -101,6 +101,13 @@ DEFAULT_SETTING = (_tgt_opt('fuse_tgt_write_cache').default,
                    _tgt_opt('fuse_tgt_bsoflags').default)
 
 
+# tgtd's own login keys, as driver options (tgt's iscsi/param.c).
+TGTD_SESSION_DEFAULTS = dict(fuse_tgt_max_recv_data_segment_length=8192,
+                             fuse_tgt_max_burst_length=262144,
+                             fuse_tgt_first_burst_length=65536,
+                             fuse_tgt_immediate_data=True,
+                             fuse_tgt_initial_r2t=True)
+
 # (write cache, bsoflags): every combination the driver's options allow.
 TGT_SETTINGS = [(wc, flags) for wc in (True, False)
                 for flags in _tgt_opt('fuse_tgt_bsoflags').type.choices]
@@ -1405,39 +1412,75 @@ def bench_io(env, report, p):
             os.fsync(f.fileno())
         return vol, path
 
-    for write_cache, flags in TGT_SETTINGS:
-        drv = env.driver(home, daemon, fuse_tgt_write_cache=write_cache,
-                         fuse_tgt_bsoflags=flags)
-        vol, path = lun_file(home)
+    def caches(mount, dirname, name):
+        path = os.path.join(dirname, name)
+        if mount is None:
+            return [path]
+        return [path, mount.backing_path(os.path.join('io', name))]
+
+    def add_lun(label, kind, mount, dirname, **opts):
+        drv = env.driver(dirname, daemon, **opts)
+        vol, _path = lun_file(dirname)
         targets.append(IoTarget(
-            'FUSE LUN, ' + setting_label(write_cache, flags),
-            lun_url(daemon, _export(drv, vol, QEMU_CONNECTOR)),
-            [path, env.bindfs.backing_path(os.path.join('io', vol.name))],
-            (write_cache, flags)))
+            label, lun_url(daemon, _export(drv, vol, QEMU_CONNECTOR)),
+            caches(mount, dirname, vol.name), kind))
+
+    def add_file(label, kind, mount, dirname):
+        vol, path = lun_file(dirname)
+        targets.append(IoTarget(label, path, caches(mount, dirname,
+                                                    vol.name), kind))
+
+    for write_cache, flags in TGT_SETTINGS:
+        add_lun('FUSE LUN, ' + setting_label(write_cache, flags),
+                (write_cache, flags), env.bindfs, home,
+                fuse_tgt_write_cache=write_cache, fuse_tgt_bsoflags=flags)
+    # The driver's defaults but tgtd's own login keys: what the session
+    # parameters are worth (8 KiB data PDUs, an R2T before each burst).
+    add_lun('FUSE LUN, driver defaults but tgtd\'s login keys (8 KiB '
+            'PDUs)', 'tgtd-keys', env.bindfs, home, **TGTD_SESSION_DEFAULTS)
+    add_file('FUSE file opened by qemu-img (no iSCSI), O_DIRECT', 'file',
+             env.bindfs, home)
+    over_home = env.home(env.overlayfs, 'io')
+    add_lun('fuse-overlayfs LUN, driver defaults', 'overlay', env.overlayfs,
+            over_home)
+    add_file('fuse-overlayfs file opened by qemu-img, O_DIRECT',
+             'overlay-file', env.overlayfs, over_home)
     vol, path = lun_file(plain_home)
     targets.append(IoTarget(
         'plain-file LUN (ext4), driver defaults',
         plain_lun(daemon, vol, path), [path], 'plain'))
-    vol, path = lun_file(home)
-    targets.append(IoTarget(
-        'FUSE file opened by qemu-img (no iSCSI), O_DIRECT', path,
-        [path, env.bindfs.backing_path(os.path.join('io', vol.name))],
-        'file'))
+    add_file('plain ext4 file opened by qemu-img, O_DIRECT', 'plain-file',
+             None, plain_home)
     for target in targets:
         target.overhead = median(
             qemu_bench(target, ['-s', '4K', '-c', '1']) for _ in range(3))
+    # CPU of the processes on the data path, per test, on the default LUN.
+    watched = {'tgtd': daemon.proc.pid, 'bindfs': env.bindfs.pid}
+    cpu = collections.defaultdict(list)
     tests = io_tests(p)
     for rnd in range(p['io_rounds']):
         log('data path round %d/%d' % (rnd + 1, p['io_rounds']))
         # One test on every target in turn, so that the runs compared
         # are close in time; the order rotates so that drift in the
-        # machine's load spreads evenly.
-        order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+        # machine's load spreads evenly. Each LUN of the ceiling table
+        # runs next to its ceiling (the pair's order alternates), which
+        # is what keeps their ratio steady on a shared machine.
+        order = paired_order(targets, rnd)
         for name, args, amount, unit, cold in tests:
             for target in order:
                 if cold:
                     fadvise_dontneed(target.caches)
+                used = {k: cpu_seconds(pid) for k, pid in watched.items()}
+                used['qemu-img'] = children_cpu_seconds()
                 seconds = qemu_bench(target, args)
+                if target.kind == DEFAULT_SETTING:
+                    for k, pid in watched.items():
+                        cpu[(name, k)].append(
+                            (cpu_seconds(pid) - used[k]) / seconds)
+                    cpu[(name, 'qemu-img')].append(
+                        (children_cpu_seconds() - used['qemu-img'])
+                        / seconds)
+                    cpu[(name, 'load')].append(os.getloadavg()[0])
                 value = amount / seconds / (1e6 if unit == 'MB/s' else 1)
                 target.results[name].append(value)
             log('  %s: %s' % (name, ', '.join(
@@ -1459,7 +1502,7 @@ def bench_io(env, report, p):
                   median(default.results[n])) for n in names])
     scores = {}
     for target in targets:
-        if target.kind in ('plain', 'file'):
+        if target.kind not in TGT_SETTINGS:
             continue
         scores[target.kind] = statistics.geometric_mean(
             median(target.results[n]) / median(default.results[n])
@@ -1492,6 +1535,111 @@ def bench_io(env, report, p):
         ['target'] + names, rel_rows,
         notes=io_notes(scores, rec, base, names))
     report.finding(io_finding(scores, rec, base, names))
+    io_ceiling(report, base, names, cpu)
+
+
+#: (LUN, its ceiling) kinds, run side by side in every round.
+CEILING_PAIRS = ((DEFAULT_SETTING, 'file'), ('overlay', 'overlay-file'),
+                 ('plain', 'plain-file'))
+
+
+def paired_order(targets, rnd):
+    """The targets of round ``rnd``: pairs adjacent, rotated by pairs."""
+    by_kind = {t.kind: t for t in targets}
+    units = [[by_kind[a], by_kind[b]] for a, b in CEILING_PAIRS]
+    paired = {t.kind for t in itertools.chain(*units)}
+    units += [[t] for t in targets if t.kind not in paired]
+    if rnd % 2:
+        units = [list(reversed(u)) for u in units]
+    shift = rnd % len(units)
+    return list(itertools.chain(*(units[shift:] + units[:shift])))
+
+
+def cpu_seconds(pid):
+    """User plus system CPU seconds of a process so far (procfs)."""
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def children_cpu_seconds():
+    """CPU seconds of this process's waited-for children (qemu-img)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_limit(cpu, names):
+    """Which layer the CPU figures point at, in one sentence."""
+    busiest = max(((median(cpu[(n, k)]), k, n) for n in names
+                   for k in ('tgtd', 'bindfs', 'qemu-img')))
+    load = median(v for n in names for v in cpu[(n, 'load')])
+    if busiest[0] >= 0.8:
+        return ('%s is the limit: it kept %.0f%% of a core busy during %s.'
+                % (busiest[1], 100 * busiest[0], busiest[2]))
+    if load > os.cpu_count():
+        return ('No process of the data path kept a core busy (at most %s, '
+                '%.0f%%, during %s), but the load average (%.1f on %d '
+                'cores) says the run queue of this shared machine was the '
+                'limit: processes waited for a core, and the round-to-round '
+                'ranges show it. No layer can be singled out in this run.'
+                % (busiest[1], 100 * busiest[0], busiest[2], load,
+                   os.cpu_count()))
+    return ('No process of the data path kept a core busy (at most %s, '
+            '%.0f%%, during %s): the time goes in waiting between the '
+            'layers (iSCSI round trips, FUSE requests), not in computing.'
+            % (busiest[1], 100 * busiest[0], busiest[2]))
+
+
+def _share(base, kind, ceiling, name):
+    """(median, min, max) of kind/ceiling over the rounds, paired by round.
+
+    Each round measures both within seconds of each other, so a round's
+    ratio is steadier than the ratio of medians taken far apart.
+    """
+    pairs = [a / b for a, b in zip(base[kind].results[name],
+                                   base[ceiling].results[name])]
+    return median(pairs), min(pairs), max(pairs)
+
+
+def io_ceiling(report, base, names, cpu):
+    """The LUNs against qemu-img on the same file (the ceiling), goals."""
+    rows = []
+    for kind, ceiling, label in (
+            (DEFAULT_SETTING, 'file', 'bindfs LUN, driver defaults'),
+            ('tgtd-keys', 'file', 'bindfs LUN, tgtd\'s login keys'),
+            ('overlay', 'overlay-file', 'fuse-overlayfs LUN, driver '
+             'defaults'),
+            ('plain', 'plain-file', 'plain ext4 LUN, driver defaults')):
+        rows.append([label] + ['%.0f%% (%.0f-%.0f)' % tuple(
+            100 * v for v in _share(base, kind, ceiling, n)) for n in names])
+    cpu_text = '; '.join(
+        '%s: tgtd %.0f%%, bindfs %.0f%%, qemu-img %.0f%% of a core '
+        '(load average %.1f)' % (
+            n, 100 * median(cpu[(n, 'tgtd')]),
+            100 * median(cpu[(n, 'bindfs')]),
+            100 * median(cpu[(n, 'qemu-img')]),
+            median(cpu[(n, 'load')])) for n in names)
+    report.section(
+        'Data path against its ceiling',
+        'Each LUN\'s figure divided by that of qemu-img opening the same '
+        'kind of file itself with O_DIRECT (the ceiling: FUSE, or ext4, '
+        'without iSCSI); the two run next to each other in every round, '
+        'each first in turn; median and range of the per-round ratios. '
+        'Every LUN keeps every flush: tgtd\'s rdwr backing store calls '
+        'fdatasync on SYNCHRONIZE CACHE (``tests/functional/'
+        'test_flush.py`` proves it for every setting the options allow). '
+        'CPU of tgtd, bindfs and the initiator while the default LUN ran '
+        'each test, as a share of the wall time (median over the rounds; '
+        'the machine has %d cores, and the load average counts the other '
+        'users of the machine too): %s. %s'
+        % (os.cpu_count(), cpu_text, cpu_limit(cpu, names)),
+        ['LUN'] + names, rows)
+    for n in names:
+        mid, low, high = _share(base, DEFAULT_SETTING, 'file', n)
+        report.goal('iSCSI %s >= 90%% of the FUSE file' % n, '>= 90%',
+                    '%.0f%% (rounds %.0f-%.0f%%)' % (100 * mid, 100 * low,
+                                                     100 * high),
+                    mid >= 0.9)
 
 
 def _gain(base, names, pairs):
@@ -1537,7 +1685,9 @@ def io_notes(scores, rec, base, names):
                       for f, g in rec['flag_gain'].items())),
     ]
     for other, what in (('plain', 'a plain-file LUN'),
-                        ('file', 'qemu-img on the FUSE file directly')):
+                        ('file', 'qemu-img on the FUSE file directly'),
+                        ('tgtd-keys', 'the same LUN with tgtd\'s own '
+                         'login keys')):
         text.append('With %s the FUSE LUN reaches %s of %s.' % (
             setting_label(*choice), ', '.join(
                 '%s %.0f%%' % (n, 100 * median(base[choice].results[n]) /
@@ -1601,6 +1751,11 @@ def plain_lun(daemon, vol, path):
     client.new_lun(tid, 1, path, bsoflags=bsoflags.replace(',', ':'))
     serial = vol.id.replace('-', '')
     client.update_lun(tid, 1, 'scsi_id=%s,scsi_sn=%s' % (serial, serial))
+    conf = options.CONF.backend_defaults
+    for key, name in target_tgt.SESSION_INT_OPTS:
+        client.update_target(tid, key, getattr(conf, name))
+    for key, name in target_tgt.SESSION_BOOL_OPTS:
+        client.update_target(tid, key, 'Yes' if getattr(conf, name) else 'No')
     client.new_account(user, secret)
     client.bind_account(tid, user)
     client.bind_initiator_address(tid, 'ALL')
@@ -1743,6 +1898,9 @@ def main():
     parser.add_argument('--only', action='append',
                         choices=['create', 'stats', 'export', 'copy', 'io'],
                         help='run only these parts (for development)')
+    parser.add_argument('--rounds', type=int,
+                        help='rounds of the data path tests (default: 5, '
+                        '2 with --quick); more on a noisy machine')
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit('run as root: the benchmark mounts FUSE filesystems and '
@@ -1755,7 +1913,9 @@ def main():
     # A partial or small run never replaces the full report.
     output = args.output or ('-' if args.quick or args.only
                              else os.path.join(ROOT, 'BENCHMARKS.rst'))
-    p = SIZES[mode]
+    p = dict(SIZES[mode])
+    if args.rounds:
+        p['io_rounds'] = args.rounds
     parts = args.only or ['create', 'stats', 'export', 'copy', 'io']
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)

@@ -58,6 +58,18 @@ NO_ADDRESS = '0.0.0.0/32'
 WRITE_CACHE_OFF_MODE_PAGE = ('8:0:18:0x10:0:0xff:0xff:0:0:0xff:0xff:0xff:'
                              '0xff:0x80:0x14:0:0:0:0:0:0')
 BSOFLAGS = ('', 'direct', 'sync', 'direct:sync')
+#: iSCSI login keys a target may be given (tgtd's ``--op update --mode
+#: target``), with the values accepted: RFC 7143 ranges for the lengths,
+#: Yes/No for the booleans. tgtd offers them to every new session.
+#: MaxOutstandingR2T, digests and the rest stay tgtd's defaults.
+_LENGTH = (512, 16777215)
+SESSION_PARAMS = {
+    'MaxRecvDataSegmentLength': _LENGTH,
+    'FirstBurstLength': _LENGTH,
+    'MaxBurstLength': _LENGTH,
+    'ImmediateData': ('Yes', 'No'),
+    'InitialR2T': ('Yes', 'No'),
+}
 MAX_INITIATORS = 64
 #: Tries for a free tid before giving up (each lost race costs one).
 TID_ATTEMPTS = 64
@@ -146,6 +158,35 @@ def check_bsoflags(bsoflags) -> str:
     if type(bsoflags) is not str or bsoflags not in BSOFLAGS:
         raise _invalid(_('bsoflags'), _('must be one of %s') % (BSOFLAGS,))
     return bsoflags
+
+
+def check_session_params(params) -> dict:
+    """{key: value} of SESSION_PARAMS keys, each value in its range.
+
+    FirstBurstLength may not exceed MaxBurstLength (RFC 7143 13.14); a
+    key left out keeps tgtd's default, so the check takes tgtd's 262144
+    for a MaxBurstLength not given.
+    """
+    if type(params) is not dict:
+        raise _invalid(_('The session parameters'), _('must be a dict'))
+    for key, value in params.items():
+        allowed = SESSION_PARAMS.get(key) if type(key) is str else None
+        if allowed is None:
+            raise _invalid(_('The session parameters'),
+                           _('name an unsupported key'))
+        if type(allowed[0]) is int:
+            ok = (type(value) is int
+                  and allowed[0] <= value <= allowed[1])
+        else:
+            ok = type(value) is str and value in allowed
+        if not ok:
+            raise _invalid(_('The session parameter %s') % key,
+                           _('must be in %s') % (allowed,))
+    first = params.get('FirstBurstLength', 0)
+    if first > params.get('MaxBurstLength', 262144):
+        raise _invalid(_('FirstBurstLength'),
+                       _('may not exceed MaxBurstLength'))
+    return params
 
 
 def check_serial(serial) -> str:
@@ -526,11 +567,15 @@ def describe(port: int, iqn: str) -> Optional[dict]:
 def export_target(port: int, iqn: str, path: str, chap_user: str,
                   chap_secret: str, initiators, bsoflags: str,
                   write_cache: bool, serial: str,
-                  readonly: bool = False) -> int:
+                  readonly: bool = False,
+                  session_params: Optional[dict] = None) -> int:
     """Export ``path`` as LUN 1 of a new target ``iqn``; returns its tid.
 
-    Order: target, LUN (checked against tgtd's open files), LUN params,
-    CHAP account, account binding, and only then the ACL. Any failure
+    Order: target, its ``session_params`` (iSCSI login keys, see
+    SESSION_PARAMS; they apply to sessions that log in later, so they
+    are set before any initiator is admitted), LUN (checked against
+    tgtd's open files), LUN params, CHAP account, account binding, and
+    only then the ACL. Any failure
     removes what this call created. ``readonly`` serves the LUN
     read-only (tgtd then fails every write). An existing target of that
     name that already serves ``path`` with this user, serial, bsoflags
@@ -538,7 +583,8 @@ def export_target(port: int, iqn: str, path: str, chap_user: str,
     ``initiators``; a live target's secret is never changed, tgtd cannot
     show it); any other existing target of that name raises
     TargetConflict. A new target costs no listing: tgtd refuses a taken
-    tid or name, and only then is it listed.
+    tid or name, and only then is it listed. An existing target keeps
+    the session parameters it has (tgtd does not show them).
     """
     client = _client(check_port(port))
     check_iqn(iqn)
@@ -549,6 +595,8 @@ def export_target(port: int, iqn: str, path: str, chap_user: str,
     check_flag(write_cache, _('write_cache'))
     check_serial(serial)
     check_flag(readonly, _('readonly'))
+    session_params = check_session_params(
+        {} if session_params is None else session_params)
     view, pid = _view(client)
 
     def existing(target):
@@ -576,6 +624,8 @@ def export_target(port: int, iqn: str, path: str, chap_user: str,
     target = tgtd_mgmt.Target(tid=tid, name=iqn)
     view.put(target)
     try:
+        for key in sorted(session_params):
+            client.update_target(tid, key, session_params[key])
         _add_lun(client, pid, view, target, path, bsoflags, write_cache,
                  serial, readonly)
         _new_account(client, view, chap_user, chap_secret, iqn)

@@ -92,10 +92,12 @@ def acl_for(initiators) -> list:
 
 
 def render_config(spec: ExportSpec, write_cache: bool,
-                  bsoflags: str) -> str:
+                  bsoflags: str, session_params=None) -> str:
     """The tgt-admin config of one exported volume (tgtd's boot include).
 
     Call _check_spec first: every value lands in the file verbatim.
+    ``session_params`` ({iSCSI key: int or Yes/No}, as the helper makes
+    them from validated options) become tgt-admin's per-target lines.
     """
     lines = [
         '# fuse_cinder target of volume %s; cinder-volume rewrites this '
@@ -118,6 +120,8 @@ def render_config(spec: ExportSpec, write_cache: bool,
     lines.append('    scsi_sn %s' % spec.serial)
     if spec.readonly:
         lines.append('    readonly 1')
+    for key in sorted(session_params or {}):
+        lines.append('    %s %s' % (key, session_params[key]))
     if spec.initiators:
         # Matches no initiator; stops tgt-admin from adding ALL, which
         # would let any initiator name in.

@@ -57,6 +57,13 @@ LUN = 1
 #: calls ensure_export for every in-use volume right after start-up; one
 #: listing serves that whole burst.
 SHOW_CACHE_TTL = 10.0
+#: (tgtd's login key, our option) for every target's session parameters.
+SESSION_INT_OPTS = (
+    ('MaxRecvDataSegmentLength', 'fuse_tgt_max_recv_data_segment_length'),
+    ('MaxBurstLength', 'fuse_tgt_max_burst_length'),
+    ('FirstBurstLength', 'fuse_tgt_first_burst_length'))
+SESSION_BOOL_OPTS = (('ImmediateData', 'fuse_tgt_immediate_data'),
+                     ('InitialR2T', 'fuse_tgt_initial_r2t'))
 
 
 # Attachment statuses that hold no connection any more.
@@ -248,6 +255,23 @@ class TgtFileTarget(iscsi.ISCSITarget):
         return (bsoflags.replace(',', ':'),
                 bool(self.configuration.safe_get('fuse_tgt_write_cache')))
 
+    def _session_params(self) -> dict:
+        """The iSCSI login keys every new target gets, as tgtd names them.
+
+        tgtd's defaults send writes in 8 KiB PDUs, each burst after an
+        R2T; see DESIGN.rst (LUN I/O). Options left unset (None) keep
+        tgtd's own value.
+        """
+        get = self.configuration.safe_get
+        params = {}
+        for key, name in SESSION_INT_OPTS:
+            if get(name) is not None:
+                params[key] = int(get(name))
+        for key, name in SESSION_BOOL_OPTS:
+            if get(name) is not None:
+                params[key] = 'Yes' if get(name) else 'No'
+        return params
+
     # ------------------------------------------------------------------
     # naming, credentials, config files
 
@@ -286,7 +310,8 @@ class TgtFileTarget(iscsi.ISCSITarget):
         record.check_spec(spec)
         bsoflags, write_cache = self._lun_options()
         content = record.render_config(spec, write_cache=write_cache,
-                                       bsoflags=bsoflags)
+                                       bsoflags=bsoflags,
+                                       session_params=self._session_params())
         path = self._conf_path(spec.iqn)
         try:
             with open(path) as f:
@@ -398,6 +423,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
             self._control.export_target, spec.iqn, spec.path,
             spec.chap_user, spec.chap_secret, sorted(spec.initiators),
             bsoflags, write_cache, spec.serial, spec.readonly,
+            self._session_params(),
             secrets=(spec.chap_secret,), expect=expect)
 
     def _sync_acl(self, state: TargetState, initiators) -> None:

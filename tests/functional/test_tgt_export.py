@@ -213,6 +213,43 @@ def test_data_round_trip(daemon, fuse, make_target, new_volume, tmp_path,
     assert 'Backing store flags: %s\n' % flags in daemon.show()
 
 
+def login_keys(daemon, tid):
+    """{key: value} of the iSCSI login keys tgtd offers on a target."""
+    out = daemon.tgtadm('--lld', 'iscsi', '--mode', 'target', '--op',
+                        'show', '--tid', str(tid))
+    return dict(line.strip().split('=', 1) for line in out.splitlines()
+                if '=' in line)
+
+
+@pytest.mark.parametrize('opts,keys', [
+    ({}, {'MaxRecvDataSegmentLength': '262144', 'MaxBurstLength': '262144',
+          'FirstBurstLength': '262144', 'ImmediateData': 'Yes',
+          'InitialR2T': 'No'}),
+    ({'fuse_tgt_max_recv_data_segment_length': 65536,
+      'fuse_tgt_max_burst_length': 131072,
+      'fuse_tgt_first_burst_length': 8192,
+      'fuse_tgt_immediate_data': False, 'fuse_tgt_initial_r2t': True},
+     {'MaxRecvDataSegmentLength': '65536', 'MaxBurstLength': '131072',
+      'FirstBurstLength': '8192', 'ImmediateData': 'No',
+      'InitialR2T': 'Yes'}),
+], ids=['defaults', 'configured'])
+def test_targets_offer_the_configured_login_keys(daemon, fuse, make_target,
+                                                 new_volume, tmp_path, opts,
+                                                 keys):
+    """tgtd's 8 KiB data PDUs are replaced, and data still round-trips."""
+    target = make_target(**opts)
+    vol = new_volume()
+    data = export(target, vol, fuse)
+    tid = int(data['location'].split(',')[1].split()[0])
+    offered = login_keys(daemon, tid)
+    assert {k: offered.get(k) for k in keys} == keys
+    ini = attached(daemon, tmp_path, target, vol)
+    payload = os.urandom(3 * MiB)
+    ini.write(0, payload)
+    assert ini.read(0, len(payload)) == payload
+    assert read_file(fuse.backing_path(vol.name), 0, len(payload)) == payload
+
+
 def test_wrong_chap_is_refused(daemon, fuse, target, new_volume, tmp_path):
     vol = new_volume()
     export(target, vol, fuse)

@@ -36,6 +36,7 @@ class Target:
     acl: list = dataclasses.field(default_factory=list)
     accounts: list = dataclasses.field(default_factory=list)
     sessions: list = dataclasses.field(default_factory=list)  # initiators
+    session_params: dict = dataclasses.field(default_factory=dict)
 
 
 class FakeTgt:
@@ -114,10 +115,12 @@ class FakeTgt:
 
     def export_target(self, port, iqn, path, chap_user, chap_secret,
                       initiators, bsoflags, write_cache, serial,
-                      readonly=False):
+                      readonly=False, session_params=None):
         self._enter('export_target', port, iqn, path, chap_user,
                     chap_secret, initiators, bsoflags, write_cache, serial,
-                    readonly)
+                    readonly, session_params)
+        session_params = priv_tgt.check_session_params(
+            {} if session_params is None else session_params)
         existing = self._ours(iqn)
         self._check_lun_args(path, bsoflags, write_cache, serial, readonly)
         priv_tgt.check_chap(chap_user, chap_secret)
@@ -137,7 +140,8 @@ class FakeTgt:
         tid = 1
         while tid in self.targets:
             tid += 1
-        target = Target(tid=tid, iqn=iqn)
+        target = Target(tid=tid, iqn=iqn,
+                        session_params=dict(session_params))
         self.targets[tid] = target
         try:
             self._add_lun(target, path, bsoflags, write_cache, serial,

@@ -221,3 +221,108 @@ def test_reopen_lun_waits_for_a_busy_lun(mountinfo):
     add_lun.assert_called_once_with(client, 123, mock.ANY, mock.ANY, PATH,
                                     'direct', True, SERIAL, False)
     assert add_lun.call_args[0][3].tid == 1
+
+
+GOOD_SESSION = {'MaxRecvDataSegmentLength': 262144,
+                'MaxBurstLength': 262144, 'FirstBurstLength': 65536,
+                'ImmediateData': 'Yes', 'InitialR2T': 'No'}
+
+
+def test_session_params():
+    assert ptgt.check_session_params(GOOD_SESSION) == GOOD_SESSION
+    assert ptgt.check_session_params({}) == {}
+    assert ptgt.check_session_params({'MaxRecvDataSegmentLength': 512,
+                                      'FirstBurstLength': 16777215,
+                                      'MaxBurstLength': 16777215})
+
+
+@pytest.mark.parametrize('params', [
+    None, [], [('InitialR2T', 'No')], 'InitialR2T=No',
+    {'MaxOutstandingR2T': 2}, {'HeaderDigest': 'CRC32C'},
+    {'maxrecvdatasegmentlength': 65536}, {1: 65536},
+    {'MaxRecvDataSegmentLength': 511},
+    {'MaxRecvDataSegmentLength': 16777216},
+    {'MaxRecvDataSegmentLength': '262144'},
+    {'MaxRecvDataSegmentLength': True},
+    {'MaxRecvDataSegmentLength': 262144.0},
+    {'MaxRecvDataSegmentLength': '262144\nMaxBurstLength=1'},
+    {'ImmediateData': True}, {'ImmediateData': 'yes'},
+    {'InitialR2T': 'No\n'}, {'InitialR2T': 'No,ImmediateData=No'},
+    # RFC 7143: FirstBurstLength <= MaxBurstLength (tgtd's is 262144).
+    {'FirstBurstLength': 524288, 'MaxBurstLength': 262144},
+    {'FirstBurstLength': 524288}])
+def test_hostile_session_params(params):
+    refused(ptgt.check_session_params, params)
+
+
+def _run_export(client, **kwargs):
+    """export_target in this process against a mock tgtd client."""
+    privileged.tgt_pctxt.set_client_mode(False)
+    tgt_view._VIEWS.clear()
+    try:
+        with mock.patch.object(ptgt, '_client', return_value=client), \
+                mock.patch.object(ptgt, 'check_path', return_value=PATH), \
+                mock.patch.object(ptgt, '_add_lun') as add_lun:
+            client.attach_mock(add_lun, 'add_lun')
+            return ptgt.export_target(60, IQN, PATH, 'user01', 'secret0123',
+                                      [], 'direct', True, SERIAL, **kwargs)
+    finally:
+        privileged.tgt_pctxt.set_client_mode(True)
+        tgt_view._VIEWS.clear()
+
+
+def _steps(client):
+    return [c[0] for c in client.mock_calls
+            if c[0] not in ('peer', 'control_port')]
+
+
+def test_export_sets_session_params_before_the_lun_and_the_acl():
+    """New sessions only see them: set before any initiator is let in."""
+    client = mock.Mock(control_port=60)
+    client.peer.return_value = (123, 0, 0)
+    tid = _run_export(client, session_params=GOOD_SESSION)
+    updates = [c for c in client.mock_calls if c[0] == 'update_target']
+    assert sorted(c[1][1:] for c in updates) == sorted(GOOD_SESSION.items())
+    assert all(c[1][0] == tid for c in updates)
+    assert _steps(client) == (
+        ['new_target'] + ['update_target'] * len(GOOD_SESSION)
+        + ['add_lun', 'new_account', 'bind_account',
+           'bind_initiator_address'])
+
+
+def test_export_without_session_params_keeps_tgtds_defaults():
+    client = mock.Mock(control_port=60)
+    client.peer.return_value = (123, 0, 0)
+    _run_export(client)
+    assert 'update_target' not in _steps(client)
+
+
+def test_a_refused_session_param_rolls_the_target_back():
+    client = mock.Mock(control_port=60)
+    client.peer.return_value = (123, 0, 0)
+    client.update_target.side_effect = tgtd_mgmt.TgtdError('bad', 22)
+    with pytest.raises(tgtd_mgmt.TgtdError):
+        _run_export(client, session_params=GOOD_SESSION)
+    assert _steps(client) == ['new_target', 'update_target',
+                              'delete_target']
+
+
+def test_hostile_session_params_reach_no_tgtd():
+    client = mock.Mock(control_port=60)
+    client.peer.return_value = (123, 0, 0)
+    with pytest.raises(exception.InvalidInput):
+        _run_export(client, session_params={'MaxOutstandingR2T': 8})
+    assert _steps(client) == []
+
+
+@pytest.mark.parametrize('bsoflags', ptgt.BSOFLAGS)
+def test_every_lun_uses_the_rdwr_backing_store(bsoflags):
+    """rdwr calls fdatasync on SYNCHRONIZE CACHE; aio never does."""
+    client = mock.Mock()
+    view = mock.Mock()
+    with mock.patch.object(ptgt, '_OpenCheck') as check:
+        check.return_value.passed.return_value = True
+        ptgt._add_lun(client, 123, view, target(), PATH, bsoflags, True,
+                      SERIAL, False)
+    client.new_lun.assert_called_once_with(1, ptgt.LUN, PATH, bstype='rdwr',
+                                           bsoflags=bsoflags)

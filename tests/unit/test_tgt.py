@@ -40,6 +40,10 @@ HOST1 = 'iqn.1994-05.com.redhat:host1'
 HOST2 = 'iqn.1994-05.com.redhat:host2'
 USER, SECRET = 'chapUser0123456789ab', 'S3cretS3cret1234'
 AUTH = 'CHAP %s %s' % (USER, SECRET)
+#: The iSCSI login keys every target gets from the options' defaults.
+DEFAULT_SESSION = {'MaxRecvDataSegmentLength': 262144,
+                   'MaxBurstLength': 262144, 'FirstBurstLength': 262144,
+                   'ImmediateData': 'Yes', 'InitialR2T': 'No'}
 
 
 def auth_of(n):
@@ -155,7 +159,8 @@ def test_create_export_serves_the_file_as_lun_1(target, tgtd, targets_dir):
         'location': '192.0.2.10:3260,%d %s%s 1' % (t.tid, PREFIX, vol.name),
         'auth': AUTH}
     assert ('export_target', PREFIX + vol.name, path_of(vol), USER, SECRET,
-            [], 'direct', True, serial_of(vol), False) in tgtd.calls
+            [], 'direct', True, serial_of(vol), False,
+            DEFAULT_SESSION) in tgtd.calls
     assert os.path.exists(conf_file(targets_dir, vol))
 
 
@@ -207,12 +212,46 @@ def test_config_file_content_and_mode(make_target, targets_dir):
         'bsoflags direct:sync',
         'scsi_id %s' % serial,
         'scsi_sn %s' % serial,
+        'FirstBurstLength 262144',
+        'ImmediateData Yes',
+        'InitialR2T No',
+        'MaxBurstLength 262144',
+        'MaxRecvDataSegmentLength 262144',
         'initiator-address 0.0.0.0/32',
         'initiator-name %s' % HOST1,
         '</target>']
     # what tgt-admin makes of it
     assert fake_tgt.parse_targets(read(path))[PREFIX + vol.name][
         'bsoflags'] == ['direct:sync']
+
+
+def test_session_params_come_from_the_options(make_target, tgtd,
+                                              targets_dir):
+    target = make_target(fuse_tgt_max_recv_data_segment_length=65536,
+                         fuse_tgt_max_burst_length=131072,
+                         fuse_tgt_first_burst_length=8192,
+                         fuse_tgt_immediate_data=False,
+                         fuse_tgt_initial_r2t=True)
+    vol = volume(provider_auth=AUTH)
+    export(target, vol)
+    want = {'MaxRecvDataSegmentLength': 65536, 'MaxBurstLength': 131072,
+            'FirstBurstLength': 8192, 'ImmediateData': 'No',
+            'InitialR2T': 'Yes'}
+    assert tgtd.by_iqn(PREFIX + vol.name).session_params == want
+    # tgtd's boot include says the same to tgt-admin
+    text = read(conf_file(targets_dir, vol))
+    for key, value in want.items():
+        assert '    %s %s\n' % (key, value) in text
+
+
+def test_a_first_burst_beyond_the_max_burst_is_refused(make_target, tgtd):
+    target = make_target(fuse_tgt_max_burst_length=65536,
+                         fuse_tgt_first_burst_length=262144)
+    vol = volume(provider_auth=AUTH)
+    with pytest.raises(exception.ISCSITargetCreateFailed,
+                       match='FirstBurstLength'):
+        export(target, vol)
+    assert tgtd.by_iqn(PREFIX + vol.name) is None
 
 
 def test_config_defaults(target, targets_dir):
