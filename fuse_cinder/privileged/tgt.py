@@ -174,9 +174,9 @@ def check_session_params(params) -> dict:
         if allowed is None:
             raise _invalid(_('The session parameters'),
                            _('name an unsupported key'))
-        if type(allowed[0]) is int:
-            ok = (type(value) is int
-                  and allowed[0] <= value <= allowed[1])
+        low, high = allowed[0], allowed[-1]
+        if type(low) is int and type(high) is int:
+            ok = type(value) is int and low <= value <= high
         else:
             ok = type(value) is str and value in allowed
         if not ok:

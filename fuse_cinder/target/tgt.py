@@ -263,7 +263,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         tgtd's own value.
         """
         get = self.configuration.safe_get
-        params = {}
+        params: dict = {}
         for key, name in SESSION_INT_OPTS:
             if get(name) is not None:
                 params[key] = int(get(name))
