@@ -57,6 +57,7 @@ from cinder.volume import driver as cinder_driver
 from cinder.volume import volume_utils
 
 from fuse_cinder.allinone import faultfs
+from fuse_cinder.allinone import sandbox
 from fuse_cinder.cmd import sparse_copy
 from fuse_cinder import driver
 from fuse_cinder import options
@@ -64,8 +65,6 @@ from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as priv_tgt
 from fuse_cinder.target import tgt as target_tgt
 from fuse_cinder.target import tgtd_mgmt
-from tests.functional import fusemount
-from tests.functional import tgtd
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -126,11 +125,12 @@ SIZES = {
 }
 
 
-class BenchTgtd(tgtd.Tgtd):
+class BenchTgtd(sandbox.Tgtd):
     """A private tgtd on ports that no test suite uses."""
 
-    control_ports = range(90, 100)
-    portal_ports = range(13331, 13340)
+    def __init__(self, log_path=None):
+        super().__init__(log_path=log_path, control_ports=range(90, 100),
+                         portal_ports=range(13331, 13340))
 
 
 Sample = collections.namedtuple('Sample', 'seconds commands argv programs')
@@ -361,14 +361,14 @@ class Env:
         self.peak = {}
         self._ids = itertools.count(1)
         self._groups = itertools.count(1)
-        self.bindfs = fusemount.BindfsMount(self.path('bindfs'))
+        self.bindfs = sandbox.ScratchMount(self.path('bindfs'))
         stack.callback(self._stop, 'bindfs', self.bindfs)
         self.bindfs.start()
         os.makedirs(self.bindfs.volumes_home, exist_ok=True)
         self.faultfs = FaultfsMount(self.path('faultfs'))
         stack.callback(self._stop, 'faultfs', self.faultfs)
         self.faultfs.start()
-        self.overlayfs = fusemount.OverlayfsMount(self.path('overlayfs'))
+        self.overlayfs = sandbox.ScratchOverlayfs(self.path('overlayfs'))
         stack.callback(self._stop, 'fuse-overlayfs', self.overlayfs)
         self.overlayfs.start()
 
@@ -428,7 +428,7 @@ class Env:
         drv = driver.FuseISCSIDriver(configuration=conf,
                                      execute=self.commands)
         # No database here: CHAP credentials live on the volume objects.
-        drv.db = drv.target_driver.db = tgtd.NoDB()
+        drv.db = drv.target_driver.db = sandbox.NoDB()
         drv.do_setup(CTX)
         drv.check_for_setup_error()
         return drv
@@ -1905,8 +1905,8 @@ def main():
     if os.geteuid() != 0:
         sys.exit('run as root: the benchmark mounts FUSE filesystems and '
                  'starts tgtd')
-    missing = tgtd.missing_binaries('bindfs', 'qemu-img', 'dd',
-                                    'fuse-cinder-files')
+    missing = sandbox.missing_programs(*sandbox.TGT_BINARIES, 'bindfs',
+                                       'qemu-img', 'dd', 'fuse-cinder-files')
     if missing:
         sys.exit('not installed: %s (see bindep.txt)' % ', '.join(missing))
     mode = 'quick' if args.quick else 'full'

@@ -19,10 +19,8 @@ the command fails loudly if data does not survive.
 """
 
 import argparse
-import contextlib
 import hashlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ from cinder import objects
 from cinder.volume import configuration
 from cinder.volume import driver as cinder_driver
 
+from fuse_cinder.allinone import sandbox
 from fuse_cinder import driver
 
 GROUP = 'fuse_demo'
@@ -60,20 +59,6 @@ class _Snapshot:
         self.name = 'snapshot-%s' % self.id
         self.volume = volume
         self.volume_size = volume.size
-
-
-@contextlib.contextmanager
-def bindfs_mount(workdir):
-    backing = os.path.join(workdir, 'backing')
-    mnt = os.path.join(workdir, 'mnt')
-    os.makedirs(os.path.join(backing, 'volumes'), exist_ok=True)
-    os.makedirs(mnt, exist_ok=True)
-    subprocess.run(['bindfs', '-o', 'allow_other', backing, mnt],
-                   check=True)
-    try:
-        yield os.path.join(mnt, 'volumes')
-    finally:
-        subprocess.run(['umount', mnt], check=False)
 
 
 def _digest(path, offset, length):
@@ -165,8 +150,8 @@ def main(argv=None):
     if args.volumes_home:
         return run(args.volumes_home)
     with tempfile.TemporaryDirectory(prefix='fuse-cinder-demo-') as work:
-        with bindfs_mount(work) as home:
-            return run(home)
+        with sandbox.ScratchMount(work) as mount:
+            return run(mount.volumes_home)
 
 
 if __name__ == '__main__':

@@ -121,9 +121,18 @@ class BindfsMount(object):
         self.log_path = log_path or os.devnull
         self.proc = None
 
+    #: The FUSE daemon and what start() says when it is missing.
+    program = 'bindfs'
+
+    def command(self):
+        """The daemon's command line; -f keeps it ours (its pid, its end)."""
+        return ['bindfs', '-f', '-o', 'allow_other', self.backing,
+                self.mountpoint]
+
     def start(self, timeout=15):
-        if missing_programs('bindfs'):
-            raise SandboxError('bindfs is not installed (see bindep.txt)')
+        if missing_programs(self.program):
+            raise SandboxError('%s is not installed (see bindep.txt)'
+                               % self.program)
         if is_mounted(self.mountpoint):
             raise SandboxError('%s is already a mount point' %
                                self.mountpoint)
@@ -131,17 +140,22 @@ class BindfsMount(object):
         os.makedirs(self.mountpoint, exist_ok=True)
         with open(self.log_path, 'ab') as log:
             self.proc = subprocess.Popen(
-                ['bindfs', '-f', '-o', 'allow_other', self.backing,
-                 self.mountpoint],
-                stdin=subprocess.DEVNULL, stdout=log,
+                self.command(), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         if not wait_for(lambda: (is_mounted(self.mountpoint) or
                                  self.proc.poll() is not None), timeout) \
                 or not is_mounted(self.mountpoint):
             self.stop()
-            raise SandboxError('bindfs did not mount %s (see %s)'
-                               % (self.mountpoint, self.log_path))
+            raise SandboxError('%s did not mount %s (see %s)'
+                               % (self.program, self.mountpoint,
+                                  self.log_path))
         return self
+
+    def kill(self):
+        """SIGKILL the FUSE daemon: the mount stays, answering ENOTCONN."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
 
     def stop(self, timeout=15):
         """Unmount and end bindfs; lazily if something still holds it."""
@@ -165,6 +179,62 @@ class BindfsMount(object):
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class ScratchMount(BindfsMount):
+    """bindfs over ``BASE/backing`` at ``BASE/mnt``; volumes in volumes/.
+
+    The backing directory may be a tmpfs of ``tmpfs_size`` (e.g. '48m'),
+    so that a test fills the filesystem for real.
+    """
+
+    def __init__(self, base, tmpfs_size=None, log_path=None):
+        self.base = os.path.abspath(str(base))
+        super().__init__(os.path.join(self.base, 'backing'),
+                         os.path.join(self.base, 'mnt'), log_path)
+        self.tmpfs_size = tmpfs_size
+
+    @property
+    def volumes_home(self):
+        return os.path.join(self.mountpoint, 'volumes')
+
+    def backing_path(self, name):
+        return os.path.join(self.backing, 'volumes', name)
+
+    def start(self, timeout=15):
+        os.makedirs(self.backing, exist_ok=True)
+        if self.tmpfs_size and not is_mounted(self.backing):
+            subprocess.run(['mount', '-t', 'tmpfs', '-o',
+                            'size=%s' % self.tmpfs_size, 'tmpfs',
+                            self.backing], check=True)
+        os.makedirs(os.path.join(self.backing, 'volumes'), exist_ok=True)
+        return super().start(timeout)
+
+    def stop(self, timeout=15):
+        super().stop(timeout)
+        if self.tmpfs_size and is_mounted(self.backing):
+            subprocess.run(['umount', '-l', self.backing],
+                           capture_output=True, timeout=60)
+
+
+class ScratchOverlayfs(ScratchMount):
+    """fuse-overlayfs with ``BASE/backing`` as its upper directory.
+
+    A FUSE filesystem that hides holes (no lseek) but reports st_blocks
+    and copies on its server side (copy_file_range on its backing files).
+    The lower directory is empty: every file is the upper one's.
+    """
+
+    program = 'fuse-overlayfs'
+
+    def command(self):
+        lower = os.path.join(self.base, 'lower')
+        work = os.path.join(self.base, 'work')
+        for path in (lower, work):
+            os.makedirs(path, exist_ok=True)
+        return ['fuse-overlayfs', '-f', '-o', 'allow_other,lowerdir=%s,'
+                'upperdir=%s,workdir=%s' % (lower, self.backing, work),
+                self.mountpoint]
 
 
 # -- tgtd ------------------------------------------------------------------
@@ -288,6 +358,40 @@ class Tgtd(object):
     def targets(self):
         return list_targets(self.control_port) if self.running else {}
 
+    def tgtadm(self, *args, check=True):
+        """Run tgtadm against this daemon; returns stdout."""
+        res = tgtadm(self.control_port, *args)
+        if check and res.returncode != 0:
+            raise SandboxError('tgtadm -C %d %s failed (%d): %s'
+                               % (self.control_port, ' '.join(args),
+                                  res.returncode, res.stderr.strip()))
+        return res.stdout
+
+    def show(self):
+        return self.tgtadm('--lld', 'iscsi', '--mode', 'target',
+                           '--op', 'show')
+
+    def url(self, iqn, lun=1, user=None, secret=None):
+        """A libiscsi/qemu URL of a LUN on this daemon."""
+        auth = ''
+        if user:
+            auth = '%s%%%s@' % (user, secret) if secret else '%s@' % user
+        return 'iscsi://%s%s/%s/%d' % (auth, self.portal, iqn, lun)
+
+    def kill(self):
+        """SIGKILL tgtd: targets and sessions vanish as in a crash."""
+        if self.running:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def restart(self):
+        """Crash tgtd and start an empty one on the same ports."""
+        self.kill()
+        if not self._try(self.control_port, self.portal_port, 10.0):
+            raise SandboxError('tgtd did not come back on control port %d'
+                               % self.control_port)
+        return self
+
     def remove_targets(self):
         """Delete every target and CHAP account, sessions or not."""
         if not self._owns_control_port():
@@ -323,6 +427,16 @@ class Tgtd(object):
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class NoDB(object):
+    """Cinder's db for volumes that are in none: CHAP is on the volume."""
+
+    def volume_get(self, ctxt, volume_id):
+        # Imported here: the all-in-one imports this module before it
+        # patches the process with eventlet, which Cinder needs first.
+        from cinder import exception
+        raise exception.VolumeNotFound(volume_id=volume_id)
 
 
 # -- processes -------------------------------------------------------------

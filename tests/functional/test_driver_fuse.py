@@ -25,9 +25,9 @@ from cinder import context
 from cinder import exception
 from cinder import privsep as cinder_privsep
 
+from fuse_cinder.allinone import sandbox
 from fuse_cinder import driver
 from fuse_cinder import mount
-from tests.functional import fusemount
 from tests.functional import volumes
 
 GiB = 1 << 30
@@ -67,21 +67,21 @@ def allocated(path):
 
 @pytest.fixture
 def fuse(tmp_path):
-    with fusemount.BindfsMount(tmp_path) as m:
+    with sandbox.ScratchMount(tmp_path) as m:
         yield m
 
 
 @pytest.fixture
 def small_fuse(tmp_path):
-    with fusemount.BindfsMount(tmp_path, tmpfs_size='48m') as m:
+    with sandbox.ScratchMount(tmp_path, tmpfs_size='48m') as m:
         yield m
 
 
 @pytest.fixture(params=['bindfs', 'fuse-overlayfs'])
 def hiding(request, tmp_path):
     """A mount that hides holes: bindfs, or fuse-overlayfs (server copy)."""
-    cls = (fusemount.BindfsMount if request.param == 'bindfs'
-           else fusemount.OverlayfsMount)
+    cls = (sandbox.ScratchMount if request.param == 'bindfs'
+           else sandbox.ScratchOverlayfs)
     with cls(tmp_path) as m:
         yield m
 
@@ -463,8 +463,8 @@ def test_migration_renames_on_one_mount_and_copies_between_two(
     destination's own statistics give the capabilities. The target
     helper is left out (no tgtd here; the multi-process test runs it).
     """
-    with fusemount.BindfsMount(tmp_path / 'one') as one, \
-            fusemount.BindfsMount(tmp_path / 'two') as two:
+    with sandbox.ScratchMount(tmp_path / 'one') as one, \
+            sandbox.ScratchMount(tmp_path / 'two') as two:
         beside = os.path.join(one.mountpoint, 'volumes2')
         os.makedirs(beside)
         src = make(backend_conf, one)

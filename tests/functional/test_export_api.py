@@ -671,9 +671,7 @@ def real_cinder(site, tmp_path):
     missing = _real_driver_missing()
     if missing:
         pytest.skip(missing)
-    from tests.functional import fusemount
-
-    with fusemount.BindfsMount(tmp_path / 'fuse') as mount:
+    with sandbox.ScratchMount(tmp_path / 'fuse') as mount:
         tgtd = Tgtd(log_path=str(tmp_path / 'tgtd.log')).start()
         os.makedirs(mount.volumes_home, exist_ok=True)
         aio = AllInOne(site, tmp_path / 'state', REAL_DRIVER, [

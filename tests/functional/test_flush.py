@@ -29,6 +29,7 @@ import pytest
 from cinder import context
 from cinder import objects
 
+from fuse_cinder.allinone import sandbox
 from fuse_cinder import options
 from fuse_cinder.privileged import tgt as priv_tgt
 from fuse_cinder.target import tgt
@@ -73,7 +74,7 @@ def lun(fs, backend_conf, tmp_path, daemon, tgt_privsep_in_process,
                         target_port=daemon.portal_port,
                         fuse_tgt_write_cache=write_cache,
                         fuse_tgt_bsoflags=flags)
-    target = tgt.TgtFileTarget(configuration=conf, db=tgtd.NoDB())
+    target = tgt.TgtFileTarget(configuration=conf, db=sandbox.NoDB())
     vol = volumes.volume(VOLUME_ID, size=1, status='in-use')
     path = os.path.join(home, vol.name)
     with open(path, 'wb') as f:

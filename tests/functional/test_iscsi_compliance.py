@@ -27,10 +27,10 @@ import pytest
 
 from cinder import context
 
+from fuse_cinder.allinone import sandbox
 from fuse_cinder.target import export_record
 from fuse_cinder.target import tgt
 from fuse_cinder.target import tgtd_mgmt
-from tests.functional import fusemount
 from tests.functional import tgtd
 from tests.functional import volumes
 
@@ -120,10 +120,10 @@ def luns(tmp_path, make_tgtd, backend_conf, tgt_privsep_in_process):
                         fuse_tgt_control_port=daemon.control_port,
                         target_ip_address='127.0.0.1',
                         target_port=daemon.portal_port)
-    target = tgt.TgtFileTarget(configuration=conf, db=tgtd.NoDB())
+    target = tgt.TgtFileTarget(configuration=conf, db=sandbox.NoDB())
     local_dir = tmp_path / 'local'
     local_dir.mkdir()
-    with fusemount.BindfsMount(tmp_path / 'fuse') as fuse:
+    with sandbox.ScratchMount(tmp_path / 'fuse') as fuse:
         os.makedirs(fuse.volumes_home, exist_ok=True)
         vol = volumes.volume('00000000-0000-4000-8000-000000000000')
         paths = {'fuse': os.path.join(fuse.volumes_home, vol.name),

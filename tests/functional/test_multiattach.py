@@ -29,7 +29,6 @@ from cinder import objects
 
 from fuse_cinder.allinone import sandbox
 from fuse_cinder.target import tgt
-from tests.functional import fusemount
 from tests.functional import test_export_api as api_base
 from tests.functional import test_tgt_export as base
 from tests.functional import tgtd as tgtd_helper
@@ -89,7 +88,7 @@ def daemon(tmp_path):
 
 @pytest.fixture
 def fuse(tmp_path):
-    with fusemount.BindfsMount(tmp_path / 'fuse') as m:
+    with sandbox.ScratchMount(tmp_path / 'fuse') as m:
         yield m
 
 
@@ -100,7 +99,7 @@ def target(backend_conf, tmp_path, daemon, tgt_privsep_in_process):
             volumes_dir=str(tmp_path / 'targets'),
             fuse_tgt_control_port=daemon.control_port,
             target_ip_address='127.0.0.1', target_port=daemon.portal_port),
-        db=tgtd_helper.NoDB())
+        db=sandbox.NoDB())
 
 
 def attachments(vol, *hosts):
@@ -206,7 +205,7 @@ def real_cinder(site, tmp_path):
     missing = api_base._real_driver_missing()
     if missing:
         pytest.skip(missing)
-    with fusemount.BindfsMount(tmp_path / 'fuse') as mount:
+    with sandbox.ScratchMount(tmp_path / 'fuse') as mount:
         daemon = Tgtd(log_path=str(tmp_path / 'tgtd.log')).start()
         os.makedirs(mount.volumes_home, exist_ok=True)
         aio = api_base.AllInOne(site, tmp_path / 'state',

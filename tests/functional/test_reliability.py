@@ -159,7 +159,7 @@ def _exported(fs, daemon, backend_conf, tmp_path, figures, count, **opts):
                         target_port=daemon.portal_port, **opts)
     drv = driver.FuseISCSIDriver(configuration=conf,
                                  execute=processutils.execute)
-    drv.target_driver.db = tgtd.NoDB()      # these volumes are in no DB
+    drv.target_driver.db = sandbox.NoDB()      # these volumes are in no DB
     drv.do_setup(CTX)
     vols, inis, payloads = [], [], []
     for n in range(count):

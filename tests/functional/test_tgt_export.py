@@ -26,7 +26,6 @@ from cinder import objects
 
 from fuse_cinder.allinone import sandbox
 from fuse_cinder.target import tgt
-from tests.functional import fusemount
 from tests.functional import tgtd
 from tests.functional import volumes
 
@@ -122,7 +121,7 @@ def discovered(daemon):
 
 @pytest.fixture
 def fuse(tmp_path):
-    with fusemount.BindfsMount(tmp_path / 'fuse') as m:
+    with sandbox.ScratchMount(tmp_path / 'fuse') as m:
         yield m
 
 
@@ -140,7 +139,7 @@ def make_target(backend_conf, tmp_path, daemon, tgt_privsep_in_process):
                       target_port=daemon.portal_port)
         values.update(opts)
         return tgt.TgtFileTarget(configuration=backend_conf(**values),
-                                 db=tgtd.NoDB())
+                                 db=sandbox.NoDB())
     return make
 
 

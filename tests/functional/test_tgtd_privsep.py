@@ -457,7 +457,7 @@ def test_no_chap_secret_on_any_argv_during_50_export_cycles(
                         target_port=daemon.portal_port)
     drv = driver.FuseISCSIDriver(configuration=conf,
                                  execute=processutils.execute)
-    drv.target_driver.db = tgtd_helpers.NoDB()    # CHAP is on the volumes
+    drv.target_driver.db = sandbox.NoDB()    # CHAP is on the volumes
     drv.do_setup(CTX)
     vols = [volumes.volume(str(uuid.uuid4())) for _ in range(5)]
     chap = {}

@@ -37,7 +37,6 @@ import threading
 import pytest
 
 from fuse_cinder.allinone import sandbox
-from tests.functional import fusemount
 from tests.functional import test_tgt_export
 from tests.functional import tgtd
 
@@ -202,7 +201,7 @@ class Deployment:
                                     0o700)
 
         # Root's, and closed to the user: the mount and volumes_home.
-        self.fuse = fusemount.BindfsMount(os.path.join(self.base, 'fuse'))
+        self.fuse = sandbox.ScratchMount(os.path.join(self.base, 'fuse'))
         stack.callback(self.fuse.stop)
         self.fuse.start()
         os.chmod(os.path.join(self.fuse.backing, 'volumes'), 0o700)

@@ -24,23 +24,13 @@ listens on 0.0.0.0:3260 instead. The default tgtd is never touched.
 """
 
 import os
-import shutil
-import signal
 
 import pytest
-
-from cinder import exception
 
 from fuse_cinder.allinone import sandbox
 
 CONTROL_PORTS = range(21, 30)
 PORTAL_PORTS = range(13261, 13270)
-BINARIES = ('tgtd', 'tgtadm', 'tgt-admin')
-
-
-def missing_binaries(*extra):
-    """Names of the required programs that are not installed."""
-    return [b for b in BINARIES + extra if shutil.which(b) is None]
 
 
 def requirements(*extra):
@@ -49,20 +39,13 @@ def requirements(*extra):
     CI installs every program (bindep.txt), so these only skip on a
     developer machine that has not run tools/run.
     """
-    missing = missing_binaries(*extra)
+    missing = sandbox.missing_programs(*(sandbox.TGT_BINARIES + extra))
     return [
         pytest.mark.skipif(bool(missing), reason='not installed: %s'
                            % ', '.join(missing)),
         pytest.mark.skipif(os.geteuid() != 0,
                            reason='needs root for FUSE and tgtd'),
     ]
-
-
-class NoDB:
-    """Cinder's db for volumes that are in none: CHAP is on the volume."""
-
-    def volume_get(self, ctxt, volume_id):
-        raise exception.VolumeNotFound(volume_id=volume_id)
 
 
 class Tgtd(sandbox.Tgtd):
@@ -86,40 +69,6 @@ class Tgtd(sandbox.Tgtd):
         super().__init__(control_port, portal_port, log_path=log_path,
                          control_ports=self.control_ports,
                          portal_ports=self.portal_ports)
-
-    def tgtadm(self, *args, check=True):
-        """Run tgtadm against this daemon; returns stdout."""
-        res = sandbox.tgtadm(self.control_port, *args)
-        if check and res.returncode != 0:
-            raise RuntimeError('tgtadm -C %d %s failed (%d): %s'
-                               % (self.control_port, ' '.join(args),
-                                  res.returncode, res.stderr.strip()))
-        return res.stdout
-
-    def show(self):
-        return self.tgtadm('--lld', 'iscsi', '--mode', 'target',
-                           '--op', 'show')
-
-    def url(self, iqn, lun=1, user=None, secret=None):
-        """A libiscsi/qemu URL of a LUN on this daemon."""
-        auth = ''
-        if user:
-            auth = '%s%%%s@' % (user, secret) if secret else '%s@' % user
-        return 'iscsi://%s%s/%s/%d' % (auth, self.portal, iqn, lun)
-
-    def kill(self):
-        """SIGKILL tgtd: targets and sessions vanish as in a crash."""
-        if self.running:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def restart(self):
-        """Crash tgtd and start an empty one on the same ports."""
-        self.kill()
-        if not self._try(self.control_port, self.portal_port, 10.0):
-            raise RuntimeError('tgtd did not come back on control port %d'
-                               % self.control_port)
-        return self
 
 
 def _span(ports):

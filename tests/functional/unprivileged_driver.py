@@ -42,8 +42,8 @@ from cinder import utils
 from cinder.volume import configuration
 from cinder.volume import driver as cinder_driver
 
+from fuse_cinder.allinone import sandbox
 from fuse_cinder import driver
-from tests.functional import tgtd
 from tests.functional import volumes
 
 CONF = cfg.CONF
@@ -61,7 +61,7 @@ class Backend:
         # Cinder's drivers use its DB module; these volumes are in no DB,
         # so CHAP lives on the volume objects (provider_auth) only, as in
         # tools/benchmark.py.
-        self.driver.db = self.driver.target_driver.db = tgtd.NoDB()
+        self.driver.db = self.driver.target_driver.db = sandbox.NoDB()
         self.volumes = {}
         self.snapshots = {}
 
