@@ -72,6 +72,13 @@ READERS = 4
 # slow splice through the daemon.
 RETRY = 16
 TRIAL = 1 << 20
+# copy_file_range takes whole runs only where it moved bytes at least this
+# many times faster than the writes: where it wins it wins by far more
+# (fuse-overlayfs copies on its backing files, 10x and more), where it
+# loses by far more too (a splice through bindfs, a few MB/s), and on a
+# loaded machine a write held up behind the other readers' requests once
+# made a close call pick the splice for whole 8 MiB runs (seconds each).
+SWITCH = 2.0
 # copy_file_range errors meaning "not between these two files": copy the
 # bytes ourselves instead.
 _NO_COPY_RANGE = (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -274,8 +281,9 @@ class _Writer:
     no transfer through a FUSE daemon that copies on its server side.
     Each is timed. copy_file_range is tried first on TRIAL bytes of one
     run, while the other readers write; then the faster so far stores
-    whole runs, and the other is tried on TRIAL bytes again after RETRY
-    runs, 2 * RETRY more, and so on. copy_file_range that fails with "not
+    whole runs (copy_file_range only if SWITCH times faster), and the
+    other is tried on TRIAL bytes again after RETRY runs, 2 * RETRY
+    more, and so on. copy_file_range that fails with "not
     between these files" is not tried again.
     """
 
@@ -299,7 +307,9 @@ class _Writer:
             return 'write'
         if not self.stats['write'][2]:
             return 'write'
-        return max(('copy_range', 'write'), key=self._rate)
+        if self._rate('copy_range') >= SWITCH * self._rate('write'):
+            return 'copy_range'
+        return 'write'
 
     def plan(self):
         """(method, limit): the first ``limit`` bytes (None: all) so.

@@ -225,6 +225,18 @@ def test_runs_of_data_go_by_copy_range_where_it_is_faster(
     assert allocated(dst) <= 2 * 40 * BLOCK
 
 
+@pytest.mark.parametrize('copy_range_rate, best', [
+    (1.0, 'write'), (1.9, 'write'), (2.1, 'copy_range'), (10, 'copy_range')])
+def test_copy_range_takes_whole_runs_only_when_far_faster(
+        copy_range_rate, best):
+    """A close call, which load can turn either way, keeps the writes."""
+    writer = sparse_copy._Writer(-1, -1, None)
+    writer.stats = {'write': [100 << 20, 1.0, 5],
+                    'copy_range': [int(copy_range_rate * (1 << 20)), 0.01,
+                                   1]}
+    assert writer.best() == best
+
+
 def test_writes_are_kept_where_copy_range_is_slower(tmp_path, hidden_holes,
                                                     monkeypatch):
     """As on bindfs: copy_file_range falls back to a slow splice.
