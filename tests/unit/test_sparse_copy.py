@@ -227,7 +227,8 @@ def test_each_reader_reads_its_claims_in_order_on_its_own_descriptor(
     how, _stats = copy_hidden(src, dst)
     assert how == 'stream'
     assert read(dst) == read(src)
-    assert len(reads) == sparse_copy.READERS
+    # A reader started late may find every claim taken: at most READERS.
+    assert 1 <= len(reads) <= sparse_copy.READERS
     probe = os.open(src, os.O_RDONLY)
     try:
         direct = sparse_copy.reopen_direct(probe, os.O_RDONLY)
@@ -236,7 +237,7 @@ def test_each_reader_reads_its_claims_in_order_on_its_own_descriptor(
     if direct is not None:          # else all share the plain descriptor
         os.close(direct)
         used = [fd for mine in fds.values() for fd in mine]
-        assert len(used) == len(set(used)) == sparse_copy.READERS
+        assert len(used) == len(set(used)) == len(reads)
     seen = sorted(pos for positions in reads.values() for pos in positions)
     assert seen == list(range(0, size, seg))
     for positions in reads.values():
