@@ -974,10 +974,17 @@ def bench_copy(env, report, p):
             res['daemon_io'] = sum(
                 after['calls'].get(op, 0) - before['calls'].get(op, 0)
                 for op in ('read', 'write'))
-        res['read_floor'] = timed_read(drv.local_path(src),
-                                       backing(src.name), label)
-        res['read_ceiling'] = timed_parallel_read(
-            drv.local_path(src), backing(src.name), label)
+        # The reads are made in every round too, next to the copies: one
+        # sample against medians of three was a coin toss on a loaded
+        # machine.
+        reads = {'read_floor': [], 'read_ceiling': []}
+
+        def read_source(drv=drv, src=src, reads=reads):
+            reads['read_floor'].append(timed_read(
+                drv.local_path(src), backing(src.name), label))
+            reads['read_ceiling'].append(timed_parallel_read(
+                drv.local_path(src), backing(src.name), label))
+        read_source()
         res['how'] = verbose_copy(mount, drv, src, backing, env)
         res['holes_visible'] = holes_visible(os.path.dirname(
             drv.local_path(src)))
@@ -1018,6 +1025,9 @@ def bench_copy(env, report, p):
             snaps.append(snapshot_of(src))
             ones.append(clone_of(src, 'create_cloned_volume')[0])
             twos.append(clone_of(src2, 'create_cloned_volume, 2x data')[0])
+            read_source()
+        for key, samples in reads.items():
+            res[key] = median(samples)
         for sparse, key in ((False, 'dd'), (True, 'dd_sparse')):
             res[key] = ((median(t for t, _a, _v in dds[sparse]),) +
                         dds[sparse][0][1:])
@@ -1051,9 +1061,9 @@ def bench_copy(env, report, p):
         '(``conv=sparse``, what Cinder asks for when a backend reports '
         '``sparse_copy_volume``, as this driver does). The source is '
         'dropped from the page cache before each copy. Snapshots and '
-        'clones, and both dd copies, are made %d times in turn (medians '
-        'shown); the dd medians are the baseline of both rows. "read all" '
-        'is one read of the '
+        'clones, both dd copies and both reads below, are made %d times '
+        'in turn (medians shown); the dd medians are the baseline of both '
+        'rows. "read all" is one read of the '
         'whole source through the mount (``dd bs=8M iflag=direct`` to '
         '/dev/null); "parallel read" is %d such readers (``dd bs=1M '
         'iflag=direct``), each on its share of the file, as the copy '
@@ -1315,10 +1325,13 @@ def copy_finding(results, size_gb, data):
         '1.14 and fuse-overlayfs 1.10 do not implement ``lseek``, so the '
         'kernel reports the whole file as data and any copy must read '
         'every byte through the daemon to tell holes from zeros: the '
-        'driver reads it with %d parallel readers in %s O_DIRECT requests '
-        'and stores only the blocks that are not zero, adjacent ones in '
-        'one request: written from its buffer, or by ``copy_file_range`` '
-        'where that moved bytes faster in the same copy (fuse-overlayfs '
+        'driver reads it with %d parallel readers, each taking %s at a '
+        'time on a descriptor of its own (the daemon\'s read-ahead on its '
+        'backing file follows one stream per open file), in %s O_DIRECT '
+        'requests, and stores only the blocks that are not zero, adjacent '
+        'ones in one request: written from its buffer, or by '
+        '``copy_file_range`` where that moved bytes at least twice as fast '
+        'in the same copy (fuse-overlayfs '
         'copies on its backing files; on bindfs the kernel falls back to a '
         'splice through the daemon). It flushes the copy to stable '
         'storage, which dd does not. There the speed-up over a full dd is '
@@ -1326,6 +1339,7 @@ def copy_finding(results, size_gb, data):
         'allocated share (%s here): 20x needs a filesystem that reports '
         'its holes.'
         % (size_gb, size(data), ' '.join(texts), sparse_copy.READERS,
+           size(sparse_copy.CLAIM * sparse_copy.SEGMENT),
            size(sparse_copy.CHUNK), ratio(size_gb * GiB / data)))
 
 

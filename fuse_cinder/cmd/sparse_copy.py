@@ -55,6 +55,13 @@ BLOCK = 64 << 10       # granularity of the holes kept when scanning
 # What one reader scans before writing what it found: adjacent data
 # blocks inside it go out as one request.
 SEGMENT = 8 << 20
+# What one reader takes at a time, in SEGMENTs, read in order on a
+# descriptor of its own: the daemon opens its backing file once per open
+# of ours, and the kernel's read-ahead on that file follows one stream
+# per descriptor. Readers sharing one descriptor, or each jumping on
+# after one segment, defeat it (bindfs, which serves requests from one
+# thread: a 10 GiB copy 1.5-2x slower).
+CLAIM = 8
 # Parallel readers: FUSE daemons serve requests in parallel (bindfs read
 # 10 GiB 1.5-2x faster with 2-4 readers than with one).
 READERS = 4
@@ -65,6 +72,13 @@ READERS = 4
 # slow splice through the daemon.
 RETRY = 16
 TRIAL = 1 << 20
+# copy_file_range takes whole runs only where it moved bytes at least this
+# many times faster than the writes: where it wins it wins by far more
+# (fuse-overlayfs copies on its backing files, 10x and more), where it
+# loses by far more too (a splice through bindfs, a few MB/s), and on a
+# loaded machine a write held up behind the other readers' requests once
+# made a close call pick the splice for whole 8 MiB runs (seconds each).
+SWITCH = 2.0
 # copy_file_range errors meaning "not between these two files": copy the
 # bytes ourselves instead.
 _NO_COPY_RANGE = (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -267,8 +281,9 @@ class _Writer:
     no transfer through a FUSE daemon that copies on its server side.
     Each is timed. copy_file_range is tried first on TRIAL bytes of one
     run, while the other readers write; then the faster so far stores
-    whole runs, and the other is tried on TRIAL bytes again after RETRY
-    runs, 2 * RETRY more, and so on. copy_file_range that fails with "not
+    whole runs (copy_file_range only if SWITCH times faster), and the
+    other is tried on TRIAL bytes again after RETRY runs, 2 * RETRY
+    more, and so on. copy_file_range that fails with "not
     between these files" is not tried again.
     """
 
@@ -292,7 +307,9 @@ class _Writer:
             return 'write'
         if not self.stats['write'][2]:
             return 'write'
-        return max(('copy_range', 'write'), key=self._rate)
+        if self._rate('copy_range') >= SWITCH * self._rate('write'):
+            return 'copy_range'
+        return 'write'
 
     def plan(self):
         """(method, limit): the first ``limit`` bytes (None: all) so.
@@ -369,43 +386,57 @@ def stream_copy(src, dst, size, keep_zeros=False, readers=READERS,
                 stats=None):
     """Copy ``size`` bytes in SEGMENTs, skipping zero BLOCKs unless asked.
 
-    ``readers`` threads each take the next SEGMENT, read it in CHUNKs and
-    store its runs of data. Both sides use O_DIRECT where the filesystem
+    ``readers`` threads each take the next CLAIM SEGMENTs and, on an
+    O_DIRECT descriptor of their own, read each in CHUNKs and store its
+    runs of data. Both sides use O_DIRECT where the filesystem
     accepts it: FUSE then moves large requests straight between our
     buffer and the daemon, instead of small buffered ones through the
     page cache. ``stats``, a dict, receives how many bytes each method
     stored.
     """
-    src_direct = reopen_direct(src, os.O_RDONLY)
     dst_direct = reopen_direct(dst, os.O_WRONLY)
     writer = _Writer(src, dst, dst_direct)
-    reader = src if src_direct is None else src_direct
-    segments = iter(range(0, size, SEGMENT))
+    # Smaller claims where the file is too small to keep every reader
+    # busy with whole ones.
+    share = -(-size // max(1, readers))
+    claim = max(SEGMENT, min(CLAIM * SEGMENT,
+                             -(-share // SEGMENT) * SEGMENT))
+    claims = iter(range(0, size, claim))
     state = {'error': None}
     lock = threading.Lock()
     # Anonymous mappings read as zeros without ever being written.
     zeros = mmap.mmap(-1, SEGMENT)
     zero_at = _address(zeros)
 
-    def next_segment():
+    def next_claim():
         with lock:
             if state['error'] is not None:
                 return None
-            return next(segments, None)
+            return next(claims, None)
+
+    def segments():
+        while True:
+            start = next_claim()
+            if start is None:
+                return
+            for pos in range(start, min(start + claim, size), SEGMENT):
+                if state['error'] is not None:
+                    return
+                yield pos
 
     def one_reader():
         # Page aligned, as O_DIRECT wants. Never closed: the ctypes
         # view of it stays exported.
         buf = mmap.mmap(-1, SEGMENT)
         at = _address(buf)
+        own = None
 
         def is_zero(start, end):
             return _memcmp(at + start, zero_at, end - start) == 0
         try:
-            while True:
-                pos = next_segment()
-                if pos is None:
-                    return
+            own = reopen_direct(src, os.O_RDONLY)
+            reader = src if own is None else own
+            for pos in segments():
                 length = min(SEGMENT, size - pos)
                 if keep_zeros:
                     # Every byte is stored: copy_file_range needs no read.
@@ -430,19 +461,21 @@ def stream_copy(src, dst, size, keep_zeros=False, readers=READERS,
             with lock:
                 if state['error'] is None:
                     state['error'] = exc
+        finally:
+            if own is not None:
+                os.close(own)
 
     try:
         threads = [threading.Thread(target=one_reader, daemon=True)
                    for _ in range(max(1, min(readers,
-                                             -(-size // SEGMENT))))]
+                                             -(-size // claim))))]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
     finally:
-        for fd in (src_direct, dst_direct):
-            if fd is not None:
-                os.close(fd)
+        if dst_direct is not None:
+            os.close(dst_direct)
     if state['error'] is not None:
         raise state['error']
     if stats is not None:

@@ -17,8 +17,10 @@ path copies the bytes exactly and keeps (or, thick, fills) the holes,
 and that a block count is trusted only once proven.
 """
 
+import collections
 import errno
 import os
+import threading
 import time
 
 import pytest
@@ -205,6 +207,47 @@ def test_parallel_stream_copy_is_exact_and_sparse(tmp_path, readers,
     assert allocated(dst) <= 12 * BLOCK
 
 
+def test_each_reader_reads_its_claims_in_order_on_its_own_descriptor(
+        tmp_path, hidden_holes, monkeypatch):
+    """One open file per reader, so that the daemon's read-ahead holds."""
+    seg, claim = sparse_copy.SEGMENT, sparse_copy.CLAIM
+    size = 4 * claim * seg + 3 * seg + 5
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    make_file(src, size, {i * seg: os.urandom(BLOCK)
+                          for i in range(0, size // seg + 1, 3)})
+    reads = collections.defaultdict(list)
+    fds = collections.defaultdict(set)
+    real_read = sparse_copy._read_segment
+
+    def traced(fd, buf, pos, length):
+        reads[threading.get_ident()].append(pos)
+        fds[threading.get_ident()].add(fd)
+        return real_read(fd, buf, pos, length)
+    monkeypatch.setattr(sparse_copy, '_read_segment', traced)
+    how, _stats = copy_hidden(src, dst)
+    assert how == 'stream'
+    assert read(dst) == read(src)
+    # A reader started late may find every claim taken: at most READERS.
+    assert 1 <= len(reads) <= sparse_copy.READERS
+    probe = os.open(src, os.O_RDONLY)
+    try:
+        direct = sparse_copy.reopen_direct(probe, os.O_RDONLY)
+    finally:
+        os.close(probe)
+    if direct is not None:          # else all share the plain descriptor
+        os.close(direct)
+        used = [fd for mine in fds.values() for fd in mine]
+        assert len(used) == len(set(used)) == len(reads)
+    seen = sorted(pos for positions in reads.values() for pos in positions)
+    assert seen == list(range(0, size, seg))
+    for positions in reads.values():
+        # Whole claims, each read front to back.
+        starts = [pos for pos in positions if pos % (claim * seg) == 0]
+        assert len(positions) <= len(starts) * claim
+        for a, b in zip(positions, positions[1:]):
+            assert b == a + seg or b % (claim * seg) == 0
+
+
 def test_runs_of_data_go_by_copy_range_where_it_is_faster(
         tmp_path, hidden_holes, monkeypatch):
     """copy_file_range wins when it moves bytes faster than writes."""
@@ -223,6 +266,18 @@ def test_runs_of_data_go_by_copy_range_where_it_is_faster(
     assert read(dst) == read(src)
     assert stats['copy_range'] > stats['write']
     assert allocated(dst) <= 2 * 40 * BLOCK
+
+
+@pytest.mark.parametrize('copy_range_rate, best', [
+    (1.0, 'write'), (1.9, 'write'), (2.1, 'copy_range'), (10, 'copy_range')])
+def test_copy_range_takes_whole_runs_only_when_far_faster(
+        copy_range_rate, best):
+    """A close call, which load can turn either way, keeps the writes."""
+    writer = sparse_copy._Writer(-1, -1, None)
+    writer.stats = {'write': [100 << 20, 1.0, 5],
+                    'copy_range': [int(copy_range_rate * (1 << 20)), 0.01,
+                                   1]}
+    assert writer.best() == best
 
 
 def test_writes_are_kept_where_copy_range_is_slower(tmp_path, hidden_holes,
