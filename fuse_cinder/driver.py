@@ -42,7 +42,7 @@ from fuse_cinder import mount as fuse_mount
 from fuse_cinder import names
 from fuse_cinder import options
 from fuse_cinder import processes
-from fuse_cinder.target import tgt
+from fuse_cinder.targets import tgt
 from fuse_cinder import watch
 
 LOG = logging.getLogger(__name__)

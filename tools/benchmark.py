@@ -63,8 +63,8 @@ from fuse_cinder import driver
 from fuse_cinder import options
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as priv_tgt
-from fuse_cinder.target import tgt as target_tgt
-from fuse_cinder.target import tgtd_mgmt
+from fuse_cinder.targets import tgt as target_tgt
+from fuse_cinder.targets import tgtd_mgmt
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -31,7 +31,7 @@ import subprocess
 import time
 
 from fuse_cinder import mount_table
-from fuse_cinder.target import tgtd_mgmt
+from fuse_cinder.targets import tgtd_mgmt
 
 #: Ports a private tgtd picks from unless told otherwise.
 CONTROL_PORTS = range(41, 50)

@@ -41,7 +41,7 @@ from cinder.i18n import _
 from fuse_cinder import mount_table
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt_view
-from fuse_cinder.target import tgtd_mgmt
+from fuse_cinder.targets import tgtd_mgmt
 
 LOG = logging.getLogger(__name__)
 

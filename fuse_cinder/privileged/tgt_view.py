@@ -39,7 +39,7 @@ import itertools
 import threading
 from typing import Optional
 
-from fuse_cinder.target import tgtd_mgmt
+from fuse_cinder.targets import tgtd_mgmt
 
 
 class TgtdView(object):

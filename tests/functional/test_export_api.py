@@ -638,7 +638,7 @@ def test_patched_code_paths(site):
 def _real_driver_missing():
     try:
         import fuse_cinder.driver  # noqa: F401
-        import fuse_cinder.target.tgt  # noqa: F401
+        import fuse_cinder.targets.tgt  # noqa: F401
     except Exception as e:
         return 'fuse_cinder driver not importable: %s' % e
     missing = [b for b in ('tgtd', 'tgtadm', 'tgt-admin', 'bindfs',

@@ -32,7 +32,7 @@ from cinder import objects
 from fuse_cinder.allinone import sandbox
 from fuse_cinder import options
 from fuse_cinder.privileged import tgt as priv_tgt
-from fuse_cinder.target import tgt
+from fuse_cinder.targets import tgt
 from tests.functional import tgtd
 from tests.functional import volumes
 

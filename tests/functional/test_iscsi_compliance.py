@@ -28,9 +28,9 @@ import pytest
 from cinder import context
 
 from fuse_cinder.allinone import sandbox
-from fuse_cinder.target import export_record
-from fuse_cinder.target import tgt
-from fuse_cinder.target import tgtd_mgmt
+from fuse_cinder.targets import export_record
+from fuse_cinder.targets import tgt
+from fuse_cinder.targets import tgtd_mgmt
 from tests.functional import tgtd
 from tests.functional import volumes
 

@@ -28,7 +28,7 @@ from cinder import context
 from cinder import objects
 
 from fuse_cinder.allinone import sandbox
-from fuse_cinder.target import tgt
+from fuse_cinder.targets import tgt
 from tests.functional import test_export_api as api_base
 from tests.functional import test_tgt_export as base
 from tests.functional import tgtd as tgtd_helper

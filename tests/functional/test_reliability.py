@@ -47,7 +47,7 @@ from fuse_cinder.allinone import faultfs
 from fuse_cinder.allinone import sandbox
 from fuse_cinder import driver
 from fuse_cinder import mount
-from fuse_cinder.target import tgt
+from fuse_cinder.targets import tgt
 from tests.functional import patched_cinder
 from tests.functional import test_export_api as export_api
 from tests.functional import test_tgt_export as tgt_export

@@ -25,7 +25,7 @@ from cinder import exception
 from cinder import objects
 
 from fuse_cinder.allinone import sandbox
-from fuse_cinder.target import tgt
+from fuse_cinder.targets import tgt
 from tests.functional import tgtd
 from tests.functional import volumes
 

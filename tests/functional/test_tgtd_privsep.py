@@ -36,8 +36,8 @@ from fuse_cinder.allinone import sandbox
 from fuse_cinder import driver
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as ptgt
-from fuse_cinder.target import tgt
-from fuse_cinder.target import tgtd_mgmt
+from fuse_cinder.targets import tgt
+from fuse_cinder.targets import tgtd_mgmt
 from tests.functional import tgtd as tgtd_helpers
 from tests.functional import volumes
 

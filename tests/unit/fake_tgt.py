@@ -24,7 +24,7 @@ resulting tgtd state, and the calls where they matter.
 import dataclasses
 
 from fuse_cinder.privileged import tgt as priv_tgt
-from fuse_cinder.target import tgtd_mgmt
+from fuse_cinder.targets import tgtd_mgmt
 
 
 @dataclasses.dataclass

@@ -20,7 +20,7 @@ from cinder import exception
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as ptgt
 from fuse_cinder.privileged import tgt_view
-from fuse_cinder.target import tgtd_mgmt
+from fuse_cinder.targets import tgtd_mgmt
 
 UUID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0'
 IQN = 'iqn.2010-10.org.openstack:volume-' + UUID

@@ -27,9 +27,9 @@ from cinder import objects
 from cinder.tests.unit import fake_volume
 
 from fuse_cinder.privileged import tgt as priv_tgt
-from fuse_cinder.target import export_record
-from fuse_cinder.target import tgt
-from fuse_cinder.target import tgtd_mgmt
+from fuse_cinder.targets import export_record
+from fuse_cinder.targets import tgt
+from fuse_cinder.targets import tgtd_mgmt
 from tests.unit import fake_tgt
 
 CTX = context.get_admin_context()
@@ -1267,3 +1267,23 @@ def test_read_write_target_is_replaced_by_a_read_only_one(target, tgtd):
     assert tgtd.by_iqn(PREFIX + vol.name).lun_params[1]['readonly'] is False
     target.create_export(CTX, vol, path_of(vol), readonly=True)
     assert tgtd.by_iqn(PREFIX + vol.name).lun_params[1]['readonly'] is True
+
+
+def test_iscsitarget_hooks_it_replaces_refuse_and_show_target_works(
+        target, tgtd):
+    """Only ISCSITarget's own create/remove/ensure_export use the hooks."""
+    vol = volume(provider_auth=AUTH)
+    for hook, args in [('_get_iscsi_target', (CTX, vol.id)),
+                       ('_get_target_and_lun', (CTX, vol)),
+                       ('create_iscsi_target', (PREFIX + vol.name, 1, 1,
+                                                path_of(vol), None)),
+                       ('remove_iscsi_target', (1, 1, vol.id, vol.name))]:
+        with pytest.raises(NotImplementedError):
+            getattr(target, hook)(*args)
+    assert tgtd.calls == []
+    with pytest.raises(exception.NotFound):
+        target.show_target(None, PREFIX + vol.name)
+    export(target, vol)
+    target.show_target(None, PREFIX + vol.name)     # found: no exception
+    assert target._get_target(PREFIX + vol.name) == tgtd.by_iqn(
+        PREFIX + vol.name).tid

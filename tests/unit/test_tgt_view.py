@@ -12,7 +12,7 @@
 """The privsep daemon's memory of tgtd (tgt_view), against listed texts."""
 
 from fuse_cinder.privileged import tgt_view
-from fuse_cinder.target import tgtd_mgmt
+from fuse_cinder.targets import tgtd_mgmt
 
 A = 'iqn.2010-10.org.openstack:volume-aaaaaaaa-0000-4000-8000-000000000000'
 B = 'iqn.2010-10.org.openstack:volume-bbbbbbbb-0000-4000-8000-000000000000'

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from fuse_cinder.target import tgt
-from fuse_cinder.target import tgtd_mgmt as mgmt
+from fuse_cinder.targets import tgt
+from fuse_cinder.targets import tgtd_mgmt as mgmt
 
 # sizeof(struct tgtadm_req) in tgt 1.0.85, as its tgtadm writes it.
 HEADER_SIZE = 120

@@ -46,8 +46,8 @@ from cinder.volume import volume_utils
 
 from fuse_cinder import options
 from fuse_cinder.privileged import tgt as priv_tgt
-from fuse_cinder.target import export_record as record
-from fuse_cinder.target import tgtd_mgmt
+from fuse_cinder.targets import export_record as record
+from fuse_cinder.targets import tgtd_mgmt
 
 LOG = logging.getLogger(__name__)
 
@@ -825,37 +825,31 @@ class TgtFileTarget(iscsi.ISCSITarget):
         return restored
 
     # ------------------------------------------------------------------
-    # ISCSITarget's abstract hooks, for callers that use them directly
+    # ISCSITarget's abstract hooks. Only ISCSITarget's own create_export,
+    # remove_export and ensure_export call the last four, and this class
+    # replaces those; show_target uses _get_target.
 
     def _get_target(self, iqn):
         state = self._describe(iqn)
         return state.tid if state else None
 
+    def _unused_hook(self, name):
+        raise NotImplementedError(
+            '%s is not used by TgtFileTarget: its create_export, '
+            'remove_export and ensure_export make and remove targets' % name)
+
     def _get_iscsi_target(self, context, vol_id):
-        return 0
+        self._unused_hook('_get_iscsi_target')
 
     def _get_target_and_lun(self, context, volume):
-        return 0, LUN
+        self._unused_hook('_get_target_and_lun')
 
     def create_iscsi_target(self, name, tid, lun, path, chap_auth,
                             **kwargs):
-        if not chap_auth:
-            chap_auth = (volume_utils.generate_username(),
-                         volume_utils.generate_password())
-        volume_id = kwargs.get('volume_id') or name.rsplit(
-            ':', 1)[-1].replace('volume-', '', 1)
-        spec = record.ExportSpec(iqn=name, volume_id=volume_id, path=path,
-                                 chap_user=chap_auth[0],
-                                 chap_secret=chap_auth[1])
-        with self._locked(name):
-            self._show_cache = None
-            return self._apply(spec).tid
+        self._unused_hook('create_iscsi_target')
 
     def remove_iscsi_target(self, tid, lun, vol_id, vol_name, **kwargs):
-        iqn = '%s%s' % (self.configuration.target_prefix, vol_name)
-        with self._locked(iqn):
-            self._show_cache = None
-            self._delete_target(iqn, vol_id)
+        self._unused_hook('remove_iscsi_target')
 
 
 def _redact(text: str, secrets) -> str:
