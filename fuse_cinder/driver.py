@@ -80,7 +80,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             self.configuration.fuse_fs_call_timeout,
             self.configuration.fuse_copy_timeout,
             check_fuse=self.configuration.fuse_check_mount)
-        self.files = fileops.SparseFiles(
+        self.files = fileops.BackingFiles(
             self.mount, sparse=self.configuration.fuse_sparse_volumes)
         self.target_driver = tgt.TgtFileTarget(
             configuration=self.configuration, db=self.db)
@@ -261,7 +261,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
     # -- migration and retype ------------------------------------------
 
     def _migration_target(self, volume, host):
-        """The SparseFiles of the destination, when this driver can move.
+        """The BackingFiles of the destination, when this driver can move.
 
         Only to another backend of this driver on this machine whose
         volumes_home is on FUSE here, on the filesystem it reported, and
@@ -303,7 +303,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         if here != device:
             return refuse('%(home)s is filesystem %(here)s here, %(there)s '
                           'there', home=home, here=here, there=device)
-        return fileops.SparseFiles(dest, sparse=provisioning == 'thin')
+        return fileops.BackingFiles(dest, sparse=provisioning == 'thin')
 
     def migrate_volume(self, context, volume, host):
         """Move a detached volume to another FUSE backend of this machine.

@@ -34,7 +34,7 @@ LOG = logging.getLogger(__name__)
 _EXDEV_TEXT = 'Invalid cross-device link'
 
 
-class SparseFiles:
+class BackingFiles:
     """Create, copy, resize and remove backing files through a FuseMount.
 
     Every call is one ``fuse-cinder-files`` request, which refuses any
@@ -179,7 +179,7 @@ class SparseFiles:
     def move_to(self, name, other, rename=False):
         """Move ``name`` into ``other``, another volumes_home, whole.
 
-        ``other`` is the SparseFiles of a second FUSE mount (or the same
+        ``other`` is the BackingFiles of a second FUSE mount (or the same
         one) of this machine. With ``rename`` the file is first renamed
         there, which the kernel allows only within one mount (EXDEV
         otherwise, then the copy below). The copy is the sparse copy of
