@@ -124,6 +124,11 @@ class BindfsMount(object):
     #: The FUSE daemon and what start() says when it is missing.
     program = 'bindfs'
 
+    @property
+    def pid(self):
+        """The FUSE daemon's pid while it runs (for its peak memory)."""
+        return self.proc.pid if self.proc is not None else None
+
     def command(self):
         """The daemon's command line; -f keeps it ours (its pid, its end)."""
         return ['bindfs', '-f', '-o', 'allow_other', self.backing,
