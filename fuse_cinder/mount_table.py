@@ -117,6 +117,19 @@ def fd_mount_id(fd, pid='self'):
     return None
 
 
+def fd_fs_type(fd, pid='self'):
+    """The type of the mount holding ``fd``; None if the kernel names none.
+
+    Looked up in that process's own mount namespace.
+    """
+    mount_id = fd_mount_id(fd, pid)
+    if mount_id is None:
+        return None
+    with open('/proc/%s/mountinfo' % pid) as f:
+        entries = parse_mountinfo(f.read())
+    return next((m.fs_type for m in entries if m.mount_id == mount_id), '')
+
+
 def find_mount(path, entries):
     """The mount holding ``path``: the longest matching mount point.
 

@@ -61,14 +61,10 @@ class Refused(Exception):
 
 def is_fuse_fd(fd):
     """Whether the file open on ``fd`` lies on a FUSE filesystem."""
-    mount_id = mount_table.fd_mount_id(fd)
-    if mount_id is None:
+    fs_type = mount_table.fd_fs_type(fd)
+    if fs_type is None:
         raise Refused('the kernel does not say which mount holds the '
                       'directory')
-    with open('/proc/self/mountinfo') as f:
-        entries = mount_table.parse_mountinfo(f.read())
-    fs_type = next((m.fs_type for m in entries if m.mount_id == mount_id),
-                   '')
     return mount_table.is_fuse_type(fs_type)
 
 

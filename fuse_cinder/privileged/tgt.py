@@ -289,8 +289,8 @@ def _fd_links(pid: int, numbers) -> set:
     return found
 
 
-def _on_fuse(pid: int, fds: list, path: str) -> bool:
-    """Some of tgtd's new descriptors name ``path``, all on FUSE.
+def _on_fuse(pid: int, fds: list) -> bool:
+    """There are such descriptors of tgtd, and all lie on FUSE.
 
     readlink of /proc/<pid>/fd names the file actually opened, so a
     ``volume-<uuid>`` symlink shows as its target and fails here; the
@@ -298,12 +298,9 @@ def _on_fuse(pid: int, fds: list, path: str) -> bool:
     """
     if not fds:
         return False
-    mounts = {m.mount_id: m for m in
-              read_mountinfo('/proc/%d/mountinfo' % pid)}
     try:
-        return all(mount_table.is_fuse_type(getattr(
-            mounts.get(mount_table.fd_mount_id(fd, pid)), 'fs_type', ''))
-            for fd in fds)
+        return all(mount_table.is_fuse_type(
+            mount_table.fd_fs_type(fd, pid) or '') for fd in fds)
     except OSError:
         return False
 
@@ -331,7 +328,7 @@ class _OpenCheck(object):
         else:
             new = _fd_links(self.pid, numbers - self.before)
         return _on_fuse(self.pid, [fd for fd, link in new
-                                   if link == self.path], self.path)
+                                   if link == self.path])
 
 
 def _new_target(client: tgtd_mgmt.TgtdClient, view, iqn: str):
