@@ -61,6 +61,18 @@ fuse_opts = [
 ]
 
 
+#: What iscsi_target_flags may say for this driver's LUNs (tgtd's bsoflags
+#: for a file backing store), and what it means when the operator leaves it
+#: unset. "direct" bypasses the page cache of the cinder-volume host, so
+#: FUSE gets large requests and the host holds no second copy of the data;
+#: empty keeps buffered I/O. With iscsi_write_cache off tgtd issues an
+#: fdatasync after every write, a FUSE round trip each; with it on the
+#: initiator's SYNCHRONIZE CACHE makes writes durable (all file systems
+#: and hypervisors issue it). See BENCHMARKS.rst.
+BSOFLAGS_CHOICES = ('', 'direct', 'sync', 'direct,sync')
+DEFAULT_BSOFLAGS = 'direct'
+
+
 def _iscsi_length(name, text):
     """An iSCSI length key: RFC 7143's range, 256 KiB by default."""
     return cfg.IntOpt(name, default=262144, min=512, max=16777215,
@@ -83,22 +95,20 @@ tgt_opts = [
                     'export of this backend back within this time, '
                     'without a cinder-volume restart. One tgtd listing '
                     'each time. 0 turns it off.'),
+    # Cinder's iscsi_write_cache and iscsi_target_flags (cinder/volume/
+    # driver.py) say the same; these two stay for configurations written
+    # for earlier releases of this driver, and win when set.
     cfg.BoolOpt('fuse_tgt_write_cache',
-                default=True,
-                help='Enable the write cache of exported LUNs. With it '
-                     'off tgtd issues an fdatasync after every write, '
-                     'which costs a FUSE round trip per write; with it on '
-                     'the initiator must issue SYNCHRONIZE CACHE (all '
-                     'file systems and hypervisors do) for durability. '
-                     'See BENCHMARKS.rst.'),
+                deprecated_for_removal=True,
+                deprecated_reason='Use iscsi_write_cache (on/off).',
+                help='Enable the write cache of exported LUNs; unset '
+                     'follows iscsi_write_cache.'),
     cfg.StrOpt('fuse_tgt_bsoflags',
-               default='direct',
-               choices=['', 'direct', 'sync', 'direct,sync'],
-               help='Open flags for the LUN backing file in tgtd '
-                    '(bsoflags). "direct" bypasses the page cache of the '
-                    'cinder-volume host, so FUSE gets large requests and '
-                    'the host holds no second copy of the data; empty '
-                    'keeps buffered I/O. See BENCHMARKS.rst.'),
+               choices=BSOFLAGS_CHOICES,
+               deprecated_for_removal=True,
+               deprecated_reason='Use iscsi_target_flags.',
+               help='Open flags for the LUN backing file in tgtd; unset '
+                    'follows iscsi_target_flags.'),
     # iSCSI login keys each target offers (RFC 7143). Cinder has no
     # options for these; tgtd's defaults (8 KiB data PDUs, every write
     # burst solicited by an R2T) cost a round trip per 8 KiB written.
@@ -131,6 +141,21 @@ tgt_opts = [
 CONF = cfg.CONF
 CONF.register_opts(fuse_opts, group=configuration.SHARED_CONF_GROUP)
 CONF.register_opts(tgt_opts, group=configuration.SHARED_CONF_GROUP)
+
+
+def is_set(conf, name):
+    """Did the operator give ``name`` a value for this backend?
+
+    Cinder's default of iscsi_target_flags ('', buffered I/O) is not this
+    driver's, so its default only applies to a value somebody chose:
+    in the backend section, in [backend_defaults] or by set_default.
+    """
+    group = conf.config_group
+    if group and getattr(CONF[group], name) is not None:
+        return True
+    shared = configuration.SHARED_CONF_GROUP if group else None
+    where = CONF.get_location(name, shared)
+    return where is not None and where.location != cfg.Locations.opt_default
 
 
 def list_opts():

@@ -442,7 +442,7 @@ def _add_lun(client: tgtd_mgmt.TgtdClient, pid: int, view,
         raise
     target.luns[LUN] = tgtd_mgmt.Lun(path=path, scsi_id=serial,
                                      scsi_sn=serial, bsoflags=bsoflags,
-                                     readonly='Yes' if readonly else 'No')
+                                     readonly=readonly)
     view.put(target)
 
 
@@ -460,7 +460,7 @@ def _same_export(target: tgtd_mgmt.Target, path: str, chap_user: str,
     return (lun is not None and lun.path == path
             and target.accounts == [chap_user] and lun.scsi_sn == serial
             and set(lun.bsoflags.split(':')) == set(bsoflags.split(':'))
-            and (lun.readonly == 'Yes') == readonly)
+            and lun.readonly == readonly)
 
 
 def _drop_account(client: tgtd_mgmt.TgtdClient, view, user: str,
@@ -533,7 +533,7 @@ def _state(target: tgtd_mgmt.Target) -> dict:
     lun = target.luns.get(LUN) or tgtd_mgmt.Lun()
     return {'tid': target.tid, 'iqn': target.name, 'path': lun.path,
             'serial': lun.scsi_sn, 'bsoflags': lun.bsoflags,
-            'readonly': lun.readonly == 'Yes',
+            'readonly': lun.readonly,
             'accounts': list(target.accounts), 'acl': list(target.acl)}
 
 

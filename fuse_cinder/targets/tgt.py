@@ -77,52 +77,37 @@ _CONTROL_ERRORS = (exception.InvalidInput, priv_tgt.TargetRefused,
                    tgtd_mgmt.TgtdError)
 
 
-@dataclasses.dataclass
-class LunSettings:
-    """What tgtd shows of a LUN beyond its file."""
-
-    serial: str = ''
-    bsoflags: str = ''
-    readonly: bool = False
+def _lun(state: tgtd_mgmt.Target) -> tgtd_mgmt.Lun:
+    """The target's volume LUN, empty when tgtd shows none."""
+    return state.luns.get(LUN) or tgtd_mgmt.Lun()
 
 
-@dataclasses.dataclass
-class TargetState:
-    """What tgtd reports about one target."""
+def _bsoflags(conf) -> str:
+    """iscsi_target_flags (or its deprecated alias) as tgtd takes them.
 
-    tid: int
-    iqn: str
-    luns: dict = dataclasses.field(default_factory=dict)
-    acl: list = dataclasses.field(default_factory=list)
-    accounts: list = dataclasses.field(default_factory=list)
-    connected: bool = False
-    #: {lun: LunSettings}
-    lun_settings: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def acl_names(self) -> set:
-        return {e for e in self.acl if record.is_initiator_name(e)}
-
-    @property
-    def acl_addresses(self) -> set:
-        return {e for e in self.acl if not record.is_initiator_name(e)}
+    tgtd's file backing store knows direct and sync (open(2) flags of
+    the backing file); anything else is a typo better refused at start.
+    """
+    name = 'fuse_tgt_bsoflags'
+    value = conf.safe_get(name)
+    if value is None:
+        name = 'iscsi_target_flags'
+        value = (conf.safe_get(name) if options.is_set(conf, name)
+                 else options.DEFAULT_BSOFLAGS)
+    flags = value.replace(':', ',').split(',') if value else []
+    if (len(set(flags)) != len(flags)
+            or not set(flags) <= {'direct', 'sync'}):
+        raise exception.InvalidConfigurationValue(option=name, value=value)
+    # tgtd separates open flags with ':'; with ',' it keeps only one.
+    return ':'.join(sorted(flags))
 
 
-def parse_show_target(output: str) -> dict:
-    """{iqn: TargetState} of a tgtd target listing (tgtd_mgmt parses it)."""
-    return {name: _state(target)
-            for name, target in tgtd_mgmt.parse_targets(output).items()}
-
-
-def _state(target: tgtd_mgmt.Target) -> TargetState:
-    return TargetState(
-        tid=target.tid, iqn=target.name,
-        luns={n: lun.path for n, lun in target.luns.items()},
-        acl=list(target.acl), accounts=list(target.accounts),
-        connected=target.nexus,
-        lun_settings={n: LunSettings(lun.scsi_sn, lun.bsoflags,
-                                     lun.readonly == 'Yes')
-                      for n, lun in target.luns.items()})
+def _write_cache(conf) -> bool:
+    """iscsi_write_cache, unless the deprecated fuse_tgt_write_cache is set."""
+    legacy = conf.safe_get('fuse_tgt_write_cache')
+    if legacy is not None:
+        return bool(legacy)
+    return conf.safe_get('iscsi_write_cache') != 'off'
 
 
 class TgtFileTarget(iscsi.ISCSITarget):
@@ -154,6 +139,8 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 option='target_protocol', value=self.iscsi_protocol)
         self.control_port = int(
             self.configuration.safe_get('fuse_tgt_control_port') or 0)
+        self._bsoflags = _bsoflags(self.configuration)
+        self._write_cache = _write_cache(self.configuration)
         self._show_cache: Optional[tuple] = None
         # {volume id: initiator} of failed initialize_connection calls,
         # for the remove_export that follows (see _keeps_target).
@@ -197,21 +184,23 @@ class TgtFileTarget(iscsi.ISCSITarget):
         raise exception.ISCSITargetHelperCommandFailed(error_message=msg)
 
     def _show(self) -> dict:
-        return parse_show_target(self._call('show', self._control.show))
+        return tgtd_mgmt.parse_targets(self._call('show', self._control.show))
 
-    def _describe(self, iqn: str) -> Optional[TargetState]:
+    def _describe(self, iqn: str) -> Optional[tgtd_mgmt.Target]:
         """One target, from the privsep daemon's memory (no listing)."""
         found = self._call(_('looking up %s') % iqn, self._control.describe,
                            iqn)
         if found is None:
             return None
-        return TargetState(
-            tid=found['tid'], iqn=found['iqn'],
-            luns={LUN: found['path']} if found['path'] else {},
-            acl=list(found['acl']), accounts=list(found['accounts']),
-            lun_settings={LUN: LunSettings(found['serial'],
-                                           found['bsoflags'],
-                                           found['readonly'])})
+        luns = {}
+        if found['path']:
+            luns[LUN] = tgtd_mgmt.Lun(
+                path=found['path'], scsi_id=found['serial'],
+                scsi_sn=found['serial'], bsoflags=found['bsoflags'],
+                readonly=found['readonly'])
+        return tgtd_mgmt.Target(
+            tid=found['tid'], name=found['iqn'], luns=luns,
+            acl=list(found['acl']), accounts=list(found['accounts']))
 
     def _set_acl(self, iqn: str, initiators) -> bool:
         """Make the target's ACL ``initiators``; False if it has no target.
@@ -239,7 +228,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         self._show_cache = (now, targets)
         return targets
 
-    def _remember(self, iqn: str, state: Optional[TargetState]) -> None:
+    def _remember(self, iqn: str, state: Optional[tgtd_mgmt.Target]) -> None:
         """Keep the ensure cache true after this helper changed a target."""
         if self._show_cache is None:
             return
@@ -250,10 +239,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
 
     def _lun_options(self) -> tuple:
         """(bsoflags, write_cache) as the entry points take them."""
-        bsoflags = self.configuration.safe_get('fuse_tgt_bsoflags') or ''
-        # tgtd separates open flags with ':'; with ',' it keeps only one.
-        return (bsoflags.replace(',', ':'),
-                bool(self.configuration.safe_get('fuse_tgt_write_cache')))
+        return self._bsoflags, self._write_cache
 
     def _session_params(self) -> dict:
         """The iSCSI login keys every new target gets, as tgtd names them.
@@ -345,19 +331,20 @@ class TgtFileTarget(iscsi.ISCSITarget):
     # ------------------------------------------------------------------
     # tgtd state changes (callers hold self._locked(iqn))
 
-    def _serves(self, state: TargetState, spec: record.ExportSpec) -> bool:
+    def _serves(self, state: tgtd_mgmt.Target,
+                spec: record.ExportSpec) -> bool:
         """Is the live target already the export ``spec`` describes?"""
         bsoflags, _write_cache = self._lun_options()
-        lun = state.lun_settings.get(LUN, LunSettings())
-        return (state.luns.get(LUN) == spec.path
+        lun = _lun(state)
+        return (lun.path == spec.path
                 and state.accounts == [spec.chap_user]
-                and lun.serial == spec.serial
+                and lun.scsi_sn == spec.serial
                 and lun.readonly == spec.readonly
                 and set(lun.bsoflags.split(':')) == set(bsoflags.split(':')))
 
     def _apply(self, spec: record.ExportSpec,
-               state: Optional[TargetState] = None,
-               known: bool = False) -> TargetState:
+               state: Optional[tgtd_mgmt.Target] = None,
+               known: bool = False) -> tgtd_mgmt.Target:
         """Make tgtd export ``spec``; the record file is written first.
 
         ``state`` is the target as tgtd listed it, if ``known``; else
@@ -379,16 +366,17 @@ class TgtFileTarget(iscsi.ISCSITarget):
                       {'vol': spec.volume_id, 'err': err.msg})
             raise exception.ISCSITargetCreateFailed(
                 volume_id=spec.volume_id, message=err.msg)
-        return TargetState(
-            tid=tid, iqn=spec.iqn, luns={LUN: spec.path},
+        lun = tgtd_mgmt.Lun(path=spec.path, scsi_id=spec.serial,
+                            scsi_sn=spec.serial,
+                            bsoflags=self._lun_options()[0],
+                            readonly=spec.readonly)
+        return tgtd_mgmt.Target(
+            tid=tid, name=spec.iqn, luns={LUN: lun},
             acl=record.acl_for(spec.initiators), accounts=[spec.chap_user],
-            connected=bool(state and state.connected),
-            lun_settings={LUN: LunSettings(spec.serial,
-                                           self._lun_options()[0],
-                                           spec.readonly)})
+            nexus=bool(state and state.nexus))
 
     def _export(self, spec: record.ExportSpec,
-                state: Optional[TargetState], known: bool) -> int:
+                state: Optional[tgtd_mgmt.Target], known: bool) -> int:
         """export_target, after replacing a target that is not ``spec``.
 
         Such a target is deleted when no initiator is logged in, else only
@@ -403,7 +391,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
             except priv_tgt.TargetConflict:
                 state = self._show().get(spec.iqn)
         if state is not None and not self._serves(state, spec):
-            if state.connected:
+            if state.nexus:
                 self._call(_('re-opening the LUN of %s') % spec.iqn,
                            self._control.reopen_lun, spec.iqn, spec.path,
                            bsoflags, write_cache, spec.serial, spec.readonly)
@@ -426,7 +414,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
             self._session_params(),
             secrets=(spec.chap_secret,), expect=expect)
 
-    def _sync_acl(self, state: TargetState, initiators) -> None:
+    def _sync_acl(self, state: tgtd_mgmt.Target, initiators) -> None:
         """Make the live ACL match the config file, if it does not yet.
 
         With initiators: their names plus record.NO_ADDRESS. Without: ``ALL``
@@ -436,7 +424,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         want = record.acl_for(initiators)
         if sorted(state.acl) == sorted(want):
             return
-        if self._set_acl(state.iqn, initiators):
+        if self._set_acl(state.name, initiators):
             state.acl = want
 
     def _delete_target(self, iqn: str, volume_id: str) -> None:
@@ -535,7 +523,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 chap_user=chap[0], chap_secret=chap[1], initiators=initiators,
                 readonly=spec is not None and spec.readonly)
             state = self._targets_for_ensure().get(iqn)
-            if state is not None and state.luns.get(LUN) == volume_path:
+            if state is not None and _lun(state).path == volume_path:
                 self._write_spec(want)
                 self._sync_acl(state, want.initiators)
                 LOG.debug('Target %s is present in tgtd.', iqn)
@@ -708,14 +696,13 @@ class TgtFileTarget(iscsi.ISCSITarget):
                           volume['id'])
                 return False
             spec = self._read_spec(iqn)
-            path = (volume_path or state.luns.get(LUN) or
+            path = (volume_path or _lun(state).path or
                     (spec.path if spec else None))
             if not path:
                 msg = (_('No backing file known for target %s') % iqn)
                 raise exception.TargetUpdateFailed(volume_id=volume['id'],
                                                    message=msg)
-            readonly = (spec.readonly if spec else
-                        state.lun_settings.get(LUN, LunSettings()).readonly)
+            readonly = spec.readonly if spec else _lun(state).readonly
             self._reopen(iqn, path, volume['id'], readonly)
         return True
 
@@ -734,19 +721,19 @@ class TgtFileTarget(iscsi.ISCSITarget):
         failures = []
         self._show_cache = None
         for state in sorted(self._show().values(), key=lambda t: t.tid):
-            with self._locked(state.iqn):
-                spec = self._read_spec(state.iqn)
-                path = state.luns.get(LUN) or (spec.path if spec else None)
+            with self._locked(state.name):
+                spec = self._read_spec(state.name)
+                path = _lun(state).path or (spec.path if spec else None)
                 if not path or not path.startswith(prefix):
                     continue
                 if spec is None:
                     LOG.warning('Target %(iqn)s serves %(path)s but has no '
                                 'config file in %(dir)s; leaving it alone.',
-                                {'iqn': state.iqn, 'path': path,
+                                {'iqn': state.name, 'path': path,
                                  'dir': self.volumes_dir})
                     continue
                 try:
-                    self._reopen(state.iqn, path, spec.volume_id,
+                    self._reopen(state.name, path, spec.volume_id,
                                  spec.readonly)
                     reopened += 1
                 except exception.CinderException as err:

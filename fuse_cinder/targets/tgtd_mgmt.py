@@ -39,7 +39,7 @@ import dataclasses
 import socket
 import struct
 import time
-from typing import Optional
+from typing import Optional, Union
 
 from oslo_log import log as logging
 
@@ -190,12 +190,12 @@ class Lun:
     scsi_id: str = ''
     scsi_sn: str = ''
     bsoflags: str = ''
-    readonly: str = ''
+    readonly: bool = False
 
 
 @dataclasses.dataclass
 class Target:
-    """One target of ``show``, with what the privileged checks need."""
+    """One target of ``show``, as the checks on both sides compare it."""
 
     tid: int
     name: str
@@ -234,13 +234,20 @@ def parse_targets(text: str) -> dict:
             if key == 'LUN':
                 lun = target.luns.setdefault(int(value), Lun())
             elif lun is not None and key in _LUN_FIELDS:
-                missing = key == 'Backing store path' and value == 'None'
-                setattr(lun, _LUN_FIELDS[key], None if missing else value)
+                setattr(lun, _LUN_FIELDS[key], _lun_value(key, value))
         elif section == 'Account information':
             target.accounts.append(line.split()[0])
         elif section == 'ACL information':
             target.acl.append(line)
     return targets
+
+
+def _lun_value(key: str, value: str) -> Union[str, bool, None]:
+    if key == 'Readonly':
+        return value == 'Yes'
+    if key == 'Backing store path' and value == 'None':
+        return None
+    return value
 
 
 def parse_accounts(text: str) -> list:

@@ -46,13 +46,8 @@ make_tgtd = tgtd.make_tgtd
 pytestmark = tgtd.requirements('qemu-io')
 
 
-def _choices():
-    flags = next(o for o in options.tgt_opts
-                 if o.name == 'fuse_tgt_bsoflags').type.choices
-    return [(wc, f) for wc in (True, False) for f in flags]
-
-
-SETTINGS = _choices()
+SETTINGS = [(wc, f) for wc in ('on', 'off')
+            for f in options.BSOFLAGS_CHOICES]
 
 
 @pytest.fixture
@@ -72,8 +67,8 @@ def lun(fs, backend_conf, tmp_path, daemon, tgt_privsep_in_process,
                         fuse_tgt_control_port=daemon.control_port,
                         target_ip_address='127.0.0.1',
                         target_port=daemon.portal_port,
-                        fuse_tgt_write_cache=write_cache,
-                        fuse_tgt_bsoflags=flags)
+                        iscsi_write_cache=write_cache,
+                        iscsi_target_flags=flags)
     target = tgt.TgtFileTarget(configuration=conf, db=sandbox.NoDB())
     vol = volumes.volume(VOLUME_ID, size=1, status='in-use')
     path = os.path.join(home, vol.name)
@@ -101,8 +96,7 @@ def fsyncs(fs):
 
 
 def ids(setting):
-    return 'write-cache-%s-bsoflags-%s' % ('on' if setting[0] else 'off',
-                                           setting[1] or 'none')
+    return 'write-cache-%s-bsoflags-%s' % (setting[0], setting[1] or 'none')
 
 
 @pytest.mark.parametrize('lun', SETTINGS, ids=[ids(s) for s in SETTINGS],

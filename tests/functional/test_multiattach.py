@@ -29,6 +29,7 @@ from cinder import objects
 
 from fuse_cinder.allinone import sandbox
 from fuse_cinder.targets import tgt
+from fuse_cinder.targets import tgtd_mgmt
 from tests.functional import test_export_api as api_base
 from tests.functional import test_tgt_export as base
 from tests.functional import tgtd as tgtd_helper
@@ -143,8 +144,8 @@ def test_two_initiators_share_one_target_until_the_last_detach(
     ini2 = base.attached(daemon, tmp_path, target, vol, name=HOST2)
     assert ini1.iqn == ini2.iqn
     iqn = ini1.iqn
-    assert len(tgt.parse_show_target(daemon.show())) == 1
-    state = tgt.parse_show_target(daemon.show())[iqn]
+    assert len(tgtd_mgmt.parse_targets(daemon.show())) == 1
+    state = tgtd_mgmt.parse_targets(daemon.show())[iqn]
     assert sorted(state.acl) == ['0.0.0.0/32', HOST1, HOST2]
 
     # Each writes, and each reads what the other wrote.
@@ -161,9 +162,9 @@ def test_two_initiators_share_one_target_until_the_last_detach(
         api_base._wait(lambda: logged_in(daemon, HOST2), 30,
                        'a session of %s' % HOST2)
         detach(target, vol, HOST1, HOST2)
-        state = tgt.parse_show_target(daemon.show())[iqn]
+        state = tgtd_mgmt.parse_targets(daemon.show())[iqn]
         assert sorted(state.acl) == ['0.0.0.0/32', HOST2]
-        assert state.luns[tgt.LUN] == base.path_of(fuse, vol)
+        assert state.luns[tgt.LUN].path == base.path_of(fuse, vol)
         assert ini1.inquiry()[0] != 0               # HOST1 is refused
         assert logged_in(daemon, HOST2)             # the session stayed
         out = session.run('read -P 0 0 64k', 'write -P 0x77 0 64k',
@@ -290,7 +291,7 @@ def test_multiattach_through_the_attachments_api(real_cinder, tmp_path):
     assert info1['target_iqn'] == info2['target_iqn']
     iqn = info1['target_iqn']
     assert list(daemon.targets()) == [iqn]
-    state = tgt.parse_show_target(daemon.show())[iqn]
+    state = tgtd_mgmt.parse_targets(daemon.show())[iqn]
     assert sorted(state.acl) == ['0.0.0.0/32', HOST1, HOST2]
     accounts = sandbox.list_accounts(daemon.control_port)
     assert accounts == [info1['auth_username']]
@@ -310,7 +311,7 @@ def test_multiattach_through_the_attachments_api(real_cinder, tmp_path):
     assert code == 200, body
     assert aio.status(vol_id) == 'in-use'
     assert list(daemon.targets()) == [iqn]
-    state = tgt.parse_show_target(daemon.show())[iqn]
+    state = tgtd_mgmt.parse_targets(daemon.show())[iqn]
     assert sorted(state.acl) == ['0.0.0.0/32', HOST2]
     assert ini1.inquiry()[0] != 0
     assert ini1.read(2 * MiB, MiB) is None

@@ -47,7 +47,7 @@ from fuse_cinder.allinone import faultfs
 from fuse_cinder.allinone import sandbox
 from fuse_cinder import driver
 from fuse_cinder import mount
-from fuse_cinder.targets import tgt
+from fuse_cinder.targets import tgtd_mgmt
 from tests.functional import patched_cinder
 from tests.functional import test_export_api as export_api
 from tests.functional import test_tgt_export as tgt_export
@@ -249,9 +249,9 @@ def test_fuse_daemon_killed_while_volumes_are_exported(
     stats = drv.get_volume_stats(refresh=True)
     figures['ops'] += 1
     assert stats['backend_state'] == 'up'
-    shown = tgt.parse_show_target(tgtd_daemon.show())
+    shown = tgtd_mgmt.parse_targets(tgtd_daemon.show())
     for n, (vol, ini) in enumerate(zip(vols, inis)):
-        assert shown[ini.iqn].luns[1] == drv.local_path(vol)
+        assert shown[ini.iqn].luns[1].path == drv.local_path(vol)
         assert ini.read(n * 64 * MiB, MiB) == payloads[n]
         assert ini.read(512 * MiB, MiB) == bytes(MiB)
         fresh = os.urandom(MiB)
@@ -269,7 +269,7 @@ def test_fuse_daemon_killed_while_volumes_are_exported(
     drv.delete_volume(_volume(7))
     figures['ops'] += 2 * len(vols) + 2
     assert os.listdir(os.path.join(fs.backing, 'volumes')) == []
-    assert tgt.parse_show_target(tgtd_daemon.show()) == {}
+    assert tgtd_mgmt.parse_targets(tgtd_daemon.show()) == {}
 
 
 def test_remount_heals_luns_without_statistics(
@@ -301,7 +301,7 @@ def test_remount_heals_luns_without_statistics(
     for vol in vols:
         drv.remove_export(CTX, vol)
         drv.delete_volume(vol)
-    assert tgt.parse_show_target(tgtd_daemon.show()) == {}
+    assert tgtd_mgmt.parse_targets(tgtd_daemon.show()) == {}
 
 
 # -- a real Cinder on a FaultFS mount ---------------------------------------
@@ -454,7 +454,7 @@ def clean_stack(stack):
     stack.fs.clear()
     assert stack.backing_files() == []
     assert stack.target_files() == []
-    assert tgt.parse_show_target(stack.tgtd.show()) == {}
+    assert tgtd_mgmt.parse_targets(stack.tgtd.show()) == {}
 
 
 # -- 2. ENOSPC: never a partial file, never 'available' ----------------------
@@ -566,14 +566,14 @@ def test_tgtd_restart_ensure_export_restores_every_export(clean_stack,
 
     stack.tgtd.restart()                # crash: every target is gone
     figures['faults'] += 1
-    assert tgt.parse_show_target(stack.tgtd.show()) == {}
+    assert tgtd_mgmt.parse_targets(stack.tgtd.show()) == {}
     assert volumes[0][1].inquiry()[0] != 0
 
     # cinder-volume keeps running: its watch compares tgtd with its
     # records every fuse_tgt_reconcile_interval (10 s) and re-creates them.
     start = time.monotonic()
     assert sandbox.wait_for(
-        lambda: len(tgt.parse_show_target(stack.tgtd.show())) ==
+        lambda: len(tgtd_mgmt.parse_targets(stack.tgtd.show())) ==
         len(volumes), BOUND, interval=0.2)
     figures['reconciled_s'] = math.ceil(time.monotonic() - start)
     _check_restored(stack, volumes, payloads, figures)
@@ -601,13 +601,13 @@ def test_tgtd_restart_ensure_export_restores_every_export(clean_stack,
 def _check_restored(stack, volumes, payloads, figures):
     """Every export back with its data, CHAP and ACL, records 0600."""
     assert sandbox.wait_for(
-        lambda: len(tgt.parse_show_target(stack.tgtd.show())) ==
+        lambda: len(tgtd_mgmt.parse_targets(stack.tgtd.show())) ==
         len(volumes), BOUND, interval=0.2)
-    shown = tgt.parse_show_target(stack.tgtd.show())
+    shown = tgtd_mgmt.parse_targets(stack.tgtd.show())
     assert len({t.tid for t in shown.values()}) == len(volumes)
     for n, (vol, ini, att) in enumerate(volumes):
         assert stack.status(vol) == ('in-use' if att else 'exported')
-        assert shown[ini.iqn].luns[1] == os.path.join(
+        assert shown[ini.iqn].luns[1].path == os.path.join(
             stack.home, 'volume-%s' % vol)
         assert ini.read((n + 1) * 32 * MiB, MiB) == payloads[n]
         figures['verified_bytes'] += MiB
@@ -703,10 +703,11 @@ class TargetWatch(threading.Thread):
             self.problems.append('duplicate tids in tgtd: %s' % tids)
         if len(set(before.values())) != len(before):
             self.problems.append('duplicate tids in Cinder: %s' % before)
-        shown = tgt.parse_show_target(raw)
+        shown = tgtd_mgmt.parse_targets(raw)
         self.peak = max(self.peak, len(shown))
         for iqn, state in shown.items():
-            path = state.luns.get(1)
+            lun = state.luns.get(1)
+            path = lun.path if lun else None
             if path and os.path.basename(path) != iqn.rsplit(':', 1)[1]:
                 self.problems.append('%s serves %s' % (iqn, path))
         by_volume = {iqn.rsplit(':volume-', 1)[1]: state.tid
@@ -783,7 +784,7 @@ def test_concurrent_create_export_delete(clean_stack, figures):
     # No CHAP account outlived its export (tgtd keeps them globally).
     assert [line for line in accounts.splitlines()
             if line.strip() and line.strip() != 'Account list:'] == []
-    assert tgt.parse_show_target(stack.tgtd.show()) == {}
+    assert tgtd_mgmt.parse_targets(stack.tgtd.show()) == {}
     assert stack.target_files() == []       # no config file, no temp file
     assert stack.backing_files() == []
 

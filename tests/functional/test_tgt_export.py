@@ -26,6 +26,7 @@ from cinder import objects
 
 from fuse_cinder.allinone import sandbox
 from fuse_cinder.targets import tgt
+from fuse_cinder.targets import tgtd_mgmt
 from tests.functional import tgtd
 from tests.functional import volumes
 
@@ -190,9 +191,9 @@ def read_file(path, offset, size):
 
 @pytest.mark.parametrize('opts,flags', [
     ({}, 'direct'),
-    ({'fuse_tgt_write_cache': False, 'fuse_tgt_bsoflags': 'direct,sync'},
+    ({'iscsi_write_cache': 'off', 'iscsi_target_flags': 'direct,sync'},
      'sync:direct'),
-    ({'fuse_tgt_bsoflags': ''}, ''),
+    ({'iscsi_target_flags': ''}, ''),
 ], ids=['defaults', 'direct-sync-nocache', 'buffered'])
 def test_data_round_trip(daemon, fuse, make_target, new_volume, tmp_path,
                          opts, flags):
@@ -321,7 +322,7 @@ def test_ensure_export_after_tgtd_restart(daemon, fuse, make_target,
 
     assert ini.read(3 * MiB, len(data)) == data
     assert ini.inquiry(name=STRANGER)[0] != 0       # still restricted
-    shown = tgt.parse_show_target(daemon.show())
+    shown = tgtd_mgmt.parse_targets(daemon.show())
     assert sorted(shown) == sorted(target._iqn(v) for v in vols)
 
 
@@ -330,9 +331,9 @@ def test_ensure_export_leaves_a_live_target_alone(daemon, fuse, target,
     vol = new_volume()
     export(target, vol, fuse)
     ini = attached(daemon, tmp_path, target, vol)
-    before = tgt.parse_show_target(daemon.show())
+    before = tgtd_mgmt.parse_targets(daemon.show())
     target.ensure_export(CTX, vol, path_of(fuse, vol))
-    assert tgt.parse_show_target(daemon.show()) == before
+    assert tgtd_mgmt.parse_targets(daemon.show()) == before
     assert ini.inquiry()[0] == 0
 
 
@@ -403,9 +404,9 @@ def test_read_only_lun_refuses_writes(daemon, fuse, target, new_volume,
     with pytest.raises(AssertionError):
         ini.write(0, bytes(MiB))
     assert read_file(path_of(fuse, vol), 0, MiB) == data
-    shown = tgt.parse_show_target(daemon.show())
-    assert shown[ini.iqn].lun_settings[1].readonly is True
+    shown = tgtd_mgmt.parse_targets(daemon.show())
+    assert shown[ini.iqn].luns[1].readonly is True
     target.reopen_lun(vol)
-    shown = tgt.parse_show_target(daemon.show())
-    assert shown[ini.iqn].lun_settings[1].readonly is True
+    shown = tgtd_mgmt.parse_targets(daemon.show())
+    assert shown[ini.iqn].luns[1].readonly is True
     target.remove_export(CTX, vol)

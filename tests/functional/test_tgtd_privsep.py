@@ -36,7 +36,6 @@ from fuse_cinder.allinone import sandbox
 from fuse_cinder import driver
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as ptgt
-from fuse_cinder.targets import tgt
 from fuse_cinder.targets import tgtd_mgmt
 from tests.functional import tgtd as tgtd_helpers
 from tests.functional import volumes
@@ -134,8 +133,9 @@ def test_export_serves_chap_and_acl_then_delete_leaves_nothing(
     assert shown == sandbox.tgtadm(daemon.control_port, '--lld', 'iscsi',
                                    '--mode', 'target', '--op',
                                    'show').stdout
-    state = tgt.parse_show_target(shown)[iqn]
-    assert (state.tid, state.luns[1], state.accounts) == (tid, path, [USER])
+    state = tgtd_mgmt.parse_targets(shown)[iqn]
+    assert (state.tid, state.luns[1].path, state.accounts) == (
+        tid, path, [USER])
     assert sorted(state.acl) == sorted([GOOD, ptgt.NO_ADDRESS])
 
     code, out = qemu_io(daemon, iqn, 'write -P 0x5a 0 1M', initiator=GOOD)
@@ -206,8 +206,8 @@ def test_foreign_targets_are_left_alone(daemon, fuse, in_process):
         ptgt.set_acl(daemon.control_port, lookalike, [])
     with pytest.raises(ptgt.TargetRefused):
         ptgt.delete_target(daemon.control_port, lookalike)
-    state = tgt.parse_show_target(ptgt.show(daemon.control_port))[lookalike]
-    assert state.acl == [] and state.luns[1] == '/etc/shadow'
+    state = tgtd_mgmt.parse_targets(ptgt.show(daemon.control_port))[lookalike]
+    assert state.acl == [] and state.luns[1].path == '/etc/shadow'
     assert len(daemon.targets()) == 2
 
 
@@ -216,12 +216,12 @@ def test_account_in_use_elsewhere_is_not_replaced(daemon, fuse, in_process):
     with pytest.raises(ptgt.TargetRefused):
         export(daemon, fuse)  # same CHAP user, bound to the first target
     assert sorted(daemon.targets()) == [iqn]
-    assert tgt.parse_show_target(
+    assert tgtd_mgmt.parse_targets(
         ptgt.show(daemon.control_port))[iqn].accounts == [USER]
     # removing some other export that recorded this user keeps the account
     ptgt.delete_target(daemon.control_port, PREFIX + str(uuid.uuid4()), USER)
     assert sandbox.list_accounts(daemon.control_port) == [USER]
-    assert tgt.parse_show_target(
+    assert tgtd_mgmt.parse_targets(
         ptgt.show(daemon.control_port))[iqn].accounts == [USER]
 
 
@@ -239,14 +239,14 @@ def test_reopen_keeps_a_session_working(daemon, fuse, in_process):
         session.stdin.write('write -P 0x33 0 64k\n')
         session.stdin.flush()
         assert sandbox.wait_for(
-            lambda: tgt.parse_show_target(
-                ptgt.show(daemon.control_port))[iqn].connected, 20)
+            lambda: tgtd_mgmt.parse_targets(
+                ptgt.show(daemon.control_port))[iqn].nexus, 20)
         start = time.monotonic()
         ptgt.reopen_lun(daemon.control_port, iqn, path, 'direct', True,
                         serial)
         print('\nreopen_lun with a session: %.1f ms' % ms(start))
-        state = tgt.parse_show_target(ptgt.show(daemon.control_port))[iqn]
-        assert state.connected and state.luns[1] == path
+        state = tgtd_mgmt.parse_targets(ptgt.show(daemon.control_port))[iqn]
+        assert state.nexus and state.luns[1].path == path
         out, _err = session.communicate(
             'read -P 0x33 0 64k\nwrite -P 0x44 64k 64k\nquit\n', timeout=60)
     finally:

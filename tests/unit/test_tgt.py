@@ -19,12 +19,14 @@ import stat
 import threading
 from unittest import mock
 
+from oslo_config import cfg
 import pytest
 
 from cinder import context
 from cinder import exception
 from cinder import objects
 from cinder.tests.unit import fake_volume
+from cinder.volume import configuration
 
 from fuse_cinder.privileged import tgt as priv_tgt
 from fuse_cinder.targets import export_record
@@ -192,8 +194,8 @@ def test_the_privileged_module_is_the_default_control(backend_conf,
 
 
 def test_config_file_content_and_mode(make_target, targets_dir):
-    target = make_target(fuse_tgt_write_cache=False,
-                         fuse_tgt_bsoflags='direct,sync')
+    target = make_target(iscsi_write_cache='off',
+                         iscsi_target_flags='direct,sync')
     vol = volume(provider_auth=AUTH)
     export(target, vol, connector={'initiator': HOST1})
 
@@ -261,6 +263,47 @@ def test_config_defaults(target, targets_dir):
     assert '    write-cache on\n' in text
     assert '    bsoflags direct\n' in text
     assert 'initiator-' not in text
+
+
+@pytest.mark.parametrize('opts,want', [
+    ({}, ('direct', True)),
+    ({'iscsi_target_flags': ''}, ('', True)),       # buffered, on purpose
+    ({'iscsi_target_flags': 'sync:direct', 'iscsi_write_cache': 'off'},
+     ('direct:sync', False)),
+    ({'iscsi_target_flags': 'direct,sync'}, ('direct:sync', True)),
+    # the deprecated names of earlier releases still work, and win
+    ({'fuse_tgt_bsoflags': 'sync', 'iscsi_target_flags': 'direct'},
+     ('sync', True)),
+    ({'fuse_tgt_write_cache': False, 'iscsi_write_cache': 'on'},
+     ('direct', False)),
+    ({'fuse_tgt_bsoflags': ''}, ('', True)),
+], ids=['defaults', 'buffered', 'cinder-names', 'comma', 'alias-flags',
+        'alias-cache', 'alias-buffered'])
+def test_lun_options_use_cinders_names(make_target, tgtd, opts, want):
+    target = make_target(**opts)
+    vol = volume(provider_auth=AUTH)
+    export(target, vol)
+    params = tgtd.by_iqn(PREFIX + vol.name).lun_params[1]
+    assert (params['bsoflags'], 'mode_page' not in params) == want
+
+
+def test_target_flags_from_backend_defaults(make_target, tgtd):
+    cfg.CONF.set_override('iscsi_target_flags', '',
+                          group=configuration.SHARED_CONF_GROUP)
+    try:
+        target = make_target()
+    finally:
+        cfg.CONF.clear_override('iscsi_target_flags',
+                                group=configuration.SHARED_CONF_GROUP)
+    assert target._lun_options() == ('', True)
+
+
+@pytest.mark.parametrize('flags', [
+    'direct,dsync', 'direct;sync', 'direct,direct', ' direct', 'aio'])
+def test_unknown_target_flags_are_refused_at_start(make_target, flags):
+    with pytest.raises(exception.InvalidConfigurationValue,
+                       match='iscsi_target_flags'):
+        make_target(iscsi_target_flags=flags)
 
 
 def test_config_is_replaced_atomically(target, targets_dir):
@@ -416,8 +459,8 @@ def test_busy_target_with_lost_lun_is_repaired_in_place(target, tgtd):
 
 def test_idle_target_of_other_settings_is_replaced(make_target, tgtd):
     vol = volume(provider_auth=AUTH)
-    export(make_target(fuse_tgt_bsoflags=''), vol)
-    target = make_target(fuse_tgt_bsoflags='direct')   # changed since
+    export(make_target(iscsi_target_flags=''), vol)
+    target = make_target(iscsi_target_flags='direct')   # changed since
 
     export(target, vol)
     t = tgtd.by_iqn(PREFIX + vol.name)
@@ -964,8 +1007,8 @@ def test_ensure_export_gives_chap_to_a_volume_without(target, tgtd):
 
 def test_extend_target_reopens_the_lun_and_keeps_sessions(make_target,
                                                           tgtd):
-    target = make_target(fuse_tgt_write_cache=False,
-                         fuse_tgt_bsoflags='direct,sync')
+    target = make_target(iscsi_write_cache='off',
+                         iscsi_target_flags='direct,sync')
     vol = volume(provider_auth=AUTH)
     export(target, vol)
     t = tgtd.by_iqn(PREFIX + vol.name)
@@ -1142,18 +1185,18 @@ Target 2: iqn.2010-10.org.openstack:volume-t
 
 
 def test_parse_show_target():
-    targets = tgt.parse_show_target(SHOW)
+    targets = tgtd_mgmt.parse_targets(SHOW)
     s = targets['iqn.2010-10.org.openstack:volume-s']
-    assert (s.tid, s.luns, s.accounts, s.connected) == (
-        1, {0: None, 1: '/tmp/exp/m2/v'}, ['user1'], True)
-    assert s.lun_settings == {0: tgt.LunSettings('beaf10', ''),
-                              1: tgt.LunSettings('beaf11', '')}
-    assert s.acl_names == {'iqn.2004-10.com.ubuntu:01:aaa'}
-    assert s.acl_addresses == {'0.0.0.0/32'}
+    assert (s.tid, s.accounts, s.nexus) == (1, ['user1'], True)
+    assert s.luns == {
+        0: tgtd_mgmt.Lun(None, 'IET     00010000', 'beaf10', '', False),
+        1: tgtd_mgmt.Lun('/tmp/exp/m2/v', 'IET     00010001', 'beaf11', '',
+                         False)}
+    assert s.acl == ['0.0.0.0/32', 'iqn.2004-10.com.ubuntu:01:aaa']
     t = targets['iqn.2010-10.org.openstack:volume-t']
-    assert (t.tid, t.luns, t.accounts, t.acl, t.connected) == (
-        2, {0: None}, [], ['ALL'], False)
-    assert tgt.parse_show_target('') == {}
+    assert (t.tid, t.accounts, t.acl, t.nexus) == (2, [], ['ALL'], False)
+    assert {n: lun.path for n, lun in t.luns.items()} == {0: None}
+    assert tgtd_mgmt.parse_targets('') == {}
 
 
 def test_parse_config_round_trip():
