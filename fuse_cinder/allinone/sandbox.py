@@ -308,15 +308,16 @@ class Tgtd(object):
         self.log_path = log_path or os.devnull
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def _ports(self) -> tuple[int, int]:
-        """(control port, portal port): None until start() picks them."""
+    @property
+    def ports(self) -> tuple[int, int]:
+        """(control port, portal port), once start() has picked them."""
         if self.control_port is None or self.portal_port is None:
             raise SandboxError('tgtd was not started: it has no ports yet')
         return self.control_port, self.portal_port
 
     @property
     def portal(self) -> str:
-        return '%s:%d' % (self.ip, self._ports()[1])
+        return '%s:%d' % (self.ip, self.ports[1])
 
     @property
     def running(self) -> bool:
@@ -341,7 +342,7 @@ class Tgtd(object):
         return False
 
     def _portals(self) -> list[str]:
-        out = tgtadm(self._ports()[0], '--lld', 'iscsi', '--mode',
+        out = tgtadm(self.ports[0], '--lld', 'iscsi', '--mode',
                      'portal', '--op', 'show').stdout
         return [line.split()[1].rsplit(',', 1)[0]
                 for line in out.splitlines() if line.startswith('Portal:')]
@@ -388,11 +389,11 @@ class Tgtd(object):
                self.log_path))
 
     def targets(self) -> dict[str, int]:
-        return list_targets(self._ports()[0]) if self.running else {}
+        return list_targets(self.ports[0]) if self.running else {}
 
     def tgtadm(self, *args: str, check: bool = True) -> str:
         """Run tgtadm against this daemon; returns stdout."""
-        control, _portal = self._ports()
+        control, _portal = self.ports
         res = tgtadm(control, *args)
         if check and res.returncode != 0:
             raise SandboxError('tgtadm -C %d %s failed (%d): %s'
@@ -420,7 +421,7 @@ class Tgtd(object):
 
     def restart(self) -> Self:
         """Crash tgtd and start an empty one on the same ports."""
-        control, portal = self._ports()
+        control, portal = self.ports
         self.kill()
         if not self._try(control, portal, 10.0):
             raise SandboxError('tgtd did not come back on control port %d'
@@ -431,7 +432,7 @@ class Tgtd(object):
         """Delete every target and CHAP account, sessions or not."""
         if not self._owns_control_port():
             return
-        control, _portal = self._ports()
+        control, _portal = self.ports
         for iqn, tid in sorted(self.targets().items()):
             tgtadm(control, '--lld', 'iscsi', '--mode', 'target',
                    '--op', 'delete', '--force', '--tid', str(tid))
@@ -444,7 +445,7 @@ class Tgtd(object):
         proc = self.proc
         if proc is not None and self._owns_control_port():
             self.remove_targets()
-            tgtadm(self._ports()[0], '--op', 'delete', '--mode', 'system')
+            tgtadm(self.ports[0], '--op', 'delete', '--mode', 'system')
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -641,8 +642,11 @@ def allow_root_helper(stack: contextlib.ExitStack, user: pwd.struct_passwd,
     return path
 
 
-class UserPopenArgs(TypedDict):
-    """Keyword arguments of subprocess.Popen/run that as_user() gives."""
+class UserPopenArgs(TypedDict, total=False):
+    """Keyword arguments of subprocess.Popen/run that as_user() gives.
+
+    Not total: {} runs a process as the caller, unchanged.
+    """
 
     cwd: str
     user: int
