@@ -12,7 +12,6 @@
 """The whole deployment: tgtd, a FUSE mount, the services, a clean stop."""
 
 import argparse
-from collections.abc import Callable
 import contextlib
 import os
 import pwd
@@ -51,7 +50,7 @@ class Deployment(object):
     """
 
     def __init__(self, args: argparse.Namespace, cinder_args: list[str],
-                 out: Callable[[str], None]) -> None:
+                 out: api_client.Out) -> None:
         self.args = args
         self.cinder_args = cinder_args
         self.out = out
@@ -342,6 +341,12 @@ class Deployment(object):
         self.out('(also in %s), then e.g.: %s create 1 --name v1; '
                  '%s export v1' % (env_file, client, client))
         self.out('Press Ctrl-C to stop everything.')
+
+    def self_check(self) -> None:
+        """api_client.self_check() on the started deployment."""
+        if self.api is None or self.volumes_home is None:
+            raise errors.LaunchError('the Cinder services were not started')
+        api_client.self_check(self.api, self.volumes_home, self.out)
 
     def wait(self) -> None:
         """Block until a signal (raises Stop) or until the services die."""
