@@ -11,6 +11,8 @@
 #    under the License.
 """A noauth client of the all-in-one's API, and its self-check."""
 
+from collections.abc import Callable
+from collections.abc import Container
 import importlib.util
 import json
 import os
@@ -19,6 +21,7 @@ import site
 import subprocess
 import sys
 import time
+from typing import Any
 import urllib.error
 import urllib.request
 import uuid
@@ -28,6 +31,11 @@ from fuse_cinder.allinone import sandbox
 
 MiB = 1 << 20
 
+#: A JSON body, as the API sends it (an error page may come as text).
+Body = Any
+#: Where the self-check says what it did, a line at a time.
+Out = Callable[[str], None]
+
 
 class Api(object):
     """Minimal client of the noauth Cinder API, for readiness and checks.
@@ -36,12 +44,14 @@ class Api(object):
     just patched Cinder, and the check must see the API as users do.
     """
 
-    def __init__(self, url, user='admin', project='admin'):
+    def __init__(self, url: str, user: str = 'admin',
+                 project: str = 'admin') -> None:
         self.url = url
         self.token = '%s:%s' % (user, project)
 
-    def call(self, method, path, body=None, microversion='3.0',
-             timeout=120):
+    def call(self, method: str, path: str, body: Body = None,
+             microversion: str = '3.0',
+             timeout: float = 120) -> tuple[int, Body]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
             self.url + path, data=data, method=method,
@@ -60,7 +70,7 @@ class Api(object):
             except ValueError:
                 return err.code, raw.decode(errors='replace')
 
-    def services_up(self):
+    def services_up(self) -> bool:
         """Whether the scheduler and a volume backend report up.
 
         backend_state (3.49) comes from the capabilities a volume service
@@ -79,7 +89,7 @@ class Api(object):
         return (('cinder-volume', 'up') in up and
                 any(b == 'cinder-scheduler' for b, _s in up))
 
-    def volume_status(self, vol_id, kind='volume'):
+    def volume_status(self, vol_id: str, kind: str = 'volume') -> str | None:
         """Status of a volume (or ``kind='snapshot'``); None once gone."""
         status, body = self.call('GET', '/%ss/%s' % (kind, vol_id))
         if status == 404:
@@ -89,10 +99,11 @@ class Api(object):
                                      % (kind, vol_id, status, body))
         return body[kind]['status']
 
-    def wait_status(self, vol_id, wanted, timeout=120, kind='volume'):
-        seen = []
+    def wait_status(self, vol_id: str, wanted: str, timeout: float = 120,
+                    kind: str = 'volume') -> None:
+        seen: list[str | None] = []
 
-        def reached():
+        def reached() -> bool:
             seen[:] = [self.volume_status(vol_id, kind)]
             if seen[0] != wanted and seen[0] and seen[0].startswith(
                     'error'):
@@ -105,24 +116,25 @@ class Api(object):
                                      % (kind, vol_id, seen[0] if seen else '?',
                                         timeout, wanted))
 
-    def action(self, vol_id, body):
+    def action(self, vol_id: str, body: Body) -> tuple[int, Body]:
         return self.call('POST', '/volumes/%s/action' % vol_id, body)
 
 
-def _expect(what, status, body, codes=(200, 202)):
+def _expect(what: str, status: int, body: Body,
+            codes: Container[int] = (200, 202)) -> Body:
     if status not in codes:
         raise errors.LaunchError('%s: HTTP %s %s' % (what, status, body))
     return body
 
 
-def qemu_io_url(data):
+def qemu_io_url(data: dict[str, Any]) -> str:
     """libiscsi URL of an exported LUN, with its CHAP login."""
     return 'iscsi://%s%%%s@%s/%s/%s' % (
         data['auth_username'], data['auth_password'], data['target_portal'],
         data['target_iqn'], data['target_lun'])
 
 
-def self_check(api, volumes_home, out):
+def self_check(api: Api, volumes_home: str, out: Out) -> None:
     """Create, export, write and read over iSCSI, unexport, delete.
 
     The data written through the target must appear in the volume's file
@@ -178,13 +190,14 @@ def self_check(api, volumes_home, out):
     out('self-check: volume deleted')
 
 
-def snapshot_and_clone(api, volumes_home, vol_id, name, pattern, out):
+def snapshot_and_clone(api: Api, volumes_home: str, vol_id: str, name: str,
+                       pattern: int, out: Out) -> None:
     """Snapshot the volume and clone it; say how long each took.
 
     Both are copies of the volume's file by the driver; the data written
     over iSCSI must be in each. Both are deleted again.
     """
-    made = []
+    made: list[tuple[str, str]] = []
     try:
         start = time.monotonic()
         body = _expect('snapshot', *api.call(
@@ -223,7 +236,7 @@ def snapshot_and_clone(api, volumes_home, vol_id, name, pattern, out):
                                          % (kind, obj_id))
 
 
-def client_extension_dir():
+def client_extension_dir() -> str | None:
     """Directory the cinder CLI needs on PYTHONPATH, or None.
 
     python-cinderclient finds ``*cinderclient_ext`` modules with pkgutil,
@@ -239,7 +252,7 @@ def client_extension_dir():
     return None if where in {os.path.abspath(p) for p in plain} else where
 
 
-def cli_environment(url, ext_dir=None):
+def cli_environment(url: str, ext_dir: str | None = None) -> str:
     """Shell line that points the cinder CLI at the deployment."""
     words = ['export',
              'PATH=%s:$PATH' % shlex.quote(

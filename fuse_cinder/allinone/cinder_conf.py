@@ -11,9 +11,11 @@
 #    under the License.
 """The all-in-one's cinder.conf, and the settings it refuses."""
 
+from collections.abc import Iterable
 import configparser
 import os
 import sys
+from typing import Any
 
 
 DEFAULT_DRIVER = 'fuse_cinder.driver.FuseISCSIDriver'
@@ -28,7 +30,7 @@ _PASTE_DIRS = (
 )
 
 
-def _find_etc_file(name, near=None):
+def _find_etc_file(name: str, near: str | None = None) -> str | None:
     """Find one of the files Cinder installs in its etc directory."""
     bases = ([os.path.dirname(near)] if near else []) + list(_PASTE_DIRS)
     for base in bases:
@@ -38,7 +40,7 @@ def _find_etc_file(name, near=None):
     return None
 
 
-def find_api_paste():
+def find_api_paste() -> str | None:
     """Return the api-paste.ini shipped with the installed Cinder."""
     return _find_etc_file('api-paste.ini')
 
@@ -49,28 +51,29 @@ def find_api_paste():
 AUTH_STRATEGY = 'noauth'
 
 
-def _config_file_args(args):
+def _config_file_args(args: Iterable[str]) -> list[str]:
     """The --config-file and --config-dir arguments of ``args``, in order.
 
     Both spellings, ``--config-file F`` and ``--config-file=F``; the other
     arguments are Cinder's and do not matter for the check.
     """
     picked = []
-    args = iter(args)
-    for arg in args:
+    words = iter(args)
+    for arg in words:
         name, eq, value = arg.partition('=')
         if name in ('--config-file', '--config-dir'):
-            value = value if eq else next(args, None)
-            if value is not None:
-                picked += [name, value]
+            given = value if eq else next(words, None)
+            if given is not None:
+                picked += [name, given]
     return picked
 
 
-def auth_refusal(conf):
+def auth_refusal(conf: Any) -> str | None:
     """Why Cinder cannot serve here with the parsed ``conf``, or None.
 
     With keystone the services would start and never be reported ready:
-    the readiness probe's noauth token is refused.
+    the readiness probe's noauth token is refused. ``conf`` is an
+    oslo.config ConfigOpts (untyped).
     """
     if conf.auth_strategy == AUTH_STRATEGY:
         return None
@@ -85,7 +88,7 @@ def auth_refusal(conf):
                'where': ' (set in %s)' % where if where else ''})
 
 
-def config_refusal(config_args):
+def config_refusal(config_args: Iterable[str]) -> str | None:
     """auth_refusal() of extra config files, before anything is started.
 
     The launcher's own process: the files are read as Cinder will read
@@ -105,10 +108,14 @@ def config_refusal(config_args):
     return auth_refusal(conf)
 
 
-def build_config(state_dir, api_port=8776, volume_driver=DEFAULT_DRIVER,
-                 volumes_home=None, tgt_control_port=None,
-                 target_ip='127.0.0.1', target_port=3260,
-                 backend_options=None, api_paste=None, debug=False):
+def build_config(state_dir: str, api_port: int = 8776,
+                 volume_driver: str = DEFAULT_DRIVER,
+                 volumes_home: str | None = None,
+                 tgt_control_port: int | None = None,
+                 target_ip: str = '127.0.0.1', target_port: int = 3260,
+                 backend_options: dict[str, str] | None = None,
+                 api_paste: str | None = None,
+                 debug: bool = False) -> configparser.ConfigParser:
     """Return the generated cinder.conf as a ConfigParser."""
     state_dir = os.path.abspath(state_dir)
     conf = configparser.ConfigParser(interpolation=None)
@@ -157,13 +164,13 @@ def build_config(state_dir, api_port=8776, volume_driver=DEFAULT_DRIVER,
     return conf
 
 
-def make_state_dirs(state_dir):
+def make_state_dirs(state_dir: str) -> None:
     """The state directory and the subdirectories cinder.conf names."""
     for sub in ('', 'locks', 'coordination', 'targets'):
         os.makedirs(os.path.join(state_dir, sub), exist_ok=True)
 
 
-def write_config(conf, state_dir):
+def write_config(conf: configparser.ConfigParser, state_dir: str) -> str:
     """Write cinder.conf into the state directory and return its path."""
     make_state_dirs(state_dir)
     path = os.path.join(state_dir, 'cinder.conf')

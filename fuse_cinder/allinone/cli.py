@@ -12,8 +12,11 @@
 """``fuse-cinder-allinone``: the command line of the all-in-one."""
 
 import argparse
+from collections.abc import Sequence
 import signal
 import sys
+import types
+from typing import NoReturn
 
 from fuse_cinder.allinone import api_client
 from fuse_cinder.allinone import deployment
@@ -21,7 +24,8 @@ from fuse_cinder.allinone import errors
 from fuse_cinder.allinone import service_runner
 
 
-def parse_deploy_args(argv):
+def parse_deploy_args(
+        argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog='fuse-cinder-allinone',
         description='Run a whole fuse_cinder deployment on this machine '
@@ -65,18 +69,18 @@ def parse_deploy_args(argv):
     return parser.parse_known_args(argv)
 
 
-def _raise_stop(signo, frame):
+def _raise_stop(signo: int, frame: types.FrameType | None) -> NoReturn:
     raise errors.Stop(signo)
 
 
-def _still_stopping(signo, frame):
+def _still_stopping(signo: int, frame: types.FrameType | None) -> None:
     sys.stdout.write('fuse-cinder-allinone: still stopping, please wait\n')
     sys.stdout.flush()
 
 
-def deploy(argv, out=None):
+def deploy(argv: Sequence[str], out: api_client.Out | None = None) -> int:
     """The whole deployment; returns the exit code."""
-    def say(line):
+    def say(line: str) -> None:
         sys.stdout.write('%s\n' % line)
         sys.stdout.flush()
 
@@ -92,7 +96,7 @@ def deploy(argv, out=None):
         dep.start()
         dep.print_environment()
         if args.self_check:
-            api_client.self_check(dep.api, dep.volumes_home, out)
+            dep.self_check()
             out('self-check passed')
             code = 0
         else:
@@ -120,7 +124,7 @@ def deploy(argv, out=None):
     return code
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a == '--state-dir' or a.startswith('--state-dir=')
            for a in argv):

@@ -19,11 +19,13 @@ the command fails loudly if data does not survive.
 """
 
 import argparse
+from collections.abc import Callable
 import hashlib
 import os
 import sys
 import tempfile
 import time
+from typing import Any
 import uuid
 
 from oslo_concurrency import processutils
@@ -45,35 +47,35 @@ MiB = 1 << 20
 class _Volume:
     """The few volume fields the driver reads, without a database."""
 
-    def __init__(self, size):
+    def __init__(self, size: int) -> None:
         self.id = str(uuid.uuid4())
         self.name = 'volume-%s' % self.id
         self.size = size
-        self.volume_attachment = []
-        self.provider_location = None
+        self.volume_attachment: list[Any] = []
+        self.provider_location: str | None = None
 
 
 class _Snapshot:
-    def __init__(self, volume):
+    def __init__(self, volume: _Volume) -> None:
         self.id = str(uuid.uuid4())
         self.name = 'snapshot-%s' % self.id
         self.volume = volume
         self.volume_size = volume.size
 
 
-def _digest(path, offset, length):
+def _digest(path: str, offset: int, length: int) -> str:
     with open(path, 'rb') as f:
         f.seek(offset)
         return hashlib.sha256(f.read(length)).hexdigest()
 
 
-def _usage(path):
+def _usage(path: str) -> str:
     st = os.stat(path)
     return '%6.2f GiB apparent, %8.1f MiB allocated' % (
         st.st_size / GiB, st.st_blocks * 512 / MiB)
 
 
-def run(volumes_home):
+def run(volumes_home: str) -> int:
     cfg.CONF([], project='cinder', default_config_files=[])
     objects.register_all()
     conf = configuration.Configuration(cinder_driver.volume_opts,
@@ -85,7 +87,7 @@ def run(volumes_home):
                                  execute=processutils.execute)
     ctx = context.get_admin_context()
 
-    def step(title, func, *args):
+    def step(title: str, func: Callable[..., object], *args: object) -> None:
         start = time.monotonic()
         func(*args)
         print('%-42s %8.1f ms' % (title, (time.monotonic() - start) * 1e3))
@@ -140,8 +142,10 @@ def run(volumes_home):
     return 0
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    # No docstring under python -OO: then no description.
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or '').partition('\n')[0])
     parser.add_argument('--volumes-home',
                         help='a directory on an existing FUSE mount; by '
                              'default bindfs is mounted over a scratch '

@@ -53,8 +53,12 @@ Needs root (or /dev/fuse plus user_allow_other), libfuse3 and mfusepy.
 
 import argparse
 import collections
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sequence
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import fnmatch
 import json
@@ -67,9 +71,16 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
+from typing import IO
 import uuid
 
 LOG = logging.getLogger('faultfs')
+
+#: What a fault targets: an operation name, several, or None for all.
+Ops = str | Iterable[str] | None
+#: The names one call answers to, its own first.
+Names = tuple[str, ...]
 
 # Operation names a fault can target.
 ALL_OPS = frozenset((
@@ -105,14 +116,14 @@ _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64,
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 
 
-def _socket_address(address):
+def _socket_address(address: str) -> str:
     """'@name' is an abstract socket: no file to clean up, no path limit."""
     if address.startswith('@'):
         return '\0' + address[1:]
     return address
 
 
-def _norm_ops(op):
+def _norm_ops(op: Ops) -> frozenset[str]:
     """None means every operation; unknown names are errors, not no-ops."""
     if op is None:
         return ALL_OPS
@@ -124,12 +135,12 @@ def _norm_ops(op):
     return ops
 
 
-def _path_matches(pattern, path):
+def _path_matches(pattern: str | None, path: str | None) -> bool:
     return pattern is None or (path is not None and
                                fnmatch.fnmatchcase(path, pattern))
 
 
-def lazy_unmount(mountpoint):
+def lazy_unmount(mountpoint: str) -> bool:
     """Detach a mount even if its daemon is dead or hung.
 
     umount2() is tried first because it never stats the mountpoint (a hung
@@ -151,7 +162,7 @@ def lazy_unmount(mountpoint):
         return False
 
 
-def is_mounted(mountpoint):
+def is_mounted(mountpoint: str) -> bool:
     """Whether mountpoint has a mount, read from mountinfo.
 
     os.path.ismount() would stat the mountpoint, which hangs on a hung
@@ -169,14 +180,16 @@ def is_mounted(mountpoint):
 class _Rule(object):
     __slots__ = ('ops', 'errno', 'budget', 'count', 'path')
 
-    def __init__(self, ops, err, after_bytes, count, path):
+    def __init__(self, ops: frozenset[str], err: int,
+                 after_bytes: int | None, count: int | None,
+                 path: str | None) -> None:
         self.ops = ops
         self.errno = err
         self.budget = after_bytes
         self.count = count
         self.path = path
 
-    def matches(self, names, path):
+    def matches(self, names: Names, path: str | None) -> bool:
         return not self.ops.isdisjoint(names) and _path_matches(self.path,
                                                                 path)
 
@@ -188,22 +201,23 @@ class Faults(object):
     the test is seen by every call that starts afterwards.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._rules = []
-        self._delay = None      # (seconds, ops, path)
-        self._hang = None       # (ops, path)
+        self._rules: list[_Rule] = []
+        self._delay: tuple[float, frozenset[str], str | None] | None = None
+        self._hang: tuple[frozenset[str], str | None] | None = None
         self._hang_gen = 0
         self._hung = 0
         self._active = False
-        self._calls = collections.Counter()
-        self._failed = collections.Counter()
-        self._bytes = collections.Counter()
+        self._calls: collections.Counter[str] = collections.Counter()
+        self._failed: collections.Counter[str] = collections.Counter()
+        self._bytes: collections.Counter[str] = collections.Counter()
 
-    def _update(self):
+    def _update(self) -> None:
         self._active = bool(self._rules or self._delay or self._hang)
 
-    def admit(self, names, path, size=0, first=True):
+    def admit(self, names: Names, path: str | None, size: int = 0,
+              first: bool = True) -> int:
         """Apply faults to one call: return how many bytes it may move.
 
         ``names`` are the names the call answers to (copy_file_range is
@@ -230,7 +244,7 @@ class Faults(object):
         with self._cond:
             return self._check_rules(names, path, size, data)
 
-    def _wait_if_hung(self, names, path):
+    def _wait_if_hung(self, names: Names, path: str | None) -> None:
         with self._cond:
             hang = self._hang
             if not hang or hang[0].isdisjoint(names) or not _path_matches(
@@ -245,7 +259,8 @@ class Faults(object):
             finally:
                 self._hung -= 1
 
-    def _check_rules(self, names, path, size, data):
+    def _check_rules(self, names: Names, path: str | None, size: int,
+                     data: bool) -> int:
         allowed = size
         writes = data and names[-1] != 'read'
         fired = None
@@ -275,40 +290,43 @@ class Faults(object):
 
     # Control commands; each returns something JSON-serialisable.
 
-    def cmd_ping(self):
+    def cmd_ping(self) -> int:
         return os.getpid()
 
-    def cmd_inject(self, op, errno, after_bytes=None, count=None, path=None):
+    def cmd_inject(self, op: Ops, errno: int, after_bytes: int | None = None,
+                   count: int | None = None,
+                   path: str | None = None) -> None:
         rule = _Rule(_norm_ops(op), int(errno), after_bytes, count, path)
         with self._cond:
             self._rules.append(rule)
             self._update()
 
-    def cmd_delay(self, seconds, op=None, path=None):
+    def cmd_delay(self, seconds: float, op: Ops = None,
+                  path: str | None = None) -> None:
         with self._cond:
             self._delay = (float(seconds), _norm_ops(op), path) \
                 if seconds else None
             self._update()
 
-    def cmd_hang(self, op=None, path=None):
+    def cmd_hang(self, op: Ops = None, path: str | None = None) -> None:
         with self._cond:
             self._hang = (_norm_ops(op), path)
             self._update()
 
-    def cmd_release(self):
+    def cmd_release(self) -> None:
         with self._cond:
             self._hang = None
             self._hang_gen += 1
             self._cond.notify_all()
             self._update()
 
-    def cmd_clear(self):
+    def cmd_clear(self) -> None:
         with self._cond:
             self._rules = []
             self._delay = None
         self.cmd_release()
 
-    def cmd_stats(self):
+    def cmd_stats(self) -> dict[str, int | dict[str, int]]:
         with self._cond:
             return {'pid': os.getpid(), 'hung': self._hung,
                     'calls': dict(self._calls), 'failed': dict(self._failed),
@@ -316,7 +334,7 @@ class Faults(object):
                     'bytes_written': self._bytes['write'],
                     'rules': len(self._rules)}
 
-    def command(self, request):
+    def command(self, request: dict[str, Any]) -> object:
         name = request.pop('cmd')
         handler = getattr(self, 'cmd_' + name, None)
         if handler is None:
@@ -327,7 +345,7 @@ class Faults(object):
 class _ControlServer(threading.Thread):
     """One JSON request line in, one JSON reply line out, per connection."""
 
-    def __init__(self, address, faults):
+    def __init__(self, address: str, faults: Faults) -> None:
         super(_ControlServer, self).__init__(name='faultfs-control',
                                              daemon=True)
         self._faults = faults
@@ -335,13 +353,13 @@ class _ControlServer(threading.Thread):
         self._sock.bind(_socket_address(address))
         self._sock.listen(16)
 
-    def run(self):
+    def run(self) -> None:
         while True:
             conn, _ = self._sock.accept()
             threading.Thread(target=self._serve, args=(conn,),
                              daemon=True).start()
 
-    def _serve(self, conn):
+    def _serve(self, conn: socket.socket) -> None:
         with conn, conn.makefile('rwb') as stream:
             for line in stream:
                 try:
@@ -354,6 +372,28 @@ class _ControlServer(threading.Thread):
                 stream.flush()
 
 
+@dataclasses.dataclass(frozen=True)
+class MountOptions:
+    """How the daemon serves its mount: FaultFS passes them to serve().
+
+    They cross a process boundary, so argv() and main() are the two ends
+    of one command line.
+    """
+
+    #: Kernel entry/attribute cache seconds; 0 (the default) lets every
+    #: getattr reach the daemon, so faults on it are seen.
+    attr_timeout: float = 0.0
+    #: Bypass the page cache: every read(2) reaches the daemon.
+    direct_io: bool = False
+
+    def argv(self) -> list[str]:
+        """The daemon's command-line options that main() reads back."""
+        args = ['--attr-timeout', str(self.attr_timeout)]
+        if self.direct_io:
+            args.append('--direct-io')
+        return args
+
+
 class Passthrough(object):
     """mfusepy operations mirroring a directory, every call fault-checked.
 
@@ -363,18 +403,18 @@ class Passthrough(object):
 
     use_ns = True
 
-    def __init__(self, backing, faults, get_context=None, attr_timeout=0.0,
-                 direct_io=False):
+    def __init__(self, backing: str, faults: Faults,
+                 get_context: Callable[[], tuple[int, int, int]] | None = None,
+                 options: MountOptions | None = None) -> None:
         self._root = os.path.realpath(backing)
         self._faults = faults
         self._get_context = get_context
-        self._attr_timeout = attr_timeout
-        self._direct_io = direct_io
+        self._options = options or MountOptions()
 
-    def _real(self, path):
+    def _real(self, path: str) -> str:
         return self._root + path
 
-    def _owned(self, real, follow=True):
+    def _owned(self, real: str, follow: bool = True) -> None:
         """Give new entries to the caller, as a real filesystem would."""
         if self._get_context is None or os.geteuid() != 0:
             return
@@ -382,19 +422,20 @@ class Passthrough(object):
         if (uid, gid) != (0, 0):
             os.chown(real, uid, gid, follow_symlinks=follow)
 
-    def init_with_config(self, conn, config):
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        # conn and config: mfusepy's ctypes structures (untyped).
         if config is not None:
             # By default (0) no kernel caching of names/attributes: a fault
             # on getattr is seen, and changes made directly in the backing
             # show at once.
-            config.entry_timeout = self._attr_timeout
-            config.attr_timeout = self._attr_timeout
-            config.negative_timeout = self._attr_timeout
+            config.entry_timeout = self._options.attr_timeout
+            config.attr_timeout = self._options.attr_timeout
+            config.negative_timeout = self._options.attr_timeout
             config.use_ino = 1
             # Passthrough keeps real fds: unlink-while-open needs no
             # .fuse_hidden files in the backing directory.
             config.hard_remove = 1
-            config.direct_io = int(self._direct_io)
+            config.direct_io = int(self._options.direct_io)
         if conn is not None:
             conn.max_write = MAX_IO
             conn.max_readahead = MAX_IO
@@ -402,7 +443,7 @@ class Passthrough(object):
             # never cached); the page cache is still dropped on every open.
             conn.want &= ~_FUSE_CAP_AUTO_INVAL_DATA
 
-    def getattr(self, path, fh=None):
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         self._faults.admit(('getattr',), path)
         st = os.fstat(fh) if fh is not None else os.lstat(self._real(path))
         attrs = {key: getattr(st, key) for key in _STAT_FIELDS}
@@ -411,7 +452,8 @@ class Passthrough(object):
         attrs['st_ctime'] = st.st_ctime_ns
         return attrs
 
-    def readdir(self, path, fh):
+    def readdir(self, path: str,
+                fh: int) -> list[tuple[str, dict[str, int], int]]:
         # Inode numbers are required: with use_ino, a bare name would go out
         # as inode 0, which readdir(3) silently skips.
         self._faults.admit(('readdir',), path)
@@ -428,43 +470,42 @@ class Passthrough(object):
                                              'st_mode': mode}, 0))
         return entries
 
-    def readlink(self, path):
+    def readlink(self, path: str) -> str:
         self._faults.admit(('readlink',), path)
         return os.readlink(self._real(path))
 
-    def statfs(self, path):
+    def statfs(self, path: str) -> dict[str, int]:
         self._faults.admit(('statfs',), path)
         st = os.statvfs(self._real(path))
         return {key: getattr(st, key) for key in _STATVFS_FIELDS}
 
-    def open(self, path, flags):
+    def open(self, path: str, flags: int) -> int:
         self._faults.admit(('open',), path)
         # Our buffers are not aligned for O_DIRECT; the kernel already
         # honours O_DIRECT on its side of the mount.
         return os.open(self._real(path), flags & ~os.O_DIRECT)
 
-    def create(self, path, mode, flags):
+    def create(self, path: str, mode: int, flags: int) -> int:
         self._faults.admit(('create',), path)
         real = self._real(path)
         fd = os.open(real, (flags | os.O_CREAT) & ~os.O_DIRECT, mode)
         self._owned(real)
         return fd
 
-    def read(self, path, size, offset, fh):
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         size = self._faults.admit(('read',), path, size)
         return os.pread(fh, size, offset)
 
-    def write(self, path, data, offset, fh):
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         size = self._faults.admit(('write',), path, len(data))
-        if size < len(data):
-            data = memoryview(data)[:size]
-        return os.pwrite(fh, data, offset)
+        return os.pwrite(fh, memoryview(data)[:size] if size < len(data)
+                         else data, offset)
 
-    def flush(self, path, fh):
+    def flush(self, path: str, fh: int) -> int:
         self._faults.admit(('flush',), path)
         return 0
 
-    def release(self, path, fh):
+    def release(self, path: str, fh: int) -> int:
         # The fd must be closed whatever is injected: only delays/hangs.
         try:
             self._faults.admit(('release',), path)
@@ -474,12 +515,12 @@ class Passthrough(object):
             os.close(fh)
         return 0
 
-    def fsync(self, path, datasync, fh):
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
         self._faults.admit(('fsync',), path)
         (os.fdatasync if datasync else os.fsync)(fh)
         return 0
 
-    def truncate(self, path, length, fh=None):
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
         self._faults.admit(('truncate',), path)
         if fh is not None:
             os.ftruncate(fh, length)
@@ -487,42 +528,44 @@ class Passthrough(object):
             os.truncate(self._real(path), length)
         return 0
 
-    def fallocate(self, path, mode, offset, size, fh):
+    def fallocate(self, path: str, mode: int, offset: int, size: int,
+                  fh: int) -> int:
         self._faults.admit(('fallocate',), path)
         if _libc.fallocate(fh, mode, offset, size) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
         return 0
 
-    def lseek(self, path, offset, whence, fh):
+    def lseek(self, path: str, offset: int, whence: int, fh: int) -> int:
         # The kernel only forwards SEEK_DATA/SEEK_HOLE; without this every
         # file on the mount looks fully allocated to sparse-aware copies.
         self._faults.admit(('lseek',), path)
         return os.lseek(fh, offset, whence)
 
-    def copy_file_range(self, path_in, fh_in, off_in, path_out, fh_out,
-                        off_out, size, flags):
+    def copy_file_range(self, path_in: str, fh_in: int, off_in: int,
+                        path_out: str, fh_out: int, off_out: int, size: int,
+                        flags: int) -> int:
         size = self._faults.admit(('copy_file_range', 'read'), path_in, size)
         size = self._faults.admit(('copy_file_range', 'write'), path_out,
                                   size, first=False)
         return os.copy_file_range(fh_in, fh_out, size, off_in, off_out)
 
-    def unlink(self, path):
+    def unlink(self, path: str) -> int:
         self._faults.admit(('unlink',), path)
         os.unlink(self._real(path))
         return 0
 
-    def rename(self, old, new):
+    def rename(self, old: str, new: str) -> int:
         self._faults.admit(('rename',), old)
         os.rename(self._real(old), self._real(new))
         return 0
 
-    def link(self, target, source):
+    def link(self, target: str, source: str) -> int:
         self._faults.admit(('link',), target)
         os.link(self._real(source), self._real(target))
         return 0
 
-    def symlink(self, target, source):
+    def symlink(self, target: str, source: str) -> int:
         # mfusepy passes (link path, link contents).
         self._faults.admit(('symlink',), target)
         real = self._real(target)
@@ -530,36 +573,37 @@ class Passthrough(object):
         self._owned(real, follow=False)
         return 0
 
-    def mkdir(self, path, mode):
+    def mkdir(self, path: str, mode: int) -> int:
         self._faults.admit(('mkdir',), path)
         real = self._real(path)
         os.mkdir(real, mode)
         self._owned(real)
         return 0
 
-    def rmdir(self, path):
+    def rmdir(self, path: str) -> int:
         self._faults.admit(('rmdir',), path)
         os.rmdir(self._real(path))
         return 0
 
-    def mknod(self, path, mode, dev):
+    def mknod(self, path: str, mode: int, dev: int) -> int:
         self._faults.admit(('mknod',), path)
         real = self._real(path)
         os.mknod(real, mode, dev)
         self._owned(real)
         return 0
 
-    def chmod(self, path, mode):
+    def chmod(self, path: str, mode: int) -> int:
         self._faults.admit(('chmod',), path)
         os.chmod(self._real(path), mode)
         return 0
 
-    def chown(self, path, uid, gid):
+    def chown(self, path: str, uid: int, gid: int) -> int:
         self._faults.admit(('chown',), path)
         os.chown(self._real(path), uid, gid, follow_symlinks=False)
         return 0
 
-    def utimens(self, path, times=None):
+    def utimens(self, path: str,
+                times: tuple[int, int] | None = None) -> int:
         self._faults.admit(('utimens',), path)
         real = self._real(path)
         if times is None:
@@ -577,7 +621,7 @@ class Passthrough(object):
         return 0
 
 
-def _load_mfusepy():
+def _load_mfusepy() -> Any:
     """Import mfusepy bound to libfuse3.
 
     mfusepy prefers libfuse2 when both are installed, but only the libfuse3
@@ -588,21 +632,27 @@ def _load_mfusepy():
     return mfusepy
 
 
-def _fuse_class(mfusepy):
-    """mfusepy.FUSE plus the C-side wrappers it lacks (lseek, cfr)."""
+def _fuse_class(mfusepy: Any) -> type:
+    """mfusepy.FUSE plus the C-side wrappers it lacks (lseek, cfr).
+
+    mfusepy is untyped: its FUSE class and the ctypes fuse_file_info
+    pointers (``fip``) are Any here.
+    """
 
     class FaultFUSE(mfusepy.FUSE):
-        def _decode(self, path):
+        def _decode(self, path: bytes | None) -> str | None:
             return None if path is None else path.decode(self.encoding,
                                                          self.errors)
 
-        def lseek(self, path, offset, whence, fip):
+        def lseek(self, path: bytes, offset: int, whence: int,
+                  fip: Any) -> int:
             fh = fip.contents.fh if fip else None
             return self.operations.lseek(self._decode(path), offset, whence,
                                          fh)
 
-        def copy_file_range(self, path_in, fip_in, off_in, path_out, fip_out,
-                            off_out, size, flags):
+        def copy_file_range(self, path_in: bytes, fip_in: Any, off_in: int,
+                            path_out: bytes, fip_out: Any, off_out: int,
+                            size: int, flags: int) -> int:
             return self.operations.copy_file_range(
                 self._decode(path_in), fip_in.contents.fh, off_in,
                 self._decode(path_out), fip_out.contents.fh, off_out, size,
@@ -611,7 +661,7 @@ def _fuse_class(mfusepy):
     return FaultFUSE
 
 
-def _watch_parent(mountpoint):
+def _watch_parent(mountpoint: str) -> None:
     """Unmount and exit when the spawning test process goes away."""
     parent = os.getppid()
     while os.getppid() == parent:
@@ -620,8 +670,9 @@ def _watch_parent(mountpoint):
     os._exit(3)
 
 
-def serve(backing, mountpoint, control=None, watch_parent=False,
-          attr_timeout=0.0, direct_io=False, debug=False):
+def serve(backing: str, mountpoint: str, control: str | None = None,
+          watch_parent: bool = False, options: MountOptions | None = None,
+          debug: bool = False) -> None:
     """Mount and serve in the foreground until unmounted or signalled."""
     mfusepy = _load_mfusepy()
     if mfusepy.fuse_version_major != 3:
@@ -633,8 +684,7 @@ def serve(backing, mountpoint, control=None, watch_parent=False,
     if watch_parent:
         threading.Thread(target=_watch_parent, args=(mountpoint,),
                          name='faultfs-watchdog', daemon=True).start()
-    ops = Passthrough(backing, faults, mfusepy.fuse_get_context,
-                      attr_timeout=attr_timeout, direct_io=direct_io)
+    ops = Passthrough(backing, faults, mfusepy.fuse_get_context, options)
     try:
         _fuse_class(mfusepy)(ops, mountpoint, foreground=True, debug=debug,
                              allow_other=True, default_permissions=True,
@@ -653,56 +703,55 @@ class FaultFS(object):
     in: healthy, hung, or killed.
     """
 
-    def __init__(self, backing, mountpoint, attr_timeout=0.0,
-                 direct_io=False, start_timeout=20.0, log_path=None):
+    def __init__(self, backing: str, mountpoint: str,
+                 attr_timeout: float = 0.0, direct_io: bool = False,
+                 start_timeout: float = 20.0,
+                 log_path: str | None = None) -> None:
         self.backing = os.path.realpath(backing)
         # Resolved now: later the mountpoint may be dead or hung, and
         # resolving it then would stat it.
         self.mountpoint = os.path.realpath(mountpoint)
-        self.attr_timeout = attr_timeout
-        self.direct_io = direct_io
+        self.options = MountOptions(attr_timeout, direct_io)
         self.start_timeout = start_timeout
         # The daemon's stderr; without a path, an anonymous file that is
         # only read to explain a failed start.
         self.log_path = log_path
-        self._log = None
-        self._proc = None
-        self._address = None
+        self._log: IO[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._address: str | None = None
 
     # Lifecycle
 
-    def __enter__(self):
+    def __enter__(self) -> 'FaultFS':
         self.start()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     @property
-    def pid(self):
+    def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
     @property
-    def alive(self):
+    def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
     @property
-    def mounted(self):
+    def mounted(self) -> bool:
         return is_mounted(self.mountpoint)
 
-    def start(self):
+    def start(self) -> None:
         """Mount and return once the mount answers and faults can be set."""
         if self.alive:
-            raise RuntimeError('faultfs already running (pid %d)' % self.pid)
+            raise RuntimeError('faultfs already running (pid %s)' % self.pid)
         if self.mounted:  # left over from kill(): ENOTCONN until detached
             lazy_unmount(self.mountpoint)
         os.makedirs(self.mountpoint, exist_ok=True)
         self._address = '@faultfs-%s' % uuid.uuid4().hex
         cmd = [sys.executable, os.path.abspath(__file__),
                self.backing, self.mountpoint, '--control', self._address,
-               '--watch-parent', '--attr-timeout', str(self.attr_timeout)]
-        if self.direct_io:
-            cmd.append('--direct-io')
+               '--watch-parent'] + self.options.argv()
         if self._log is None:
             self._log = (open(self.log_path, 'ab+') if self.log_path
                          else tempfile.TemporaryFile())
@@ -729,7 +778,7 @@ class FaultFS(object):
         self.stop()
         raise RuntimeError(problem)
 
-    def stop(self):
+    def stop(self) -> None:
         """Unmount and reap the daemon; safe to call in any state, twice."""
         if self.alive:
             try:
@@ -752,14 +801,14 @@ class FaultFS(object):
             self._log.close()
             self._log = None
 
-    def kill(self):
+    def kill(self) -> None:
         """SIGKILL the daemon: the mount stays and gives ENOTCONN."""
-        if not self.alive:
+        if self._proc is None or not self.alive:
             raise RuntimeError('faultfs is not running')
         self._proc.send_signal(signal.SIGKILL)
         self._proc.wait(timeout=10)
 
-    def restart(self):
+    def restart(self) -> None:
         """Remount on the same mountpoint (after kill() or not).
 
         The new daemon starts with no faults.
@@ -769,8 +818,9 @@ class FaultFS(object):
 
     # Faults
 
-    def inject(self, op, errno=errno.EIO, after_bytes=None, count=None,
-               path=None):
+    def inject(self, op: Ops, errno: int = errno.EIO,
+               after_bytes: int | None = None, count: int | None = None,
+               path: str | None = None) -> None:
         """Make ``op`` (a name, list of names, or None for all) fail.
 
         after_bytes: fail only once this many bytes have been moved by the
@@ -785,39 +835,41 @@ class FaultFS(object):
                       after_bytes=after_bytes, count=count,
                       path=self._path_arg(path))
 
-    def enospc(self, after_bytes=None, count=None, path=None):
+    def enospc(self, after_bytes: int | None = None, count: int | None = None,
+               path: str | None = None) -> None:
         """The filesystem is (or becomes, after_bytes later) full."""
         self.inject(SPACE_OPS, errno.ENOSPC, after_bytes=after_bytes,
                     count=count, path=path)
 
-    def eio(self, op=('read', 'write'), after_bytes=None, count=None,
-            path=None):
+    def eio(self, op: Ops = ('read', 'write'), after_bytes: int | None = None,
+            count: int | None = None, path: str | None = None) -> None:
         """I/O errors, on reads and writes unless told otherwise."""
         self.inject(op, errno.EIO, after_bytes=after_bytes, count=count,
                     path=path)
 
-    def delay(self, seconds, op=None, path=None):
+    def delay(self, seconds: float, op: Ops = None,
+              path: str | None = None) -> None:
         """Sleep ``seconds`` in each matching call; 0 stops delaying."""
         self._command('delay', seconds=seconds, op=self._ops_arg(op),
                       path=self._path_arg(path))
 
-    def hang(self, op=None, path=None):
+    def hang(self, op: Ops = None, path: str | None = None) -> None:
         """Block matching calls until release(), clear() or stop()."""
         self._command('hang', op=self._ops_arg(op), path=self._path_arg(path))
 
-    def release(self):
+    def release(self) -> None:
         """Let hung calls (and later ones) go on."""
         self._command('release')
 
-    def clear(self):
+    def clear(self) -> None:
         """Remove all faults and release hung calls."""
         self._command('clear')
 
-    def stats(self):
+    def stats(self) -> dict[str, Any]:
         """Counters: calls/failed per op, bytes_read/written, hung."""
         return self._command('stats')
 
-    def wait_hung(self, count=1, timeout=10.0):
+    def wait_hung(self, count: int = 1, timeout: float = 10.0) -> bool:
         """Wait until ``count`` calls are blocked in a hang; True if so."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -828,18 +880,20 @@ class FaultFS(object):
 
     # Helpers
 
-    def _ops_arg(self, op):
+    def _ops_arg(self, op: Ops) -> list[str] | None:
         ops = _norm_ops(op)  # fail early, in the test
         return None if ops == ALL_OPS else sorted(ops)
 
-    def _path_arg(self, path):
+    def _path_arg(self, path: str | None) -> str | None:
         if path is None:
             return None
         if path.startswith(self.mountpoint + os.sep):
             path = path[len(self.mountpoint):]
         return path if path.startswith('/') else '/' + path
 
-    def _command(self, cmd, timeout=10.0, **args):
+    def _command(self, cmd: str, timeout: float = 10.0,
+                 **args: object) -> Any:
+        """Send one command; its JSON-decoded result."""
         if self._address is None:
             raise RuntimeError('faultfs was never started')
         args['cmd'] = cmd
@@ -856,7 +910,7 @@ class FaultFS(object):
             raise RuntimeError('faultfs %s: %s' % (cmd, reply['error']))
         return reply['result']
 
-    def _log_tail(self, size=4096):
+    def _log_tail(self, size: int = 4096) -> str:
         if self._log is None:
             return ''
         self._log.seek(0, os.SEEK_END)
@@ -864,7 +918,7 @@ class FaultFS(object):
         return self._log.read().decode(errors='replace')
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog='python -m fuse_cinder.allinone.faultfs',
         description='Fault-injecting passthrough FUSE filesystem.')
@@ -884,8 +938,9 @@ def main(argv=None):
                         format='%(asctime)s %(name)s %(levelname)s '
                                '%(message)s')
     serve(args.backing, args.mountpoint, control=args.control,
-          watch_parent=args.watch_parent, attr_timeout=args.attr_timeout,
-          direct_io=args.direct_io, debug=args.debug)
+          watch_parent=args.watch_parent,
+          options=MountOptions(args.attr_timeout, args.direct_io),
+          debug=args.debug)
     return 0
 
 

@@ -21,6 +21,10 @@ Nothing here imports Cinder: the launcher must be able to patch Cinder
 before anything loads it.
 """
 
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sequence
+import contextlib
 import os
 import pwd
 import secrets
@@ -29,6 +33,11 @@ import signal
 import socket
 import subprocess
 import time
+from typing import Any
+from typing import NoReturn
+from typing import Self
+from typing import TypedDict
+from typing import TypeVar
 
 from fuse_cinder import mount_table
 from fuse_cinder.targets import tgtd_mgmt
@@ -38,12 +47,15 @@ CONTROL_PORTS = range(41, 50)
 PORTAL_PORTS = range(13281, 13290)
 TGT_BINARIES = ('tgtd', 'tgtadm', 'tgt-admin')
 
+_T = TypeVar('_T')
+
 
 class SandboxError(RuntimeError):
     """A piece of the deployment could not be started."""
 
 
-def wait_for(predicate, timeout, interval=0.1):
+def wait_for(predicate: Callable[[], _T], timeout: float,
+             interval: float = 0.1) -> _T:
     """Poll ``predicate`` until it is true or ``timeout`` s have passed."""
     end = time.monotonic() + timeout
     while True:
@@ -53,11 +65,11 @@ def wait_for(predicate, timeout, interval=0.1):
         time.sleep(interval)
 
 
-def missing_programs(*names):
+def missing_programs(*names: str) -> list[str]:
     return [n for n in names if shutil.which(n) is None]
 
 
-def tcp_port_free(port, host='127.0.0.1'):
+def tcp_port_free(port: int, host: str = '127.0.0.1') -> bool:
     """Whether ``port`` can be bound (TIME_WAIT does not make it busy).
 
     Cinder's API server sets SO_REUSEPORT, so two of them would share a
@@ -74,26 +86,26 @@ def tcp_port_free(port, host='127.0.0.1'):
         return sock.connect_ex((host, port)) != 0
 
 
-def free_port(ports, host='127.0.0.1'):
+def free_port(ports: Iterable[int], host: str = '127.0.0.1') -> int | None:
     """The first free port of ``ports``, or None."""
     return next((p for p in ports if tcp_port_free(p, host)), None)
 
 
 # -- mounts ----------------------------------------------------------------
 
-def mounts():
+def mounts() -> list[tuple[str, str]]:
     """[(mount point, fs type)] from the kernel; never touches a mount."""
     with open('/proc/self/mounts') as f:
         return [(e.mount_point, e.fs_type)
                 for e in mount_table.parse_mounts(f.read())]
 
 
-def is_mounted(path):
+def is_mounted(path: str) -> bool:
     path = os.path.abspath(path)
     return any(point == path for point, _fs in mounts())
 
 
-def mount_of(path):
+def mount_of(path: str) -> tuple[str, str]:
     """(mount point, fs type) holding ``path``, by name only.
 
     No stat or realpath: a hung FUSE daemon would block them.
@@ -105,7 +117,7 @@ def mount_of(path):
     return (entry.mount_point, entry.fs_type) if entry else ('/', '')
 
 
-def is_fuse(path):
+def is_fuse(path: str) -> bool:
     return mount_table.is_fuse_type(mount_of(path)[1])
 
 
@@ -115,26 +127,27 @@ class BindfsMount(object):
     allow_other lets root (cinder-volume) and tgtd open the files.
     """
 
-    def __init__(self, backing, mountpoint, log_path=None):
+    def __init__(self, backing: str, mountpoint: str,
+                 log_path: str | None = None) -> None:
         self.backing = os.path.abspath(backing)
         self.mountpoint = os.path.abspath(mountpoint)
         self.log_path = log_path or os.devnull
-        self.proc = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     #: The FUSE daemon and what start() says when it is missing.
     program = 'bindfs'
 
     @property
-    def pid(self):
+    def pid(self) -> int | None:
         """The FUSE daemon's pid while it runs (for its peak memory)."""
         return self.proc.pid if self.proc is not None else None
 
-    def command(self):
+    def command(self) -> list[str]:
         """The daemon's command line; -f keeps it ours (its pid, its end)."""
         return ['bindfs', '-f', '-o', 'allow_other', self.backing,
                 self.mountpoint]
 
-    def start(self, timeout=15):
+    def start(self, timeout: float = 15) -> Self:
         if missing_programs(self.program):
             raise SandboxError('%s is not installed (see bindep.txt)'
                                % self.program)
@@ -144,11 +157,11 @@ class BindfsMount(object):
         os.makedirs(self.backing, exist_ok=True)
         os.makedirs(self.mountpoint, exist_ok=True)
         with open(self.log_path, 'ab') as log:
-            self.proc = subprocess.Popen(
+            proc = self.proc = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         if not wait_for(lambda: (is_mounted(self.mountpoint) or
-                                 self.proc.poll() is not None), timeout) \
+                                 proc.poll() is not None), timeout) \
                 or not is_mounted(self.mountpoint):
             self.stop()
             raise SandboxError('%s did not mount %s (see %s)'
@@ -156,13 +169,13 @@ class BindfsMount(object):
                                   self.log_path))
         return self
 
-    def kill(self):
+    def kill(self) -> None:
         """SIGKILL the FUSE daemon: the mount stays, answering ENOTCONN."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
 
-    def stop(self, timeout=15):
+    def stop(self, timeout: float = 15) -> None:
         """Unmount and end bindfs; lazily if something still holds it."""
         if is_mounted(self.mountpoint):
             res = subprocess.run(['umount', self.mountpoint],
@@ -179,10 +192,10 @@ class BindfsMount(object):
                 self.proc.wait(timeout=10)
             self.proc = None
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -193,20 +206,22 @@ class ScratchMount(BindfsMount):
     so that a test fills the filesystem for real.
     """
 
-    def __init__(self, base, tmpfs_size=None, log_path=None):
+    def __init__(self, base: str | os.PathLike[str],
+                 tmpfs_size: str | None = None,
+                 log_path: str | None = None) -> None:
         self.base = os.path.abspath(str(base))
         super().__init__(os.path.join(self.base, 'backing'),
                          os.path.join(self.base, 'mnt'), log_path)
         self.tmpfs_size = tmpfs_size
 
     @property
-    def volumes_home(self):
+    def volumes_home(self) -> str:
         return os.path.join(self.mountpoint, 'volumes')
 
-    def backing_path(self, name):
+    def backing_path(self, name: str) -> str:
         return os.path.join(self.backing, 'volumes', name)
 
-    def start(self, timeout=15):
+    def start(self, timeout: float = 15) -> Self:
         os.makedirs(self.backing, exist_ok=True)
         if self.tmpfs_size and not is_mounted(self.backing):
             subprocess.run(['mount', '-t', 'tmpfs', '-o',
@@ -215,7 +230,7 @@ class ScratchMount(BindfsMount):
         os.makedirs(os.path.join(self.backing, 'volumes'), exist_ok=True)
         return super().start(timeout)
 
-    def stop(self, timeout=15):
+    def stop(self, timeout: float = 15) -> None:
         super().stop(timeout)
         if self.tmpfs_size and is_mounted(self.backing):
             subprocess.run(['umount', '-l', self.backing],
@@ -232,7 +247,7 @@ class ScratchOverlayfs(ScratchMount):
 
     program = 'fuse-overlayfs'
 
-    def command(self):
+    def command(self) -> list[str]:
         lower = os.path.join(self.base, 'lower')
         work = os.path.join(self.base, 'work')
         for path in (lower, work):
@@ -244,18 +259,19 @@ class ScratchOverlayfs(ScratchMount):
 
 # -- tgtd ------------------------------------------------------------------
 
-def tgtadm(control_port, *args, timeout=30):
+def tgtadm(control_port: int, *args: str,
+           timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run tgtadm on one tgtd; returns the CompletedProcess."""
     return subprocess.run(['tgtadm', '-C', str(control_port)] + list(args),
                           capture_output=True, text=True, timeout=timeout)
 
 
-def tgtd_answers(control_port):
+def tgtd_answers(control_port: int) -> bool:
     return tgtadm(control_port, '--mode', 'system', '--op',
                   'show').returncode == 0
 
 
-def list_targets(control_port):
+def list_targets(control_port: int) -> dict[str, int]:
     """{iqn: tid} of one tgtd."""
     out = tgtadm(control_port, '--lld', 'iscsi', '--mode', 'target',
                  '--op', 'show').stdout
@@ -263,7 +279,7 @@ def list_targets(control_port):
             for name, target in tgtd_mgmt.parse_targets(out).items()}
 
 
-def list_accounts(control_port):
+def list_accounts(control_port: int) -> list[str]:
     out = tgtadm(control_port, '--lld', 'iscsi', '--mode', 'account',
                  '--op', 'show').stdout
     return tgtd_mgmt.parse_accounts(out)
@@ -278,27 +294,38 @@ class Tgtd(object):
     holds the control socket's lock and serves exactly our portal.
     """
 
-    def __init__(self, control_port=None, portal_port=None,
-                 log_path=None, control_ports=CONTROL_PORTS,
-                 portal_ports=PORTAL_PORTS, ip='127.0.0.1'):
+    def __init__(self, control_port: int | None = None,
+                 portal_port: int | None = None,
+                 log_path: str | None = None,
+                 control_ports: Sequence[int] = CONTROL_PORTS,
+                 portal_ports: Sequence[int] = PORTAL_PORTS,
+                 ip: str = '127.0.0.1') -> None:
         self._want = (control_port, portal_port)
         self._ranges = (control_ports, portal_ports)
         self.ip = ip
         self.control_port = control_port
         self.portal_port = portal_port
         self.log_path = log_path or os.devnull
-        self.proc = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
-    def portal(self):
-        return '%s:%d' % (self.ip, self.portal_port)
+    def ports(self) -> tuple[int, int]:
+        """(control port, portal port), once start() has picked them."""
+        if self.control_port is None or self.portal_port is None:
+            raise SandboxError('tgtd was not started: it has no ports yet')
+        return self.control_port, self.portal_port
 
     @property
-    def running(self):
+    def portal(self) -> str:
+        return '%s:%d' % (self.ip, self.ports[1])
+
+    @property
+    def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def _owns_control_port(self):
-        if not self.running:
+    def _owns_control_port(self) -> bool:
+        if (self.proc is None or self.proc.poll() is not None or
+                self.control_port is None):
             return False
         lock = 'tgtd/socket.%d.lock' % self.control_port
         fd_dir = '/proc/%d/fd' % self.proc.pid
@@ -314,13 +341,14 @@ class Tgtd(object):
                 pass
         return False
 
-    def _portals(self):
-        out = tgtadm(self.control_port, '--lld', 'iscsi', '--mode',
+    def _portals(self) -> list[str]:
+        out = tgtadm(self.ports[0], '--lld', 'iscsi', '--mode',
                      'portal', '--op', 'show').stdout
         return [line.split()[1].rsplit(',', 1)[0]
                 for line in out.splitlines() if line.startswith('Portal:')]
 
-    def _try(self, control_port, portal_port, timeout):
+    def _try(self, control_port: int, portal_port: int,
+             timeout: float) -> bool:
         self.control_port, self.portal_port = control_port, portal_port
         with open(self.log_path, 'ab') as log:
             self.proc = subprocess.Popen(
@@ -336,7 +364,7 @@ class Tgtd(object):
         self._kill()
         return False
 
-    def start(self, timeout=10):
+    def start(self, timeout: float = 10) -> Self:
         missing = missing_programs(*TGT_BINARIES)
         if missing:
             raise SandboxError('not installed: %s (see bindep.txt)'
@@ -360,66 +388,71 @@ class Tgtd(object):
                self.ip, want_portal or '%d-%d' % (portals[0], portals[-1]),
                self.log_path))
 
-    def targets(self):
-        return list_targets(self.control_port) if self.running else {}
+    def targets(self) -> dict[str, int]:
+        return list_targets(self.ports[0]) if self.running else {}
 
-    def tgtadm(self, *args, check=True):
+    def tgtadm(self, *args: str, check: bool = True) -> str:
         """Run tgtadm against this daemon; returns stdout."""
-        res = tgtadm(self.control_port, *args)
+        control, _portal = self.ports
+        res = tgtadm(control, *args)
         if check and res.returncode != 0:
             raise SandboxError('tgtadm -C %d %s failed (%d): %s'
-                               % (self.control_port, ' '.join(args),
+                               % (control, ' '.join(args),
                                   res.returncode, res.stderr.strip()))
         return res.stdout
 
-    def show(self):
+    def show(self) -> str:
         return self.tgtadm('--lld', 'iscsi', '--mode', 'target',
                            '--op', 'show')
 
-    def url(self, iqn, lun=1, user=None, secret=None):
+    def url(self, iqn: str, lun: int = 1, user: str | None = None,
+            secret: str | None = None) -> str:
         """A libiscsi/qemu URL of a LUN on this daemon."""
         auth = ''
         if user:
             auth = '%s%%%s@' % (user, secret) if secret else '%s@' % user
         return 'iscsi://%s%s/%s/%d' % (auth, self.portal, iqn, lun)
 
-    def kill(self):
+    def kill(self) -> None:
         """SIGKILL tgtd: targets and sessions vanish as in a crash."""
-        if self.running:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
 
-    def restart(self):
+    def restart(self) -> Self:
         """Crash tgtd and start an empty one on the same ports."""
+        control, portal = self.ports
         self.kill()
-        if not self._try(self.control_port, self.portal_port, 10.0):
+        if not self._try(control, portal, 10.0):
             raise SandboxError('tgtd did not come back on control port %d'
-                               % self.control_port)
+                               % control)
         return self
 
-    def remove_targets(self):
+    def remove_targets(self) -> None:
         """Delete every target and CHAP account, sessions or not."""
         if not self._owns_control_port():
             return
+        control, _portal = self.ports
         for iqn, tid in sorted(self.targets().items()):
-            tgtadm(self.control_port, '--lld', 'iscsi', '--mode', 'target',
+            tgtadm(control, '--lld', 'iscsi', '--mode', 'target',
                    '--op', 'delete', '--force', '--tid', str(tid))
-        for user in list_accounts(self.control_port):
-            tgtadm(self.control_port, '--lld', 'iscsi', '--mode',
+        for user in list_accounts(control):
+            tgtadm(control, '--lld', 'iscsi', '--mode',
                    'account', '--op', 'delete', '--user', user)
 
-    def stop(self):
+    def stop(self) -> None:
         """Remove the targets, then stop tgtd (SIGKILL as a last resort)."""
-        if self._owns_control_port():
+        proc = self.proc
+        if proc is not None and self._owns_control_port():
             self.remove_targets()
-            tgtadm(self.control_port, '--op', 'delete', '--mode', 'system')
+            tgtadm(self.ports[0], '--op', 'delete', '--mode', 'system')
             try:
-                self.proc.wait(timeout=10)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
         self._kill()
 
-    def _kill(self):
+    def _kill(self) -> None:
         if self.proc is not None:
             kill_session(self.proc.pid)
             try:
@@ -427,17 +460,18 @@ class Tgtd(object):
             except subprocess.TimeoutExpired:
                 pass
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
 class NoDB(object):
     """Cinder's db for volumes that are in none: CHAP is on the volume."""
 
-    def volume_get(self, ctxt, volume_id):
+    def volume_get(self, ctxt: Any, volume_id: str) -> NoReturn:
+        # ctxt: a cinder RequestContext (untyped).
         # Imported here: the all-in-one imports this module before it
         # patches the process with eventlet, which Cinder needs first.
         from cinder import exception
@@ -446,7 +480,7 @@ class NoDB(object):
 
 # -- processes -------------------------------------------------------------
 
-def proc_stat(pid):
+def proc_stat(pid: int | str) -> list[str] | None:
     """Fields of /proc/<pid>/stat after the command name, or None.
 
     None once the process is gone. Index 0 is the state (field 3 of
@@ -461,7 +495,7 @@ def proc_stat(pid):
     return data[data.rindex(')') + 2:].split()
 
 
-def _stat(pid):
+def _stat(pid: int | str) -> tuple[int, int] | None:
     """(ppid, session id) of a process, or None once it is gone."""
     fields = proc_stat(pid)
     if fields is None:
@@ -469,7 +503,7 @@ def _stat(pid):
     return int(fields[1]), int(fields[3])
 
 
-def session_members(sid):
+def session_members(sid: int) -> list[int]:
     """Pids of the live processes of session ``sid``."""
     found = []
     for name in os.listdir('/proc'):
@@ -480,9 +514,9 @@ def session_members(sid):
     return found
 
 
-def descendants(pid):
+def descendants(pid: int) -> list[int]:
     """Pids of every live process below ``pid``."""
-    children = {}
+    children: dict[int, list[int]] = {}
     for name in os.listdir('/proc'):
         if name.isdigit():
             stat = _stat(name)
@@ -496,7 +530,7 @@ def descendants(pid):
     return found
 
 
-def kill_session(sid, sig=signal.SIGKILL):
+def kill_session(sid: int, sig: int = signal.SIGKILL) -> list[int]:
     """Signal every process of a session we started; returns the pids.
 
     Children are started with start_new_session, so the session id is
@@ -523,7 +557,7 @@ FILTERS_PATH = os.path.join(
     'etc', 'cinder', 'rootwrap.d')
 
 
-def write_new(path, text, mode=0o644):
+def write_new(path: str, text: str, mode: int = 0o644) -> str:
     """Create ``path`` (never an existing file) with ``text``."""
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode),
               'w') as f:
@@ -531,7 +565,8 @@ def write_new(path, text, mode=0o644):
     return path
 
 
-def make_user(stack, prefix='fuse-cinder-t'):
+def make_user(stack: contextlib.ExitStack,
+              prefix: str = 'fuse-cinder-t') -> pwd.struct_passwd:
     """A system user with no home, no shell and no group but its own.
 
     ``stack`` (a contextlib.ExitStack) deletes it again.
@@ -546,7 +581,7 @@ def make_user(stack, prefix='fuse-cinder-t'):
     return pwd.getpwnam(name)
 
 
-def user_exists(name):
+def user_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
     except KeyError:
@@ -554,7 +589,8 @@ def user_exists(name):
     return True
 
 
-def write_rootwrap_conf(path, venv_bin, filters_path=FILTERS_PATH):
+def write_rootwrap_conf(path: str, venv_bin: str,
+                        filters_path: str = FILTERS_PATH) -> str:
     """rootwrap.conf reading only ``filters_path``; returns ``path``."""
     return write_new(
         path, '[DEFAULT]\nfilters_path = %s\nexec_dirs = %s\n'
@@ -562,13 +598,15 @@ def write_rootwrap_conf(path, venv_bin, filters_path=FILTERS_PATH):
         % (filters_path, ','.join([venv_bin] + SYSTEM_PATH.split(':'))))
 
 
-def sudoers_path(user):
+def sudoers_path(user: pwd.struct_passwd) -> str:
     # No dot in the name: sudo skips files in sudoers.d that have one.
     return '/etc/sudoers.d/%s' % user.pw_name
 
 
-def allow_root_helper(stack, user, rootwrap, rootwrap_conf, scratch,
-                      pythonpath=None, sudo_log=None):
+def allow_root_helper(stack: contextlib.ExitStack, user: pwd.struct_passwd,
+                      rootwrap: str, rootwrap_conf: str, scratch: str,
+                      pythonpath: str | None = None,
+                      sudo_log: str | None = None) -> str:
     """sudoers: the user may run ``rootwrap`` with our config, only.
 
     Cinder runs the bare name (``sudo cinder-rootwrap CONF``) and sudo
@@ -604,7 +642,21 @@ def allow_root_helper(stack, user, rootwrap, rootwrap_conf, scratch,
     return path
 
 
-def as_user(user, workdir, pythonpath=None):
+class UserPopenArgs(TypedDict, total=False):
+    """Keyword arguments of subprocess.Popen/run that as_user() gives.
+
+    Not total: {} runs a process as the caller, unchanged.
+    """
+
+    cwd: str
+    user: int
+    group: int
+    extra_groups: list[int]
+    env: dict[str, str]
+
+
+def as_user(user: pwd.struct_passwd, workdir: str,
+            pythonpath: str | None = None) -> UserPopenArgs:
     """Popen arguments running a process as ``user``, as a service would.
 
     No TMPDIR: privsep's sockets go to /tmp, where filters expect them.
@@ -614,11 +666,13 @@ def as_user(user, workdir, pythonpath=None):
            'PYTHONWARNINGS': 'ignore::DeprecationWarning'}
     if pythonpath:
         env['PYTHONPATH'] = pythonpath
-    return dict(cwd=workdir, user=user.pw_uid, group=user.pw_gid,
-                extra_groups=[], env=env)
+    return UserPopenArgs(cwd=workdir, user=user.pw_uid, group=user.pw_gid,
+                         extra_groups=[], env=env)
 
 
-def user_cannot_run(user, python, modules, pythonpath=None):
+def user_cannot_run(user: pwd.struct_passwd, python: str,
+                    modules: Sequence[str],
+                    pythonpath: str | None = None) -> str | None:
     """Why ``user`` cannot import ``modules`` with ``python``, or None.
 
     A venv built on an interpreter under /root (pyenv) is root's only.
@@ -637,7 +691,7 @@ def user_cannot_run(user, python, modules, pythonpath=None):
     return None
 
 
-def proc_uids(pid):
+def proc_uids(pid: int | str) -> tuple[int, ...] | None:
     """(real, effective) uid of a process, or None once it is gone."""
     try:
         with open('/proc/%s/status' % pid) as f:

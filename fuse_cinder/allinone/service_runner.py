@@ -15,6 +15,9 @@ import argparse
 import os
 import signal
 import sys
+import types
+from typing import Any
+from typing import NoReturn
 
 from fuse_cinder.allinone import cinder_conf
 
@@ -22,8 +25,44 @@ from fuse_cinder.allinone import cinder_conf
 # Seconds the services get to stop after SIGTERM/SIGINT.
 STOP_TIMEOUT = 10
 
+#: The options that generate cinder.conf: each is the build_config()
+#: keyword of the same name (--api-port gives api_port), with its
+#: argparse settings. run_services() hands them all over.
+CONF_OPTIONS: dict[str, dict[str, Any]] = {
+    'api_port': dict(type=int, default=8776),
+    'volume_driver': dict(default=cinder_conf.DEFAULT_DRIVER),
+    'volumes_home': dict(help='volumes_home of the backend (a directory '
+                              'on the FUSE mount).'),
+    'tgt_control_port': dict(type=int,
+                             help='fuse_tgt_control_port of the backend.'),
+    'target_ip': dict(default='127.0.0.1'),
+    'target_port': dict(type=int, default=3260),
+    'debug': dict(action='store_true'),
+}
+#: Every option of the command, in --help order: --state-dir, the
+#: cinder.conf ones, then those about which cinder.conf to run.
+OPTIONS: dict[str, dict[str, Any]] = {
+    'state_dir': dict(required=True,
+                      help='Directory for cinder.conf, the SQLite database, '
+                           'locks, target files and the log.'),
+    **CONF_OPTIONS,
+    'backend_option': dict(action='append', default=[], metavar='KEY=VALUE',
+                           help='Extra option of the backend section; '
+                                'repeatable.'),
+    'api_paste_config': dict(help='api-paste.ini to use (default: the one '
+                                  'installed with Cinder).'),
+    'write_config_only': dict(action='store_true',
+                              help='Write cinder.conf, print its path and '
+                                   'exit.'),
+    'use_config': dict(metavar='FILE',
+                       help='Run with this cinder.conf instead of one '
+                            'generated from the options (which are then '
+                            'ignored): the whole deployment\'s '
+                            '--unprivileged writes it under /etc.'),
+}
 
-def _put_own_bin_on_path():
+
+def _put_own_bin_on_path() -> None:
     """Find the virtualenv's commands even when it is not activated.
 
     privsep-helper and fuse-cinder-files live next to this Python; as root
@@ -35,7 +74,7 @@ def _put_own_bin_on_path():
         os.environ['PATH'] = os.pathsep.join([bindir, path])
 
 
-def _privsep_root_helper():
+def _privsep_root_helper() -> list[str]:
     """Root helper for oslo.privsep daemons.
 
     As root no sudo/rootwrap is needed (and often not installed); the
@@ -49,7 +88,7 @@ def _privsep_root_helper():
     return ['env', 'PATH=%s' % os.environ['PATH']]
 
 
-def _serialise_fake_transport():
+def _serialise_fake_transport() -> None:
     """Make the in-process transport send JSON, as real transports do.
 
     oslo.messaging's fake driver checks that a message could be encoded
@@ -62,25 +101,28 @@ def _serialise_fake_transport():
     from oslo_messaging._drivers import impl_fake
     from oslo_serialization import jsonutils
 
-    def over_the_wire(value):
+    # oslo.messaging's messages and contexts: JSON-able, untyped.
+    def over_the_wire(value: Any) -> Any:
         return None if value is None else jsonutils.loads(
             jsonutils.dumps(value))
 
     send = impl_fake.FakeDriver._send
     reply = impl_fake.FakeIncomingMessage.reply
 
-    def _send(self, target, ctxt, message, *args, **kwargs):
+    def _send(self: Any, target: Any, ctxt: Any, message: Any, *args: Any,
+              **kwargs: Any) -> Any:
         return send(self, target, over_the_wire(ctxt),
                     over_the_wire(message), *args, **kwargs)
 
-    def _reply(self, reply_value=None, failure=None):
+    def _reply(self: Any, reply_value: Any = None,
+               failure: Any = None) -> Any:
         return reply(self, over_the_wire(reply_value), failure)
 
     impl_fake.FakeDriver._send = _send
     impl_fake.FakeIncomingMessage.reply = _reply
 
 
-def _service_class(service):
+def _service_class(service: Any) -> type[Any]:
     """cinder.service.Service fit for sharing a process with others.
 
     Cinder keeps the id of its services-table row in a class attribute,
@@ -90,14 +132,14 @@ def _service_class(service):
     put it back before every heartbeat.
     """
     class SharedProcessService(service.Service):
-        def report_state(self):
+        def report_state(self) -> Any:
             service.Service.service_id = self.origin_service_id
             return super().report_state()
 
     return SharedProcessService
 
 
-def _sqlite_write_ahead_log(connection):
+def _sqlite_write_ahead_log(connection: str) -> None:
     """Commit the all-in-one's SQLite database without an fsync each.
 
     In SQLite's default rollback journal every commit syncs the disk
@@ -122,12 +164,12 @@ def _sqlite_write_ahead_log(connection):
         db.close()
 
     @event.listens_for(pool.Pool, 'connect')
-    def _synchronous_normal(dbapi_con, _record):
+    def _synchronous_normal(dbapi_con: Any, _record: Any) -> None:
         if isinstance(dbapi_con, sqlite3.Connection):
             dbapi_con.execute('PRAGMA synchronous = NORMAL')
 
 
-def run(config_args):
+def run(config_args: list[str]) -> int:
     """Start the three services and block until signalled."""
     # Cinder needs eventlet's monkey patching before anything else loads.
     from cinder import monkey_patch
@@ -200,7 +242,8 @@ def run(config_args):
     return _wait_and_stop(launcher, log)
 
 
-def _wait_and_stop(launcher, log, stop_timeout=STOP_TIMEOUT):
+def _wait_and_stop(launcher: Any, log: Any,
+                   stop_timeout: float = STOP_TIMEOUT) -> NoReturn:
     """Block until SIGTERM/SIGINT, then stop everything in bounded time.
 
     oslo.service's own wait() stops the services from inside its signal
@@ -212,9 +255,9 @@ def _wait_and_stop(launcher, log, stop_timeout=STOP_TIMEOUT):
     """
     import eventlet
 
-    caught = []
+    caught: list[int] = []
 
-    def _handler(signo, frame):
+    def _handler(signo: int, frame: types.FrameType | None) -> None:
         caught.append(signo)
 
     signal.signal(signal.SIGTERM, _handler)
@@ -238,42 +281,17 @@ def _wait_and_stop(launcher, log, stop_timeout=STOP_TIMEOUT):
     os._exit(code)
 
 
-def parse_args(argv):
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog='fuse-cinder-allinone',
         description='Run Cinder API, scheduler and one fuse_cinder '
                     'volume backend in one process (fake transport, '
                     'SQLite, noauth). Unrecognised arguments, such as '
                     '--config-file, are handed to Cinder.')
-    parser.add_argument('--state-dir', required=True,
-                        help='Directory for cinder.conf, the SQLite '
-                             'database, locks, target files and the log.')
-    parser.add_argument('--api-port', type=int, default=8776)
-    parser.add_argument('--volume-driver', default=cinder_conf.DEFAULT_DRIVER)
-    parser.add_argument('--volumes-home',
-                        help='volumes_home of the backend (a directory on '
-                             'the FUSE mount).')
-    parser.add_argument('--tgt-control-port', type=int,
-                        help='fuse_tgt_control_port of the backend.')
-    parser.add_argument('--target-ip', default='127.0.0.1')
-    parser.add_argument('--target-port', type=int, default=3260)
-    parser.add_argument('--backend-option', action='append', default=[],
-                        metavar='KEY=VALUE',
-                        help='Extra option of the backend section; '
-                             'repeatable.')
-    parser.add_argument('--api-paste-config',
-                        help='api-paste.ini to use (default: the one '
-                             'installed with Cinder).')
-    parser.add_argument('--debug', action='store_true')
-    parser.add_argument('--write-config-only', action='store_true',
-                        help='Write cinder.conf, print its path and exit.')
-    parser.add_argument('--use-config', metavar='FILE',
-                        help='Run with this cinder.conf instead of one '
-                             'generated from the options (which are then '
-                             'ignored): the whole deployment\'s '
-                             '--unprivileged writes it under /etc.')
+    for name, settings in OPTIONS.items():
+        parser.add_argument('--' + name.replace('_', '-'), **settings)
     args, rest = parser.parse_known_args(argv)
-    extra = {}
+    extra: dict[str, str] = {}
     for item in args.backend_option:
         key, sep, value = item.partition('=')
         if not sep or not key:
@@ -283,7 +301,7 @@ def parse_args(argv):
     return args, rest
 
 
-def run_services(argv):
+def run_services(argv: list[str]) -> int:
     """Only the Cinder services, in this process (``--state-dir``)."""
     args, rest = parse_args(argv)
     if args.use_config:
@@ -295,11 +313,8 @@ def run_services(argv):
         return 2
     state_dir = os.path.abspath(args.state_dir)
     conf = cinder_conf.build_config(
-        state_dir, api_port=args.api_port, volume_driver=args.volume_driver,
-        volumes_home=args.volumes_home,
-        tgt_control_port=args.tgt_control_port, target_ip=args.target_ip,
-        target_port=args.target_port, backend_options=args.backend_options,
-        api_paste=paste, debug=args.debug)
+        state_dir, backend_options=args.backend_options, api_paste=paste,
+        **{name: getattr(args, name) for name in CONF_OPTIONS})
     path = cinder_conf.write_config(conf, state_dir)
     if args.write_config_only:
         print(path)
