@@ -20,8 +20,8 @@ make many) stops its tick instead of ticking for ever.
 
 import threading
 import time
-import weakref
 from typing import Optional
+import weakref
 
 from oslo_log import log as logging
 
