@@ -108,7 +108,7 @@ def parse_mountinfo(text: str) -> list[MountId]:
     return entries
 
 
-def fd_mount_id(fd: int, pid: int | str = 'self') -> Optional[int]:
+def fd_mount_id(fd: int | str, pid: int | str = 'self') -> Optional[int]:
     """The id of the mount holding the file open on ``fd`` (procfs)."""
     with open('/proc/%s/fdinfo/%s' % (pid, fd)) as f:
         for line in f:
@@ -118,7 +118,8 @@ def fd_mount_id(fd: int, pid: int | str = 'self') -> Optional[int]:
     return None
 
 
-def fd_fs_type(fd: int, pid: int | str = 'self') -> Optional[str]:
+def fd_fs_type(fd: int | str,
+               pid: int | str = 'self') -> Optional[str]:
     """The type of the mount holding ``fd``; None if the kernel names none.
 
     Looked up in that process's own mount namespace.
