@@ -31,8 +31,8 @@ in a log line or in an exception.
 import os
 import re
 import time
-from typing import Any, Callable, Iterable, Optional, Sequence, TypeGuard
-from typing import TypeVar
+from typing import (Any, Callable, Iterable, Optional, Sequence, TypeGuard,
+                    TypeVar)
 
 from oslo_log import log as logging
 
