@@ -27,10 +27,13 @@ commands plus these two) with the missing lookup method put back for its
 own process only.  On 3.11 both ``cinder`` and ``fuse-cinder`` work.
 """
 
+import argparse
 import importlib.machinery
 import importlib.util
 import json
 import sys
+import types
+from typing import Any, Callable, Optional, TypeVar
 
 from cinderclient.apiclient import base as common_base
 from cinderclient import base
@@ -42,6 +45,7 @@ from cinderclient import utils
 _MAIN_FIELDS = ('volume_id', 'driver_volume_type', 'target_portal',
                 'target_iqn', 'target_lun', 'auth_method', 'auth_username',
                 'auth_password', 'access_mode')
+_Result = TypeVar('_Result')
 
 
 class VolumeExportManager(base.Manager):
@@ -62,23 +66,24 @@ class VolumeExportManager(base.Manager):
 
     resource_class = None
 
-    def _post_action(self, volume, action):
+    def _post_action(self, volume: Any, action: str) -> tuple[Any, Any]:
         url = '/volumes/%s/action' % base.getid(volume)
         return self.api.client.post(url, body={action: {}})
 
-    def export(self, volume):
+    def export(self, volume: Any) -> common_base.DictWithMeta:
         """Export the volume; returns its connection information."""
         resp, body = self._post_action(volume, 'os-export')
         info = (body or {}).get('connection_info') or {}
         return common_base.DictWithMeta(info, resp)
 
-    def delete_export(self, volume):
+    def delete_export(self, volume: Any) -> common_base.TupleWithMeta:
         """Remove the export; the volume becomes available again."""
         resp, body = self._post_action(volume, 'os-delete-export')
         return common_base.TupleWithMeta((resp, body), resp)
 
 
-def _flatten(volume, connection_info):
+def _flatten(volume: Any,
+             connection_info: Optional[dict[str, Any]]) -> dict[str, Any]:
     """One flat mapping per volume: driver data plus the protocol."""
     info = connection_info or {}
     row = dict(info.get('data') or {})
@@ -87,8 +92,8 @@ def _flatten(volume, connection_info):
     return row
 
 
-def _json_value(field):
-    def format_value(row):
+def _json_value(field: str) -> Callable[[dict[str, Any]], Any]:
+    def format_value(row: dict[str, Any]) -> Any:
         value = row.get(field)
         if isinstance(value, (dict, list, bool)) or value is None:
             return json.dumps(value, sort_keys=True)
@@ -96,9 +101,9 @@ def _json_value(field):
     return format_value
 
 
-def _print_rows(rows):
+def _print_rows(rows: list[dict[str, Any]]) -> None:
     """cinderclient's table: main fields first, the driver's extras after."""
-    keys = set()
+    keys: set[str] = set()
     for row in rows:
         keys.update(row)
     fields = [k for k in _MAIN_FIELDS if k in keys]
@@ -108,14 +113,16 @@ def _print_rows(rows):
                            sortby_index=None)
 
 
-def _for_each_volume(cs, names, action, verb):
+def _for_each_volume(cs: Any, names: list[str],
+                     action: Callable[[Any], _Result], verb: str
+                     ) -> tuple[list[tuple[Any, _Result]], int]:
     """Run action(volume) on every volume, reporting each failure.
 
     Returns the results of those that succeeded, and the number of
     failures; the caller prints the results first and then fails
     (non-zero exit) if any volume failed.
     """
-    results = []
+    results: list[tuple[Any, _Result]] = []
     failed = 0
     for name in names:
         try:
@@ -128,7 +135,8 @@ def _for_each_volume(cs, names, action, verb):
     return results, failed
 
 
-def _fail_if_any(results, failed, verb):
+def _fail_if_any(results: list[tuple[Any, Any]], failed: int,
+                 verb: str) -> None:
     if not failed:
         return
     if not results:
@@ -143,7 +151,7 @@ def _fail_if_any(results, failed, verb):
            help='Name or ID of the volume(s) to export.')
 @utils.arg('--json', action='store_true', default=False,
            help='Print the connection information as a JSON list.')
-def do_export(cs, args):
+def do_export(cs: Any, args: argparse.Namespace) -> None:
     """Export available volumes to a host outside Nova (iSCSI target).
 
     Prints what the host needs to log in: portal, IQN, LUN and the CHAP
@@ -165,7 +173,7 @@ def do_export(cs, args):
 
 @utils.arg('volume', metavar='<volume>', nargs='+',
            help='Name or ID of the exported volume(s).')
-def do_delete_export(cs, args):
+def do_delete_export(cs: Any, args: argparse.Namespace) -> None:
     """Remove the export of volumes and make them available again."""
     manager = VolumeExportManager(cs)
     results, failed = _for_each_volume(cs, args.volume,
@@ -179,30 +187,33 @@ def do_delete_export(cs, args):
 class _SpecLoader(object):
     """Loader with the legacy load_module() that cinderclient calls."""
 
-    def __init__(self, spec):
+    def __init__(self, spec: importlib.machinery.ModuleSpec) -> None:
         self.spec = spec
 
-    def load_module(self, name):
+    def load_module(self, name: str) -> types.ModuleType:
         if name in sys.modules:
             return sys.modules[name]
+        loader = self.spec.loader
+        assert loader is not None       # _find_module made us for one
         module = importlib.util.module_from_spec(self.spec)
         sys.modules[name] = module
         try:
-            self.spec.loader.exec_module(module)
+            loader.exec_module(module)
         except BaseException:
             del sys.modules[name]
             raise
         return module
 
 
-def _find_module(self, fullname):
+def _find_module(self: importlib.machinery.FileFinder,
+                 fullname: str) -> Optional[_SpecLoader]:
     spec = self.find_spec(fullname)
     if spec is None or spec.loader is None:
         return None
     return _SpecLoader(spec)
 
 
-def install_find_module_shim():
+def install_find_module_shim() -> bool:
     """Give FileFinder back the find_module() Python 3.12 removed.
 
     Only for the process of the ``fuse-cinder`` command; returns whether
@@ -211,16 +222,17 @@ def install_find_module_shim():
     finder = importlib.machinery.FileFinder
     if hasattr(finder, 'find_module'):
         return False
-    finder.find_module = _find_module
+    # setattr: mypy checks against 3.11's FileFinder, which has one.
+    setattr(finder, 'find_module', _find_module)
     return True
 
 
-def main():
+def main() -> None:
     """Console script ``fuse-cinder``: the cinder client, on any Python."""
     install_find_module_shim()
     from cinderclient import shell
-    return shell.main()
+    shell.main()        # exits by itself on an error
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main()

@@ -22,6 +22,7 @@ import os
 import socket
 import threading
 import time
+from typing import Any, Optional
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -66,7 +67,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
     CI_WIKI_NAME = 'fuse_cinder_CI'
     SUPPORTS_ACTIVE_ACTIVE = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Cinder's manager passes no executor; ours spawns the mount's
         # commands without forking all of cinder-volume (see processes).
         kwargs.setdefault('execute', processes.execute)
@@ -87,24 +88,24 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self._provisioned_bytes = 0
         self._provisioned_lock = threading.Lock()
         # The mount the exported LUNs were opened on (see _heal_luns).
-        self._luns_mount_id = None
+        self._luns_mount_id: Optional[int] = None
         self._heal_lock = threading.Lock()
         self._backend_down = False
         self._last_reconcile = 0.0
-        self._watch = None
+        self._watch: Optional[threading.Thread] = None
         # When the mount last answered a bounded call, for ensure_export.
-        self._mount_seen_alive = None
+        self._mount_seen_alive: Optional[float] = None
         # The machine, in location_info: a migration reaches another
         # backend's files only on the same one.
         self.hostname = socket.gethostname()
 
     @staticmethod
-    def get_driver_options():
+    def get_driver_options() -> list[cfg.Opt]:
         return options.fuse_opts + options.tgt_opts
 
     # -- setup ---------------------------------------------------------
 
-    def do_setup(self, context):
+    def do_setup(self, context: Any) -> None:
         """Check the mount and count what is provisioned on it, once.
 
         The count is kept up to date by every operation afterwards, so
@@ -128,7 +129,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                 self.configuration.fuse_watch_interval, self, 'watch_once',
                 'fuse-cinder-watch-%s' % self.backend_name)
 
-    def watch_once(self):
+    def watch_once(self) -> None:
         """Heal what a replaced mount or a restarted tgtd broke.
 
         Runs every fuse_watch_interval: the mount id costs a procfs read;
@@ -153,7 +154,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                              'home': self.mount.volumes_home})
 
     @staticmethod
-    def _check_name_templates():
+    def _check_name_templates() -> None:
         """The root helper only touches files named as Cinder's defaults."""
         for option, default in (('volume_name_template', 'volume-%s'),
                                 ('snapshot_name_template', 'snapshot-%s')):
@@ -162,10 +163,10 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                 raise exception.InvalidConfigurationValue(
                     option=option, value=value)
 
-    def check_for_setup_error(self):
+    def check_for_setup_error(self) -> None:
         self.mount.check()
 
-    def _count_provisioned(self, delta_bytes):
+    def _count_provisioned(self, delta_bytes: int) -> None:
         with self._provisioned_lock:
             self._provisioned_bytes = max(0,
                                           self._provisioned_bytes +
@@ -173,25 +174,25 @@ class FuseISCSIDriver(driver.ISCSIDriver):
 
     # -- volume and snapshot life cycle --------------------------------
 
-    def local_path(self, volume):
+    def local_path(self, volume: Any) -> str:
         return self.mount.path(volume.name)
 
     @staticmethod
-    def _check_size(size_gb, what):
+    def _check_size(size_gb: Optional[int], what: str) -> int:
         if size_gb is None or int(size_gb) <= 0:
             raise exception.InvalidInput(
                 reason=_("%(what)s size must be a positive number of GiB, "
                          "not %(size)s") % {'what': what, 'size': size_gb})
         return int(size_gb)
 
-    def create_volume(self, volume):
+    def create_volume(self, volume: Any) -> None:
         size = self._check_size(volume.size, 'volume')
         LOG.debug("Creating %(name)s (%(size)d GiB)",
                   {'name': volume.name, 'size': size})
         self.files.create(volume.name, size)
         self._count_provisioned(size * units.Gi)
 
-    def delete_volume(self, volume):
+    def delete_volume(self, volume: Any) -> None:
         """Remove the backing file; deleting twice is harmless."""
         old = self.files.size(volume.name)
         if old is None:
@@ -201,7 +202,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self.files.delete(volume.name)
         self._count_provisioned(-old)
 
-    def extend_volume(self, volume, new_size):
+    def extend_volume(self, volume: Any, new_size: int) -> None:
         size = self._check_size(new_size, 'new')
         old = self.files.size(volume.name)
         if old is None:
@@ -212,7 +213,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         if volume.volume_attachment or volume.provider_location:
             self.target_driver.extend_target(volume)
 
-    def create_snapshot(self, snapshot):
+    def create_snapshot(self, snapshot: Any) -> None:
         """Take a sparse copy of the volume's file.
 
         A volume in use is copied while it may be written to: the copy is
@@ -226,14 +227,15 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self.files.copy(source.name, snapshot.name)
         self._count_provisioned(source.size * units.Gi)
 
-    def delete_snapshot(self, snapshot):
+    def delete_snapshot(self, snapshot: Any) -> None:
         old = self.files.size(snapshot.name)
         if old is None:
             return
         self.files.delete(snapshot.name)
         self._count_provisioned(-old)
 
-    def create_volume_from_snapshot(self, volume, snapshot):
+    def create_volume_from_snapshot(self, volume: Any,
+                                    snapshot: Any) -> None:
         size = self._check_size(volume.size, 'volume')
         if not self.files.exists(snapshot.name):
             raise exception.InvalidSnapshot(
@@ -241,7 +243,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self.files.copy(snapshot.name, volume.name, size)
         self._count_provisioned(size * units.Gi)
 
-    def create_cloned_volume(self, volume, src_vref):
+    def create_cloned_volume(self, volume: Any, src_vref: Any) -> None:
         size = self._check_size(volume.size, 'volume')
         if not self.files.exists(src_vref.name):
             raise exception.InvalidVolume(
@@ -250,17 +252,19 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self.files.copy(src_vref.name, volume.name, size)
         self._count_provisioned(size * units.Gi)
 
-    def revert_to_snapshot(self, context, volume, snapshot):
+    def revert_to_snapshot(self, context: Any, volume: Any,
+                           snapshot: Any) -> None:
         """Put the snapshot's content back, keeping the old until done."""
         old = self.files.size(volume.name) or 0
         self.files.replace(snapshot.name, volume.name)
         if volume.size > snapshot.volume_size:
             self.files.extend(volume.name, volume.size)
-        self._count_provisioned(self.files.size(volume.name) - old)
+        self._count_provisioned((self.files.size(volume.name) or 0) - old)
 
     # -- migration and retype ------------------------------------------
 
-    def _migration_target(self, volume, host):
+    def _migration_target(self, volume: Any, host: dict[str, Any]
+                          ) -> Optional[fileops.BackingFiles]:
         """The BackingFiles of the destination, when this driver can move.
 
         Only to another backend of this driver on this machine whose
@@ -268,7 +272,8 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         only for a detached volume. Otherwise None, with the reason
         logged: Cinder's generic migration runs instead.
         """
-        def refuse(reason, **kw):
+        def refuse(reason: str,
+                   **kw: Any) -> Optional[fileops.BackingFiles]:
             LOG.info("Volume %(vol)s: not moved by the FUSE driver to "
                      "%(host)s (%(reason)s); Cinder's generic migration "
                      "runs.", {'vol': volume.id, 'host': host.get('host'),
@@ -305,7 +310,8 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                           'there', home=home, here=here, there=device)
         return fileops.BackingFiles(dest, sparse=provisioning == 'thin')
 
-    def migrate_volume(self, context, volume, host):
+    def migrate_volume(self, context: Any, volume: Any,
+                       host: dict[str, Any]) -> tuple[bool, None]:
         """Move a detached volume to another FUSE backend of this machine.
 
         Cinder's generic migration attaches both volumes to this host
@@ -338,7 +344,9 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                   'home': dest.mount.volumes_home, 'how': how})
         return True, None
 
-    def retype(self, context, volume, new_type, diff, host):
+    def retype(self, context: Any, volume: Any, new_type: dict[str, Any],
+               diff: dict[str, Any],
+               host: dict[str, Any]) -> tuple[bool, None]:
         """Take the new type on this backend: nothing to change.
 
         Cinder calls this only when the new type stays on this backend;
@@ -353,8 +361,9 @@ class FuseISCSIDriver(driver.ISCSIDriver):
 
     # -- images: straight to and from the local file --------------------
 
-    def copy_image_to_volume(self, context, volume, image_service, image_id,
-                             disable_sparse=False):
+    def copy_image_to_volume(self, context: Any, volume: Any,
+                             image_service: Any, image_id: str,
+                             disable_sparse: bool = False) -> None:
         """Write the image into the file directly, never over iSCSI."""
         image_utils.fetch_to_raw(context, image_service, image_id,
                                  self.local_path(volume),
@@ -365,8 +374,9 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         # qemu-img writes the image's own size; give the volume its size.
         self.files.extend(volume.name, volume.size)
 
-    def copy_volume_to_image(self, context, volume, image_service,
-                             image_meta):
+    def copy_volume_to_image(self, context: Any, volume: Any,
+                             image_service: Any,
+                             image_meta: dict[str, Any]) -> None:
         """Upload from a local copy that a bounded child made.
 
         Cinder's upload opens a raw volume's file inside cinder-volume,
@@ -380,7 +390,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
 
     # -- statistics ----------------------------------------------------
 
-    def _update_volume_stats(self):
+    def _update_volume_stats(self) -> None:
         """Capacity from one statvfs, provisioned from the running count.
 
         A dead, hung or missing mount reports the backend down with no
@@ -388,7 +398,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         once it is, the LUNs are healed (see _heal_luns).
         """
         conf = self.configuration
-        data = {
+        data: dict[str, Any] = {
             'volume_backend_name': self.backend_name,
             'vendor_name': 'Open Source',
             'driver_version': self.VERSION,
@@ -432,7 +442,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             self._heal_luns()
         self._stats = data
 
-    def _location_info(self):
+    def _location_info(self) -> str:
         """Where this backend keeps its files, for a migration to it.
 
         ``FuseISCSIDriver:<machine>:<device>:<thin|thick>:<volumes_home>``
@@ -445,7 +455,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         return ':'.join((LOCATION_DRIVER, self.hostname, device,
                          self.files.provisioning, self.mount.volumes_home))
 
-    def _heal_luns(self):
+    def _heal_luns(self) -> None:
         """Re-open the LUNs in tgtd once the mount was replaced.
 
         tgtd keeps the file handles it opened on a FUSE mount whose daemon
@@ -463,7 +473,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         finally:
             self._heal_lock.release()
 
-    def _heal_luns_locked(self):
+    def _heal_luns_locked(self) -> None:
         current = self.mount.identity()
         if self._luns_mount_id is None:     # no baseline before do_setup
             self._luns_mount_id = current
@@ -487,11 +497,12 @@ class FuseISCSIDriver(driver.ISCSIDriver):
     # -- manage / unmanage ---------------------------------------------
 
     @staticmethod
-    def _gib(size_bytes):
+    def _gib(size_bytes: int) -> int:
         """Whole GiB, rounded up, as Cinder counts a managed object."""
         return max(1, int(math.ceil(size_bytes / units.Gi)))
 
-    def _managed_name(self, obj, existing_ref, kind):
+    def _managed_name(self, obj: Any, existing_ref: Optional[dict[str, Any]],
+                      kind: str) -> str:
         """The file an existing_ref names, if it is safely ours to take.
 
         ``obj`` is the volume or snapshot (``kind``) that is to own it.
@@ -526,8 +537,22 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                 {'name': name, 'owner': owner})
         return name
 
+    def _managed_file(self, obj: Any, existing_ref: Optional[dict[str, Any]],
+                      kind: str) -> tuple[str, int]:
+        """The name _managed_name took and its size in bytes.
+
+        A file removed since it was checked is refused the same way.
+        """
+        name = self._managed_name(obj, existing_ref, kind)
+        size = self.files.size(name)
+        if size is None:
+            raise exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('no file %s in volumes_home') % name)
+        return name, size
+
     @staticmethod
-    def _record(ctxt, kind, obj_id):
+    def _record(ctxt: Any, kind: str, obj_id: str) -> Any:
         """Cinder's record of the volume or snapshot ``obj_id``, or None.
 
         Whether a deleted record counts is the context's read_deleted.
@@ -541,7 +566,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         except missing:
             return None
 
-    def _cinder_owner(self, obj, name, kind):
+    def _cinder_owner(self, obj: Any, name: str, kind: str) -> Optional[str]:
         """What in Cinder still owns the file ``name``, or None.
 
         The driver's temporaries and probes are its own. A file named as
@@ -567,15 +592,15 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             return None
         return _('%(kind)s %(id)s') % {'kind': kind, 'id': obj_id}
 
-    def _take_file(self, obj, existing_ref, kind, size_gb=None):
+    def _take_file(self, obj: Any, existing_ref: Optional[dict[str, Any]],
+                   kind: str, size_gb: Optional[int] = None) -> None:
         """Rename the referenced file to ``obj``'s and grow it to size.
 
         ``size_gb`` defaults to the file's size rounded up, which is what
         the size call told Cinder: a volume made from the snapshot, or
         reverted to it, then gets exactly that many GiB.
         """
-        name = self._managed_name(obj, existing_ref, kind)
-        size = self.files.size(name)
+        name, size = self._managed_file(obj, existing_ref, kind)
         if name != obj.name:
             self.files.rename(name, obj.name)
         size_gb = size_gb or self._gib(size)
@@ -583,20 +608,22 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             self.files.extend(obj.name, size_gb)
         self._count_provisioned(max(size, size_gb * units.Gi))
 
-    def _release_file(self, obj):
+    def _release_file(self, obj: Any) -> None:
         """Leave the file as it is, as Cinder's other drivers do."""
         size = self.files.size(obj.name)
         if size is not None:
             self._count_provisioned(-size)
 
-    def manage_existing(self, volume, existing_ref):
+    def manage_existing(
+            self, volume: Any, existing_ref: Optional[dict[str, Any]]) -> None:
         self._take_file(volume, existing_ref, 'volume', volume.size)
 
-    def manage_existing_get_size(self, volume, existing_ref):
-        return self._gib(self.files.size(
-            self._managed_name(volume, existing_ref, 'volume')))
+    def manage_existing_get_size(
+            self, volume: Any, existing_ref: Optional[dict[str, Any]]) -> int:
+        return self._gib(
+            self._managed_file(volume, existing_ref, 'volume')[1])
 
-    def unmanage(self, volume):
+    def unmanage(self, volume: Any) -> None:
         """Keep the file under its name; it can be managed back by it.
 
         Once Cinder has forgotten the volume, its ``volume-<id>`` is listed
@@ -605,7 +632,9 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         """
         self._release_file(volume)
 
-    def manage_existing_snapshot(self, snapshot, existing_ref):
+    def manage_existing_snapshot(
+            self, snapshot: Any,
+            existing_ref: Optional[dict[str, Any]]) -> None:
         """Take a file as the snapshot's, renamed to ``snapshot-<id>``.
 
         Any plain file will do (a snapshot is a full sparse copy here),
@@ -613,11 +642,13 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         """
         self._take_file(snapshot, existing_ref, 'snapshot')
 
-    def manage_existing_snapshot_get_size(self, snapshot, existing_ref):
-        return self._gib(self.files.size(
-            self._managed_name(snapshot, existing_ref, 'snapshot')))
+    def manage_existing_snapshot_get_size(
+            self, snapshot: Any,
+            existing_ref: Optional[dict[str, Any]]) -> int:
+        return self._gib(
+            self._managed_file(snapshot, existing_ref, 'snapshot')[1])
 
-    def unmanage_snapshot(self, snapshot):
+    def unmanage_snapshot(self, snapshot: Any) -> None:
         """Keep the file as ``snapshot-<id>``, listed as manageable again.
 
         Tempest manages it back with manage_snapshot_ref set to
@@ -626,7 +657,8 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         """
         self._release_file(snapshot)
 
-    def _manageable_entry(self, name, size, cinder_id):
+    def _manageable_entry(self, name: str, size: int,
+                          cinder_id: Optional[str]) -> dict[str, Any]:
         """One entry of a manageable listing; safe unless Cinder has it."""
         safe = cinder_id is None
         return {
@@ -638,8 +670,11 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             'extra_info': None,
         }
 
-    def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
-                               sort_keys, sort_dirs):
+    def get_manageable_volumes(self, cinder_volumes: list[Any],
+                               marker: Optional[dict[str, Any] | str],
+                               limit: int, offset: Optional[int],
+                               sort_keys: list[str],
+                               sort_dirs: list[str]) -> list[dict[str, Any]]:
         """volume- files and operators' files; never snapshots or temps."""
         managed = {vol.name for vol in cinder_volumes}
         entries = []
@@ -653,8 +688,11 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         return volume_utils.paginate_entries_list(
             entries, marker, limit, offset, sort_keys, sort_dirs)
 
-    def get_manageable_snapshots(self, cinder_snapshots, marker, limit,
-                                 offset, sort_keys, sort_dirs):
+    def get_manageable_snapshots(self, cinder_snapshots: list[Any],
+                                 marker: Optional[dict[str, Any] | str],
+                                 limit: int, offset: Optional[int],
+                                 sort_keys: list[str],
+                                 sort_dirs: list[str]) -> list[dict[str, Any]]:
         """The ``snapshot-<id>`` files, each with its parent volume.
 
         A file holds no trace of its parent: Cinder does, in the
@@ -689,7 +727,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
 
     # -- iSCSI export: delegated to the tgt helper ---------------------
 
-    def _check_exportable(self, volume):
+    def _check_exportable(self, volume: Any) -> None:
         """Fail naming the mount unless the volume's file answers.
 
         tgtd would happily re-use a target whose LUN fails every I/O on a
@@ -702,7 +740,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
                        "%(home)s") % {'name': volume.name,
                                       'home': self.mount.volumes_home})
 
-    def _check_mount_answers(self):
+    def _check_mount_answers(self) -> None:
         """The mount answers a bounded call; one per ensure burst.
 
         cinder-volume calls ensure_export for every volume at start-up;
@@ -714,14 +752,15 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self.mount.capacity()
         self._mount_seen_alive = time.monotonic()
 
-    def create_export(self, context, volume, connector):
+    def create_export(self, context: Any, volume: Any,
+                      connector: Optional[dict[str, Any]]) -> dict[str, Any]:
         """Export with the connector so the target is never open to all.
 
         A connector with ``access_mode`` 'ro' (os-export of a volume whose
         admin metadata says readonly=True) gets a read-only LUN.
         """
         self._check_exportable(volume)
-        readonly = bool(connector) and connector.get('access_mode') == 'ro'
+        readonly = bool(connector and connector.get('access_mode') == 'ro')
         data = self.target_driver.create_export(context, volume,
                                                 self.local_path(volume),
                                                 connector=connector,
@@ -729,21 +768,26 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         return {'provider_location': data['location'],
                 'provider_auth': data['auth']}
 
-    def ensure_export(self, context, volume):
+    def ensure_export(self, context: Any,
+                      volume: Any) -> Optional[dict[str, Any]]:
         """Re-create a lost target; may return new CHAP to persist."""
         self._check_mount_answers()
         return self.target_driver.ensure_export(context, volume,
                                                 self.local_path(volume))
 
-    def remove_export(self, context, volume):
+    def remove_export(self, context: Any, volume: Any) -> None:
         self.target_driver.remove_export(context, volume)
 
-    def initialize_connection(self, volume, connector, initiator_data=None):
+    def initialize_connection(self, volume: Any, connector: dict[str, Any],
+                              initiator_data: Optional[dict[str, Any]] = None
+                              ) -> dict[str, Any]:
         return self.target_driver.initialize_connection(volume, connector)
 
-    def terminate_connection(self, volume, connector, **kwargs):
+    def terminate_connection(self, volume: Any,
+                             connector: Optional[dict[str, Any]],
+                             **kwargs: Any) -> bool:
         return self.target_driver.terminate_connection(volume, connector,
                                                        **kwargs)
 
-    def validate_connector(self, connector):
+    def validate_connector(self, connector: dict[str, Any]) -> bool:
         return self.target_driver.validate_connector(connector)

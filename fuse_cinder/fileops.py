@@ -19,6 +19,7 @@ existing file is never overwritten by accident.
 """
 
 import uuid
+from typing import Callable, Optional
 
 from oslo_concurrency import processutils
 from oslo_log import log as logging
@@ -27,6 +28,7 @@ from oslo_utils import units
 from cinder import exception
 from cinder.i18n import _
 
+from fuse_cinder import mount as fuse_mount
 from fuse_cinder import names
 
 LOG = logging.getLogger(__name__)
@@ -41,20 +43,21 @@ class BackingFiles:
     file that is not the driver's own (see its module docstring).
     """
 
-    def __init__(self, mount, sparse=True):
+    def __init__(self, mount: fuse_mount.FuseMount,
+                 sparse: bool = True) -> None:
         self.mount = mount
         self.sparse = sparse
 
     @property
-    def provisioning(self):
+    def provisioning(self) -> str:
         return 'thin' if self.sparse else 'thick'
 
     @property
-    def _allocation_timeout(self):
+    def _allocation_timeout(self) -> Optional[float]:
         """A thick create or grow writes the data: a copy's bound."""
         return None if self.sparse else self.mount.copy_timeout
 
-    def _stat(self, name):
+    def _stat(self, name: str) -> Optional[tuple[str, int, int]]:
         """(kind, size, allocated bytes) of ``name``, or None if missing.
 
         A final symlink is not followed: it is reported as 'symlink'.
@@ -68,30 +71,30 @@ class BackingFiles:
         kind, size, allocated = out.split()
         return kind, int(size), int(allocated)
 
-    def size(self, name):
+    def size(self, name: str) -> Optional[int]:
         """Apparent size in bytes, or None when there is no such file."""
         found = self._stat(name)
         return None if found is None else found[1]
 
-    def exists(self, name):
+    def exists(self, name: str) -> bool:
         return self._stat(name) is not None
 
-    def file_type(self, name):
+    def file_type(self, name: str) -> Optional[str]:
         """'regular', 'directory', 'symlink', 'other', or None if missing."""
         found = self._stat(name)
         return None if found is None else found[0]
 
-    def _refuse_existing(self, name):
+    def _refuse_existing(self, name: str) -> None:
         if self.exists(name):
             raise exception.VolumeBackendAPIException(
                 data=_("%(path)s already exists; refusing to overwrite it") %
                 {'path': self.mount.path(name)})
 
     @staticmethod
-    def _temp_name(name):
+    def _temp_name(name: str) -> str:
         return names.temp_name(name, uuid.uuid4().hex[:8])
 
-    def _build(self, name, steps):
+    def _build(self, name: str, steps: Callable[[str], None]) -> None:
         """Run ``steps(temp_name)`` then rename the result to ``name``."""
         self._refuse_existing(name)
         temp = self._temp_name(name)
@@ -104,7 +107,7 @@ class BackingFiles:
             self.delete(temp, check_exit_code=False)
             raise
 
-    def create(self, name, size_gb):
+    def create(self, name: str, size_gb: int) -> None:
         """A new file of ``size_gb``: a hole, or allocated when thick.
 
         One request: the helper opens the file with O_EXCL, so an existing
@@ -125,7 +128,7 @@ class BackingFiles:
             self.delete(name, check_exit_code=False)
             raise
 
-    def _copy_to(self, src_name, temp):
+    def _copy_to(self, src_name: str, temp: str) -> None:
         """Copy ``src_name`` to the new file ``temp``.
 
         Only the data extents are copied, server-side where the
@@ -136,15 +139,16 @@ class BackingFiles:
         self.mount.helper('copy', src_name, temp, self.provisioning,
                           timeout=self.mount.copy_timeout)
 
-    def copy(self, src_name, dst_name, size_gb=None):
+    def copy(self, src_name: str, dst_name: str,
+             size_gb: Optional[int] = None) -> None:
         """A copy of ``src_name``, grown to ``size_gb`` if given."""
-        def steps(temp):
+        def steps(temp: str) -> None:
             self._copy_to(src_name, temp)
             if size_gb is not None:
                 self.extend(temp, size_gb)
         self._build(dst_name, steps)
 
-    def replace(self, src_name, dst_name):
+    def replace(self, src_name: str, dst_name: str) -> None:
         """Overwrite ``dst_name`` with a copy of ``src_name``, all or none.
 
         The old content stays in place until the new copy is complete.
@@ -157,7 +161,7 @@ class BackingFiles:
             self.delete(temp, check_exit_code=False)
             raise
 
-    def extend(self, name, size_gb):
+    def extend(self, name: str, size_gb: int) -> None:
         """Grow a file in place (it may be exported right now)."""
         old = self.size(name)
         new = size_gb * units.Gi
@@ -176,7 +180,8 @@ class BackingFiles:
         self.mount.helper('grow', name, str(new), self.provisioning,
                           timeout=self._allocation_timeout)
 
-    def move_to(self, name, other, rename=False):
+    def move_to(self, name: str, other: 'BackingFiles',
+                rename: bool = False) -> str:
         """Move ``name`` into ``other``, another volumes_home, whole.
 
         ``other`` is the BackingFiles of a second FUSE mount (or the same
@@ -225,16 +230,16 @@ class BackingFiles:
                                   'err': exc})
         return 'copy'
 
-    def delete(self, name, check_exit_code=True):
+    def delete(self, name: str, check_exit_code: bool = True) -> None:
         """Remove a file; a missing one is not an error."""
         self.mount.helper('delete', name, check_exit_code=check_exit_code)
 
-    def rename(self, src_name, dst_name):
+    def rename(self, src_name: str, dst_name: str) -> None:
         """Rename, never over an existing file."""
         self._refuse_existing(dst_name)
         self.mount.helper('rename', src_name, dst_name, 'keep')
 
-    def list_sizes(self):
+    def list_sizes(self) -> dict[str, int]:
         """{name: apparent size} of the regular files in volumes_home.
 
         One directory listing, used at start-up and for manage listings.

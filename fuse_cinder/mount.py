@@ -25,6 +25,7 @@ import select
 import shlex
 import subprocess
 import time
+from typing import Any, BinaryIO, Callable, IO, NoReturn, Optional, Sequence
 
 from oslo_concurrency import processutils
 from oslo_log import log as logging
@@ -69,7 +70,7 @@ class FuseNoSpace(exception.VolumeBackendAPIException):
     message = _("No space left on FUSE mount %(mount)s: %(reason)s")
 
 
-def _copy_sparse(pipe, out, deadline):
+def _copy_sparse(pipe: IO[bytes], out: BinaryIO, deadline: float) -> int:
     """Copy a pipe into ``out``, seeking over zeros; returns the size."""
     zeros = bytes(_PIPE_CHUNK)
     size = 0
@@ -91,10 +92,14 @@ def _copy_sparse(pipe, out, deadline):
 class FuseMount:
     """volumes_home on its FUSE mount, driven through an executor."""
 
-    def __init__(self, volumes_home, execute, fs_call_timeout, copy_timeout,
-                 check_fuse=True, mounts_file='/proc/self/mounts',
-                 mountinfo_file='/proc/self/mountinfo',
-                 popen=subprocess.Popen):
+    def __init__(self, volumes_home: str,
+                 execute: Callable[..., tuple[str, str]],
+                 fs_call_timeout: float, copy_timeout: float,
+                 check_fuse: bool = True,
+                 mounts_file: str = '/proc/self/mounts',
+                 mountinfo_file: str = '/proc/self/mountinfo',
+                 popen: Callable[..., 'subprocess.Popen[bytes]'] = (
+                     subprocess.Popen)) -> None:
         self.volumes_home = os.path.normpath(volumes_home)
         self._execute = execute
         self._popen = popen
@@ -104,10 +109,10 @@ class FuseMount:
         self.mounts_file = mounts_file
         self.mountinfo_file = mountinfo_file
 
-    def path(self, name):
+    def path(self, name: str) -> str:
         return os.path.join(self.volumes_home, name)
 
-    def entry(self):
+    def entry(self) -> Optional[mount_table.MountEntry]:
         """The mount entry for volumes_home, read from the kernel's table.
 
         The mount table lives in procfs, so reading it never blocks on the
@@ -117,7 +122,7 @@ class FuseMount:
             return mount_table.find_mount(
                 self.volumes_home, mount_table.parse_mounts(f.read()))
 
-    def identity(self):
+    def identity(self) -> Optional[int]:
         """The kernel's id of the mount holding volumes_home (procfs).
 
         A remount gets a new id, and a detached mount keeps its id for as
@@ -127,7 +132,7 @@ class FuseMount:
         found = self._mountinfo()
         return found.mount_id if found else None
 
-    def device(self):
+    def device(self) -> Optional[str]:
         """The device number of the filesystem under volumes_home (procfs).
 
         What tells two volumes_home of this machine on one filesystem
@@ -137,12 +142,13 @@ class FuseMount:
         found = self._mountinfo()
         return found.device if found else None
 
-    def _mountinfo(self):
+    def _mountinfo(self) -> Optional[mount_table.MountId]:
         with open(self.mountinfo_file) as f:
             return mount_table.find_mount(
                 self.volumes_home, mount_table.parse_mountinfo(f.read()))
 
-    def run(self, *cmd, timeout=None, **kwargs):
+    def run(self, *cmd: str, timeout: Optional[float] = None,
+            **kwargs: Any) -> tuple[str, str]:
         """Run one command on the mount as root, bounded in time.
 
         Failures a FUSE mount is known for become Cinder exceptions that
@@ -166,11 +172,13 @@ class FuseMount:
                          "not be killed after %(timeout)s s") %
                        {'cmd': cmd[0], 'timeout': timeout})
 
-    def helper(self, op, *args, **kwargs):
+    def helper(self, op: str, *args: str,
+               **kwargs: Any) -> tuple[str, str]:
         """One ``fuse-cinder-files`` request on volumes_home (see run)."""
         return self.run(HELPER, op, self.volumes_home, *args, **kwargs)
 
-    def helper_from(self, source, op, *args, **kwargs):
+    def helper_from(self, source: str, op: str, *args: str,
+                    **kwargs: Any) -> tuple[str, str]:
         """A request from the volumes_home ``source`` into this one.
 
         ``fuse-cinder-files OP SOURCE ARGS... VOLUMES_HOME`` (a migration's
@@ -180,7 +188,7 @@ class FuseMount:
         return self.run(HELPER, op, source, *args, self.volumes_home,
                         **kwargs)
 
-    def read_into(self, name, dest):
+    def read_into(self, name: str, dest: str) -> None:
         """Copy the backing file ``name`` into the local file ``dest``.
 
         For image uploads: Cinder's would open the file on the mount inside
@@ -200,6 +208,8 @@ class FuseMount:
         deadline = time.monotonic() + timeout + _REAP_GRACE
         proc = self._popen(cmd, stdin=subprocess.DEVNULL,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # Both are pipes: Popen was asked for them.
+        assert proc.stdout is not None and proc.stderr is not None
         try:
             with open(dest, 'wb') as out:
                 out.truncate(_copy_sparse(proc.stdout, out, deadline))
@@ -218,12 +228,13 @@ class FuseMount:
             self._translate(exc, helper, timeout)
             raise exc
 
-    def _hung(self, reason):
+    def _hung(self, reason: str) -> NoReturn:
         LOG.error("FUSE mount of %(home)s is hung: %(reason)s",
                   {'home': self.volumes_home, 'reason': reason})
         raise FuseMountUnavailable(mount=self.volumes_home, reason=reason)
 
-    def _translate(self, exc, cmd, timeout):
+    def _translate(self, exc: processutils.ProcessExecutionError,
+                   cmd: Sequence[str], timeout: float) -> None:
         stderr = exc.stderr or ''
         if exc.exit_code in _KILLED_BY_TIMEOUT:
             self._hung(_("'%(cmd)s' got no answer within %(timeout)s s; "
@@ -246,7 +257,7 @@ class FuseMount:
                                            reason=stderr.strip())
             raise exception.VolumeBackendAPIException(data=stderr.strip())
 
-    def check_mounted(self):
+    def check_mounted(self) -> Optional[mount_table.MountEntry]:
         """Refuse a volumes_home whose FUSE filesystem is not mounted.
 
         Without its mount, volumes_home is a plain directory of the host:
@@ -261,10 +272,11 @@ class FuseMount:
                 (entry.fs_type if entry else 'no mount'))
         return entry
 
-    def check(self):
+    def check(self) -> Optional[mount_table.MountEntry]:
         """Refuse a volumes_home that root or tgtd could not really use."""
         entry = self.check_mounted()
-        if self.check_fuse:
+        # With check_fuse, check_mounted has refused a missing mount.
+        if self.check_fuse and entry is not None:
             if not entry.reachable_by_root:
                 raise FuseMountUnavailable(
                     mount=self.volumes_home,
@@ -281,7 +293,7 @@ class FuseMount:
                     reason='%s: %s' % (problem, (exc.stderr or '').strip()))
         return entry
 
-    def capacity(self):
+    def capacity(self) -> tuple[int, int]:
         """(total, available) bytes of the filesystem, from statvfs."""
         self.check_mounted()
         out, _err = self.helper('statfs')

@@ -19,13 +19,14 @@ importing Cinder.
 import dataclasses
 import os
 import re
+from typing import Iterable, Optional, Protocol, TypeVar
 
 _OCTAL_ESCAPE_RE = re.compile(r'\\([0-7]{3})')
 #: Filesystem types of FUSE mounts besides ``fuse.<name>``.
 _FUSE_TYPES = ('fuse', 'fuseblk')
 
 
-def is_fuse_type(fs_type):
+def is_fuse_type(fs_type: str) -> bool:
     return fs_type in _FUSE_TYPES or fs_type.startswith('fuse.')
 
 
@@ -36,13 +37,13 @@ class MountEntry:
     source: str
     mount_point: str
     fs_type: str
-    options: tuple
+    options: tuple[str, ...]
 
     @property
-    def is_fuse(self):
+    def is_fuse(self) -> bool:
         return is_fuse_type(self.fs_type)
 
-    def option(self, name):
+    def option(self, name: str) -> Optional[str]:
         for opt in self.options:
             key, _sep, value = opt.partition('=')
             if key == name:
@@ -50,7 +51,7 @@ class MountEntry:
         return None
 
     @property
-    def reachable_by_root(self):
+    def reachable_by_root(self) -> bool:
         """Whether root (cinder's root helper, tgtd) may open its files.
 
         FUSE hides a mount from every user but its owner unless it was
@@ -61,7 +62,7 @@ class MountEntry:
                 self.option('user_id') == '0')
 
 
-def unescape(field):
+def unescape(field: str) -> str:
     """Undo the octal escapes the kernel uses for blanks in mount paths.
 
     Only those: every other character, non-ASCII ones included, is the
@@ -70,7 +71,7 @@ def unescape(field):
     return _OCTAL_ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
-def parse_mounts(text):
+def parse_mounts(text: str) -> list[MountEntry]:
     entries = []
     for line in text.splitlines():
         fields = line.split()
@@ -94,7 +95,7 @@ class MountId:
     fs_type: str = ''
 
 
-def parse_mountinfo(text):
+def parse_mountinfo(text: str) -> list[MountId]:
     """[MountId] of a mountinfo file, in the kernel's order."""
     entries = []
     for line in text.splitlines():
@@ -107,7 +108,7 @@ def parse_mountinfo(text):
     return entries
 
 
-def fd_mount_id(fd, pid='self'):
+def fd_mount_id(fd: int | str, pid: int | str = 'self') -> Optional[int]:
     """The id of the mount holding the file open on ``fd`` (procfs)."""
     with open('/proc/%s/fdinfo/%s' % (pid, fd)) as f:
         for line in f:
@@ -117,7 +118,8 @@ def fd_mount_id(fd, pid='self'):
     return None
 
 
-def fd_fs_type(fd, pid='self'):
+def fd_fs_type(fd: int | str,
+               pid: int | str = 'self') -> Optional[str]:
     """The type of the mount holding ``fd``; None if the kernel names none.
 
     Looked up in that process's own mount namespace.
@@ -130,7 +132,15 @@ def fd_fs_type(fd, pid='self'):
     return next((m.fs_type for m in entries if m.mount_id == mount_id), '')
 
 
-def find_mount(path, entries):
+class _Mounted(Protocol):
+    @property
+    def mount_point(self) -> str: ...
+
+
+_M = TypeVar('_M', bound=_Mounted)
+
+
+def find_mount(path: str, entries: Iterable[_M]) -> Optional[_M]:
     """The mount holding ``path``: the longest matching mount point.
 
     ``path`` is not resolved with realpath, which would stat every component

@@ -49,45 +49,45 @@ _OBJECT_RE = re.compile(OBJECT)
 _VOLUME_RE = re.compile(VOLUME)
 
 
-def _full(regex, name):
+def _full(regex: re.Pattern[str], name: object) -> bool:
     return isinstance(name, str) and regex.fullmatch(name) is not None
 
 
-def is_owned(name):
+def is_owned(name: str) -> bool:
     """A file the driver made: its volumes, snapshots and temporaries."""
     return _full(_OWNED_RE, name)
 
 
-def is_object(name):
+def is_object(name: str) -> bool:
     """volume-<uuid> or snapshot-<uuid>."""
     return _full(_OBJECT_RE, name)
 
 
-def is_volume(name):
+def is_volume(name: str) -> bool:
     """volume-<uuid>."""
     return _full(_VOLUME_RE, name)
 
 
-def is_temp_of(name, of):
+def is_temp_of(name: str, of: str) -> bool:
     """The temporary name under which ``of`` is built (temp_name)."""
     return (is_owned(name) and
             name.startswith('%s%s-' % (TEMP_PREFIX, of)) and
             len(name) == len(temp_name(of, '0' * 8)))
 
 
-def is_rename_target(name):
+def is_rename_target(name: str) -> bool:
     return _full(_RENAME_TARGET_RE, name)
 
 
-def is_plain(name):
+def is_plain(name: str) -> bool:
     """One file name: no directory, not '.' or '..', no NUL or newline."""
     return _full(_PLAIN_RE, name)
 
 
-def temp_name(name, token):
+def temp_name(name: str, token: str) -> str:
     """The temporary name under which ``name`` is built."""
     return '%s%s-%s' % (TEMP_PREFIX, name, token)
 
 
-def probe_name(token):
+def probe_name(token: str) -> str:
     return PROBE_PREFIX + token

@@ -15,6 +15,8 @@ They are registered once, in Cinder's shared ``backend_defaults`` group, so
 that every backend section may override them, as Cinder's own drivers do.
 """
 
+from typing import Any
+
 from oslo_config import cfg
 
 from cinder.volume import configuration
@@ -73,7 +75,7 @@ BSOFLAGS_CHOICES = ('', 'direct', 'sync', 'direct,sync')
 DEFAULT_BSOFLAGS = 'direct'
 
 
-def _iscsi_length(name, text):
+def _iscsi_length(name: str, text: str) -> cfg.IntOpt:
     """An iSCSI length key: RFC 7143's range, 256 KiB by default."""
     return cfg.IntOpt(name, default=262144, min=512, max=16777215,
                       help=text)
@@ -143,7 +145,7 @@ CONF.register_opts(fuse_opts, group=configuration.SHARED_CONF_GROUP)
 CONF.register_opts(tgt_opts, group=configuration.SHARED_CONF_GROUP)
 
 
-def is_set(conf, name):
+def is_set(conf: Any, name: str) -> bool:
     """Did the operator give ``name`` a value for this backend?
 
     Cinder's default of iscsi_target_flags ('', buffered I/O) is not this
@@ -158,6 +160,6 @@ def is_set(conf, name):
     return where is not None and where.location != cfg.Locations.opt_default
 
 
-def list_opts():
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """Entry point for oslo-config-generator."""
     return [(configuration.SHARED_CONF_GROUP, fuse_opts + tgt_opts)]

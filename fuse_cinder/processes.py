@@ -14,6 +14,7 @@
 import os
 import shlex
 import subprocess
+from typing import Any, Optional
 
 from oslo_concurrency import processutils
 from oslo_log import log as logging
@@ -29,7 +30,7 @@ _OWN_KWARGS = frozenset(('run_as_root', 'root_helper', 'check_exit_code',
                          'timeout', 'process_input'))
 
 
-def execute(*cmd, **kwargs):
+def execute(*cmd: object, **kwargs: Any) -> tuple[str, str]:
     """Cinder's ``utils.execute``, started without a ``preexec_fn``.
 
     processutils always passes one (to reset SIGPIPE), and with one
@@ -47,18 +48,18 @@ def execute(*cmd, **kwargs):
         return utils.execute(*cmd, **kwargs)
     check = kwargs.get('check_exit_code', True)
     if isinstance(check, bool):
-        codes = [0] if check else None
+        codes: Optional[list[int]] = [0] if check else None
     elif isinstance(check, int):
         codes = [check]
     else:
         codes = list(check)
-    cmd = tuple(str(c) for c in cmd)
+    args = tuple(str(c) for c in cmd)
     if kwargs.get('run_as_root') and os.geteuid() != 0:
         root_helper = kwargs.get('root_helper') or utils.get_root_helper()
-        cmd = tuple(shlex.split(root_helper)) + cmd
-    shown = strutils.mask_password(' '.join(cmd))
+        args = tuple(shlex.split(root_helper)) + args
+    shown = strutils.mask_password(' '.join(args))
     LOG.debug('Running cmd (subprocess): %s', shown)
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             close_fds=True)
     try:
@@ -77,7 +78,7 @@ def execute(*cmd, **kwargs):
     return stdout, stderr
 
 
-def is_timeout_expired(exc):
+def is_timeout_expired(exc: BaseException) -> bool:
     """Whether exc is subprocess's TimeoutExpired, from any copy of it.
 
     processutils raises it when a command outlives its ``timeout``. Under

@@ -20,6 +20,7 @@ make many) stops its tick instead of ticking for ever.
 
 import threading
 import time
+from typing import Optional
 import weakref
 
 from oslo_log import log as logging
@@ -27,7 +28,8 @@ from oslo_log import log as logging
 LOG = logging.getLogger(__name__)
 
 
-def every(interval, owner, method_name, name):
+def every(interval: float, owner: object, method_name: str,
+          name: str) -> Optional[threading.Thread]:
     """Call ``owner.<method_name>()`` every ``interval`` s; None if off.
 
     An exception is logged and the tick goes on: a failure to heal now is
@@ -37,7 +39,7 @@ def every(interval, owner, method_name, name):
         return None
     ref = weakref.ref(owner)
 
-    def loop():
+    def loop() -> None:
         while True:
             time.sleep(interval)
             target = ref()

@@ -43,6 +43,7 @@ import mmap
 import os
 import stat
 import sys
+from typing import Callable, Optional
 
 from fuse_cinder.cmd import sparse_copy
 from fuse_cinder import mount_table
@@ -59,7 +60,7 @@ class Refused(Exception):
     """A request outside what the driver may do as root."""
 
 
-def is_fuse_fd(fd):
+def is_fuse_fd(fd: int) -> bool:
     """Whether the file open on ``fd`` lies on a FUSE filesystem."""
     fs_type = mount_table.fd_fs_type(fd)
     if fs_type is None:
@@ -68,7 +69,7 @@ def is_fuse_fd(fd):
     return mount_table.is_fuse_type(fs_type)
 
 
-def open_home(path, require_fuse=True):
+def open_home(path: str, require_fuse: bool = True) -> int:
     """A descriptor on the volumes_home ``path``, refused unless on FUSE."""
     if (not isinstance(path, str) or not os.path.isabs(path) or
             os.path.normpath(path) != path or '\n' in path or
@@ -84,21 +85,22 @@ def open_home(path, require_fuse=True):
     return fd
 
 
-def _check(name, test, what):
+def _check(name: str, test: Callable[[str], bool], what: str) -> str:
     if not test(name):
         raise Refused('%r is not %s' % (name, what))
     return name
 
 
-def owned(name):
+def owned(name: str) -> str:
     return _check(name, names.is_owned, "one of the driver's file names")
 
 
-def plain(name):
+def plain(name: str) -> str:
     return _check(name, names.is_plain, 'a plain file name')
 
 
-def _open_regular(home, name, flags, mode=0o600):
+def _open_regular(home: int, name: str, flags: int,
+                  mode: int = 0o600) -> int:
     """Open ``name`` in ``home`` as a regular file, never via a symlink.
 
     O_NONBLOCK keeps a FIFO planted under our name from blocking the
@@ -120,7 +122,7 @@ _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64,
                             ctypes.c_int64)
 
 
-def _fallocate(fd, offset, length):
+def _fallocate(fd: int, offset: int, length: int) -> None:
     """fallocate(2) itself, never glibc's emulation of it.
 
     posix_fallocate writes one byte per block where the filesystem has
@@ -131,7 +133,7 @@ def _fallocate(fd, offset, length):
         raise OSError(err, os.strerror(err))
 
 
-def allocate(fd, offset, length):
+def allocate(fd: int, offset: int, length: int) -> None:
     """Give [offset, offset + length) real blocks (thick volumes).
 
     Many FUSE filesystems have no fallocate: then zeros are written in
@@ -150,10 +152,11 @@ def allocate(fd, offset, length):
         end = offset + length
         while offset < end:
             count = min(ZERO_CHUNK, end - offset)
-            aligned = direct is not None and count == ZERO_CHUNK and \
-                offset % ZERO_CHUNK == 0
-            sparse_copy.write_all(direct if aligned else fd,
-                                  memoryview(buf)[:count], offset)
+            target = fd
+            if (direct is not None and count == ZERO_CHUNK and
+                    offset % ZERO_CHUNK == 0):
+                target = direct             # aligned: O_DIRECT
+            sparse_copy.write_all(target, memoryview(buf)[:count], offset)
             offset += count
     finally:
         if direct is not None:
@@ -161,7 +164,7 @@ def allocate(fd, offset, length):
     os.fsync(fd)
 
 
-def do_create(home, args):
+def do_create(home: int, args: argparse.Namespace) -> None:
     """A new file of the given size, never an existing one (O_EXCL)."""
     name, size = owned(args.name), args.size
     fd = _open_regular(home, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
@@ -176,7 +179,7 @@ def do_create(home, args):
     os.close(fd)
 
 
-def do_grow(home, args):
+def do_grow(home: int, args: argparse.Namespace) -> None:
     """Grow a file in place; shrinking is refused (it would lose data)."""
     fd = _open_regular(home, owned(args.name), os.O_WRONLY)
     try:
@@ -195,7 +198,7 @@ def do_grow(home, args):
         os.close(fd)
 
 
-def _kind(mode):
+def _kind(mode: int) -> str:
     for test, word in ((stat.S_ISREG, 'regular'), (stat.S_ISDIR, 'directory'),
                        (stat.S_ISLNK, 'symlink')):
         if test(mode):
@@ -203,13 +206,13 @@ def _kind(mode):
     return 'other'
 
 
-def do_stat(home, args):
+def do_stat(home: int, args: argparse.Namespace) -> None:
     """Type, apparent size and allocated bytes; a symlink is not followed."""
     st = os.stat(plain(args.name), dir_fd=home, follow_symlinks=False)
     print('%s %d %d' % (_kind(st.st_mode), st.st_size, st.st_blocks * 512))
 
 
-def do_delete(home, args):
+def do_delete(home: int, args: argparse.Namespace) -> None:
     """Remove one of the driver's files; a missing one is fine."""
     name = owned(args.name)
     try:
@@ -224,7 +227,7 @@ def do_delete(home, args):
         pass
 
 
-def _volume_to_other_home(args):
+def _volume_to_other_home(args: argparse.Namespace) -> tuple[str, str]:
     """The names of a copy or rename into a second volumes_home.
 
     A migration moves one volume, under its own name or the temporary
@@ -240,7 +243,7 @@ def _volume_to_other_home(args):
                        'the temporary name of %s' % src)
 
 
-def do_rename(home, args):
+def do_rename(home: int, args: argparse.Namespace) -> None:
     """Rename a regular file to a name of the driver's, inside home.
 
     The source may be any plain name (manage takes an operator's file as
@@ -268,7 +271,7 @@ def do_rename(home, args):
     os.rename(src, dst, src_dir_fd=home, dst_dir_fd=args.dst_fd)
 
 
-def do_list(home, args):
+def do_list(home: int, args: argparse.Namespace) -> None:
     """name NUL size NUL for every regular file; names may hold newlines."""
     out = []
     with os.scandir(home) as entries:
@@ -279,12 +282,12 @@ def do_list(home, args):
     sys.stdout.buffer.write(b''.join(sorted(out)))
 
 
-def do_statfs(home, args):
+def do_statfs(home: int, args: argparse.Namespace) -> None:
     st = os.fstatvfs(home)
     print('%d %d %d' % (st.f_frsize, st.f_blocks, st.f_bavail))
 
 
-def do_probe(home, args):
+def do_probe(home: int, args: argparse.Namespace) -> None:
     """Create, flush and remove an empty file: is the mount writable?"""
     name = names.probe_name(os.urandom(16).hex())
     fd = _open_regular(home, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
@@ -295,7 +298,7 @@ def do_probe(home, args):
         os.unlink(name, dir_fd=home)
 
 
-def do_copy(home, args):
+def do_copy(home: int, args: argparse.Namespace) -> None:
     """Copy a volume or snapshot to a new file (see sparse_copy).
 
     With a second volumes_home, a volume to its temporary name there.
@@ -306,7 +309,7 @@ def do_copy(home, args):
         src_name = _check(args.src, names.is_object, 'a volume or snapshot')
         dst_name = owned(args.dst)
     src = _open_regular(home, src_name, os.O_RDONLY)
-    stats = {}
+    stats: dict[str, object] = {}
     try:
         dst = _open_regular(args.dst_fd, dst_name,
                             os.O_WRONLY | os.O_CREAT | os.O_EXCL)
@@ -323,7 +326,7 @@ def do_copy(home, args):
                                 for item in sorted(stats.items())]))
 
 
-def do_read(home, args):
+def do_read(home: int, args: argparse.Namespace) -> None:
     """Write a volume or snapshot to stdout, for an image upload.
 
     cinder-volume reads the pipe, so no process of its own ever opens a
@@ -352,19 +355,20 @@ def do_read(home, args):
             os.close(direct)
 
 
-def _size(text):
+def _size(text: str) -> int:
     if not text.isdigit() or len(text) > 20:
         raise argparse.ArgumentTypeError('not a size in bytes: %r' % text)
     return int(text)
 
 
-def _parser():
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Operate on the driver's backing files "
         'inside one volumes_home on a FUSE mount.')
     ops = parser.add_subparsers(dest='op', required=True)
 
-    def op(name, func, *args):
+    def op(name: str, func: Callable[[int, argparse.Namespace], None],
+           *args: str) -> argparse.ArgumentParser:
         sub = ops.add_parser(name)
         sub.add_argument('home')
         for arg in args:
@@ -394,7 +398,7 @@ def _parser():
     return parser
 
 
-def main(argv=None, require_fuse=True):
+def main(argv: Optional[list[str]] = None, require_fuse: bool = True) -> int:
     """Run one request; ``require_fuse`` is False only in unit tests."""
     args = _parser().parse_args(argv)
     what = ' '.join(str(v) for v in (args.op, getattr(args, 'name', None) or

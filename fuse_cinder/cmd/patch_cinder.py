@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Callable, Optional
 
 from fuse_cinder import patches
 
@@ -57,11 +58,15 @@ REVERT_ORDER = ('Restart cinder-api and cinder-scheduler first, so that no '
                 'cinder-volume service.')
 
 
+#: Where the commands write their report, one line per call (print).
+Output = Callable[[str], None]
+
+
 class PatchError(Exception):
     """An environment problem that makes every command impossible."""
 
 
-def default_site_packages():
+def default_site_packages() -> str:
     """Directory holding the importable ``cinder`` package.
 
     Found without importing it: importing Cinder monkey-patches the
@@ -74,7 +79,7 @@ def default_site_packages():
     return os.path.dirname(list(spec.submodule_search_locations)[0])
 
 
-def cinder_version(site):
+def cinder_version(site: str) -> str:
     """Version of the Cinder distribution installed in ``site``."""
     if not os.path.isdir(os.path.join(site, 'cinder')):
         raise PatchError('No cinder package in %s.' % site)
@@ -88,12 +93,12 @@ def cinder_version(site):
 class Tool(object):
     """Runs one patch program over the site-packages directory."""
 
-    def __init__(self, kind, site):
+    def __init__(self, kind: str, site: str) -> None:
         self.kind = kind
         self.site = site
 
     @classmethod
-    def find(cls, wanted, site):
+    def find(cls, wanted: str, site: str) -> 'Tool':
         kinds = ['patch', 'git'] if wanted == 'auto' else [wanted]
         for kind in kinds:
             if shutil.which(kind):
@@ -101,7 +106,8 @@ class Tool(object):
         raise PatchError('Neither of %s is installed; install GNU patch.' %
                          ' / '.join(kinds))
 
-    def _command(self, patch_file, reverse, dry_run):
+    def _command(self, patch_file: str, reverse: bool,
+                 dry_run: bool) -> list[str]:
         if self.kind == 'patch':
             # --force: never ask and never guess that a patch is reversed
             # (--batch would silently apply it backwards); --fuzz=0: only
@@ -121,7 +127,8 @@ class Tool(object):
             cmd.append('--check')
         return cmd + [patch_file]
 
-    def run(self, patch_file, reverse=False, dry_run=False):
+    def run(self, patch_file: str, reverse: bool = False,
+            dry_run: bool = False) -> tuple[bool, str]:
         """Returns (succeeded, program output)."""
         env = dict(os.environ)
         # git apply inside a work tree would resolve paths from its top.
@@ -134,7 +141,7 @@ class Tool(object):
         return proc.returncode == 0, proc.stdout.strip()
 
 
-def _scratch_copy(site, files, dest):
+def _scratch_copy(site: str, files: list[str], dest: str) -> None:
     """Copy what the patches touch, so dry runs can build on each other.
 
     Later patches of the series may have earlier ones in their context,
@@ -150,7 +157,8 @@ def _scratch_copy(site, files, dest):
                 shutil.copy2(src, dst)
 
 
-def _replay(tool, files, applied):
+def _replay(tool: Tool, files: list[str], applied: int
+            ) -> tuple[bool, Optional[str], Optional[str]]:
     """Whether the sources are pristine plus the first ``applied`` patches.
 
     Undoes those on a scratch copy, then the whole series must apply.
@@ -170,7 +178,8 @@ def _replay(tool, files, applied):
     return True, None, None
 
 
-def series_state(tool, files):
+def series_state(tool: Tool, files: list[str]
+                 ) -> tuple[Optional[int], Optional[str]]:
     """How many leading patches of the series are applied.
 
     Returns (count, None), or (None, diagnostics) when the sources are
@@ -187,7 +196,7 @@ def series_state(tool, files):
     return None, first
 
 
-def drop_bytecode(site, patch_file):
+def drop_bytecode(site: str, patch_file: str) -> None:
     """Remove cached bytecode of patched modules so nothing stale runs."""
     for rel in patches.touched_files(patch_file):
         base, name = os.path.split(os.path.join(site, rel))
@@ -200,11 +209,11 @@ def drop_bytecode(site, patch_file):
                 pass
 
 
-def _name(patch_file):
+def _name(patch_file: str) -> str:
     return os.path.basename(patch_file)
 
 
-def cmd_check(tool, files, out):
+def cmd_check(tool: Tool, files: list[str], out: Output) -> int:
     count, why = series_state(tool, files)
     if count is None:
         for f in files:
@@ -226,7 +235,8 @@ def cmd_check(tool, files, out):
     return EXIT_STATE
 
 
-def _change(tool, files, out, reverse, dry_run):
+def _change(tool: Tool, files: list[str], out: Output, reverse: bool,
+            dry_run: bool) -> int:
     verb, done = ('revert', 'reverted') if reverse else ('apply', 'applied')
     count, why = series_state(tool, files)
     if count is None:
@@ -241,7 +251,7 @@ def _change(tool, files, out, reverse, dry_run):
         skipped = files[:count]
     for f in skipped:
         out('%-40s already %s' % (_name(f), done))
-    changed = []
+    changed: list[str] = []
     for f in todo:
         if dry_run:
             out('%-40s would be %s' % (_name(f), done))
@@ -262,11 +272,12 @@ def _change(tool, files, out, reverse, dry_run):
     return EXIT_OK
 
 
-def cmd_apply(tool, files, out, dry_run=False):
+def cmd_apply(tool: Tool, files: list[str], out: Output,
+              dry_run: bool = False) -> int:
     return _change(tool, files, out, reverse=False, dry_run=dry_run)
 
 
-def database_url(config_file):
+def database_url(config_file: str) -> Optional[str]:
     """[database] connection of a cinder.conf, or None."""
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     if not parser.read(config_file):
@@ -274,7 +285,7 @@ def database_url(config_file):
     return parser.get('database', 'connection', fallback=None) or None
 
 
-def exported_volumes(url):
+def exported_volumes(url: str) -> list[tuple[str, str]]:
     """(id, status) of every volume in an export status."""
     import sqlalchemy
 
@@ -292,7 +303,8 @@ def exported_volumes(url):
         engine.dispose()
 
 
-def _check_no_exports(config_file, out, force):
+def _check_no_exports(config_file: Optional[str], out: Output,
+                      force: bool) -> bool:
     """Whether revert may go on; says what to do when it may not."""
     advice = ('Remove every export first: "cinder delete-export VOLUME" '
               '(any of these statuses), then revert.')
@@ -328,15 +340,16 @@ def _check_no_exports(config_file, out, force):
     return False
 
 
-def cmd_revert(tool, files, out, dry_run=False, config_file=None,
-               force=False):
+def cmd_revert(tool: Tool, files: list[str], out: Output,
+               dry_run: bool = False, config_file: Optional[str] = None,
+               force: bool = False) -> int:
     if not _check_no_exports(config_file, out, force):
         out('Nothing was changed.')
         return EXIT_STATE
     return _change(tool, files, out, reverse=True, dry_run=dry_run)
 
 
-def parse_args(argv):
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='fuse-cinder-patch',
         description='Check, apply or revert the fuse_cinder patches that '
@@ -364,7 +377,7 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def main(argv=None, out=print):
+def main(argv: Optional[list[str]] = None, out: Output = print) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         site = os.path.abspath(args.site_packages or

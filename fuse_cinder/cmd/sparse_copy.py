@@ -46,6 +46,7 @@ import os
 import struct
 import threading
 import time
+from typing import Callable, Iterator, Optional
 
 # Bytes per read request. FUSE splits an O_DIRECT read into requests of
 # its max_read and sends them together; on bindfs 1 MiB read 10 GiB
@@ -97,7 +98,7 @@ _STATX_BLOCKS = 0x400
 _STATX_BUF = 256
 
 
-def holes_visible(fd):
+def holes_visible(fd: int) -> bool:
     """Whether ``lseek`` on the filesystem of ``fd`` reports holes.
 
     Asked of a file that is one hole: a filesystem implementing SEEK_DATA
@@ -115,7 +116,7 @@ def holes_visible(fd):
     return False
 
 
-def fresh_blocks(fd):
+def fresh_blocks(fd: int) -> Optional[tuple[int, int]]:
     """(size, st_blocks) of ``fd`` as the filesystem says now, or None.
 
     statx with AT_STATX_FORCE_SYNC: FUSE asks its daemon instead of
@@ -137,7 +138,7 @@ def fresh_blocks(fd):
     return struct.unpack_from('=QQ', buf, 40)
 
 
-def blocks_trusted(dst):
+def blocks_trusted(dst: int) -> bool:
     """Whether ``st_blocks`` follows the data on the filesystem of ``dst``.
 
     Proven on ``dst``, the new empty file of this copy: a BLOCK of data
@@ -161,7 +162,7 @@ def blocks_trusted(dst):
             written[1] * 512 >= BLOCK and emptied[1] == 0)
 
 
-def source_is_empty(src):
+def source_is_empty(src: int) -> bool:
     """Whether the source holds no block: all holes, if blocks_trusted.
 
     The source is flushed first (data still in a FUSE client's write-back
@@ -173,7 +174,7 @@ def source_is_empty(src):
     return found is not None and found[1] == 0
 
 
-def data_extents(fd, size):
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     """[(start, end)] of the data in ``fd``, as SEEK_DATA/SEEK_HOLE say."""
     extents = []
     pos = 0
@@ -190,7 +191,7 @@ def data_extents(fd, size):
     return extents
 
 
-def write_all(fd, data, offset):
+def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         done = os.pwrite(fd, view, offset)
@@ -198,7 +199,7 @@ def write_all(fd, data, offset):
         offset += done
 
 
-def _copy_bytes(src, dst, start, end):
+def _copy_bytes(src: int, dst: int, start: int, end: int) -> None:
     """Plain read/write of [start, end)."""
     while start < end:
         data = os.pread(src, min(CHUNK, end - start), start)
@@ -208,7 +209,7 @@ def _copy_bytes(src, dst, start, end):
         start += len(data)
 
 
-def copy_range(src, dst, start, end):
+def copy_range(src: int, dst: int, start: int, end: int) -> bool:
     """copy_file_range of [start, end); False if not between these files.
 
     Raises on a real error, and when the source ends early.
@@ -227,13 +228,13 @@ def copy_range(src, dst, start, end):
     return True
 
 
-def copy_extent(src, dst, start, end):
+def copy_extent(src: int, dst: int, start: int, end: int) -> None:
     """Copy [start, end), server-side where the filesystem can."""
     if not copy_range(src, dst, start, end):
         _copy_bytes(src, dst, start, end)
 
 
-def reopen_direct(fd, flags):
+def reopen_direct(fd: int, flags: int) -> Optional[int]:
     """An O_DIRECT descriptor on the file open on ``fd``, or None.
 
     Re-opened through /proc/self/fd, which names the open file itself:
@@ -248,19 +249,20 @@ def reopen_direct(fd, flags):
         return None
 
 
-def _address(buf):
+def _address(buf: mmap.mmap) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
-def _nonzero_runs(data, zeros):
+def _nonzero_runs(data: bytes, zeros: bytes) -> list[tuple[int, int]]:
     """[(start, end)] of the runs of BLOCKs of ``data`` that hold data."""
     return _runs(lambda at, end: data[at:end] == zeros[:end - at],
                  len(data))
 
 
-def _runs(is_zero, length):
+def _runs(is_zero: Callable[[int, int], bool],
+          length: int) -> list[tuple[int, int]]:
     runs = []
-    run = None
+    run: Optional[int] = None
     for at in range(0, length, BLOCK):
         if is_zero(at, min(at + BLOCK, length)):
             if run is not None:
@@ -287,21 +289,23 @@ class _Writer:
     between these files" is not tried again.
     """
 
-    def __init__(self, src, dst, dst_direct, use_copy_range=True):
+    def __init__(self, src: int, dst: int, dst_direct: Optional[int],
+                 use_copy_range: bool = True) -> None:
         self.src, self.dst, self.dst_direct = src, dst, dst_direct
         self.lock = threading.Lock()
         # method: [bytes, seconds, runs]
-        self.stats = {'write': [0, 0.0, 0], 'copy_range': [0, 0.0, 0]}
+        self.stats: dict[str, list[float]] = {
+            'write': [0, 0.0, 0], 'copy_range': [0, 0.0, 0]}
         self.copy_range_ok = use_copy_range
         self.trial = False          # a trial is under way
         self.runs = 0
         self.retry_at, self.retry_gap = RETRY, RETRY
 
-    def _rate(self, method):
+    def _rate(self, method: str) -> float:
         nbytes, seconds, _count = self.stats[method]
         return nbytes / seconds if seconds else float('inf')
 
-    def _best(self):
+    def _best(self) -> str:
         """The method for whole runs (lock held)."""
         if not self.copy_range_ok or not self.stats['copy_range'][2]:
             return 'write'
@@ -311,7 +315,7 @@ class _Writer:
             return 'copy_range'
         return 'write'
 
-    def plan(self):
+    def plan(self) -> tuple[str, Optional[int]]:
         """(method, limit): the first ``limit`` bytes (None: all) so.
 
         The rest of the run goes by best().
@@ -331,11 +335,12 @@ class _Writer:
             self.trial = True
             return ('write' if best == 'copy_range' else 'copy_range'), TRIAL
 
-    def best(self):
+    def best(self) -> str:
         with self.lock:
             return self._best()
 
-    def _note(self, method, nbytes, seconds, trial):
+    def _note(self, method: str, nbytes: int, seconds: float,
+              trial: bool) -> None:
         with self.lock:
             entry = self.stats[method]
             entry[0] += nbytes
@@ -344,7 +349,7 @@ class _Writer:
             if trial:
                 self.trial = False
 
-    def copy_range(self, start, end, trial=False):
+    def copy_range(self, start: int, end: int, trial: bool = False) -> bool:
         """copy_file_range of [start, end), timed; False if impossible."""
         began = time.monotonic()
         if copy_range(self.src, self.dst, start, end):
@@ -357,21 +362,24 @@ class _Writer:
                 self.trial = False
         return False
 
-    def write(self, buf, pos, start, end, trial=False):
+    def write(self, buf: mmap.mmap, pos: int, start: int, end: int,
+              trial: bool = False) -> None:
         """Write buf[start:end] at pos + start, timed."""
         began = time.monotonic()
-        aligned = self.dst_direct is not None and (end - start) % BLOCK == 0
-        write_all(self.dst_direct if aligned else self.dst,
-                  memoryview(buf)[start:end], pos + start)
+        fd = self.dst
+        if self.dst_direct is not None and (end - start) % BLOCK == 0:
+            fd = self.dst_direct            # aligned: O_DIRECT
+        write_all(fd, memoryview(buf)[start:end], pos + start)
         self._note('write', end - start, time.monotonic() - began, trial)
 
-    def _store(self, method, buf, pos, start, end, trial=False):
+    def _store(self, method: str, buf: mmap.mmap, pos: int, start: int,
+               end: int, trial: bool = False) -> None:
         if method == 'copy_range' and self.copy_range(pos + start,
                                                       pos + end, trial):
             return
         self.write(buf, pos, start, end, trial)
 
-    def put(self, buf, pos, start, end):
+    def put(self, buf: mmap.mmap, pos: int, start: int, end: int) -> None:
         """Store buf[start:end], the source's bytes at pos + start."""
         method, limit = self.plan()
         if limit is not None:
@@ -382,8 +390,9 @@ class _Writer:
             self._store(method, buf, pos, start, end)
 
 
-def stream_copy(src, dst, size, keep_zeros=False, readers=READERS,
-                stats=None):
+def stream_copy(src: int, dst: int, size: int, keep_zeros: bool = False,
+                readers: int = READERS,
+                stats: Optional[dict[str, object]] = None) -> None:
     """Copy ``size`` bytes in SEGMENTs, skipping zero BLOCKs unless asked.
 
     ``readers`` threads each take the next CLAIM SEGMENTs and, on an
@@ -402,19 +411,19 @@ def stream_copy(src, dst, size, keep_zeros=False, readers=READERS,
     claim = max(SEGMENT, min(CLAIM * SEGMENT,
                              -(-share // SEGMENT) * SEGMENT))
     claims = iter(range(0, size, claim))
-    state = {'error': None}
+    state: dict[str, Optional[BaseException]] = {'error': None}
     lock = threading.Lock()
     # Anonymous mappings read as zeros without ever being written.
     zeros = mmap.mmap(-1, SEGMENT)
     zero_at = _address(zeros)
 
-    def next_claim():
+    def next_claim() -> Optional[int]:
         with lock:
             if state['error'] is not None:
                 return None
             return next(claims, None)
 
-    def segments():
+    def segments() -> Iterator[int]:
         while True:
             start = next_claim()
             if start is None:
@@ -424,14 +433,14 @@ def stream_copy(src, dst, size, keep_zeros=False, readers=READERS,
                     return
                 yield pos
 
-    def one_reader():
+    def one_reader() -> None:
         # Page aligned, as O_DIRECT wants. Never closed: the ctypes
         # view of it stays exported.
         buf = mmap.mmap(-1, SEGMENT)
         at = _address(buf)
         own = None
 
-        def is_zero(start, end):
+        def is_zero(start: int, end: int) -> bool:
             return _memcmp(at + start, zero_at, end - start) == 0
         try:
             own = reopen_direct(src, os.O_RDONLY)
@@ -482,7 +491,7 @@ def stream_copy(src, dst, size, keep_zeros=False, readers=READERS,
         stats.update({m: s[0] for m, s in writer.stats.items()})
 
 
-def _read_segment(fd, buf, pos, length):
+def _read_segment(fd: int, buf: mmap.mmap, pos: int, length: int) -> None:
     """Read [pos, pos + length) into buf, CHUNK by CHUNK."""
     done = 0
     while done < length:
@@ -496,7 +505,8 @@ def _read_segment(fd, buf, pos, length):
         done += min(got, length - done)
 
 
-def copy_fds(src, dst, thick=False, stats=None):
+def copy_fds(src: int, dst: int, thick: bool = False,
+             stats: Optional[dict[str, object]] = None) -> str:
     """Copy the file open on ``src`` into the new, empty file on ``dst``.
 
     Returns how: 'extents' (copy_file_range of the data extents), 'empty'
@@ -526,7 +536,7 @@ def copy_fds(src, dst, thick=False, stats=None):
     return how
 
 
-def sparse_copy(src_path, dst_path, thick=False):
+def sparse_copy(src_path: str, dst_path: str, thick: bool = False) -> str:
     """copy_fds between two paths; the destination must not exist."""
     src = os.open(src_path, os.O_RDONLY)
     try:

@@ -76,7 +76,7 @@ PATCH_DIR = os.path.dirname(os.path.abspath(__file__))
 SERIES_FILE = os.path.join(PATCH_DIR, 'series')
 
 
-def series():
+def series() -> list[str]:
     """Absolute paths of the patches, in the order they apply."""
     paths = []
     with open(SERIES_FILE) as f:
@@ -87,7 +87,7 @@ def series():
     return paths
 
 
-def touched_files(patch_path):
+def touched_files(patch_path: str) -> list[str]:
     """Paths (relative to site-packages) that a patch modifies."""
     files = []
     with open(patch_path) as f:

@@ -31,7 +31,8 @@ in a log line or in an exception.
 import os
 import re
 import time
-from typing import Optional
+from typing import (Any, Callable, Iterable, Optional, Sequence, TypeGuard,
+                    TypeVar)
 
 from oslo_log import log as logging
 
@@ -91,6 +92,7 @@ _CHAP_RE = re.compile(r'[A-Za-z0-9._-]{1,255}')
 _SERIAL_RE = re.compile(r'[0-9a-f]{32}')
 _MAX_NAME = 223
 _MAX_PATH = 4096
+_T = TypeVar('_T')
 
 
 class TargetRefused(exception.CinderException):
@@ -109,12 +111,13 @@ class TargetMissing(TargetRefused):
 
 # -- validation -----------------------------------------------------------
 
-def _invalid(what: str, why: str):
+def _invalid(what: str, why: str) -> exception.InvalidInput:
     return exception.InvalidInput(reason=_('%(what)s %(why)s')
                                   % {'what': what, 'why': why})
 
 
-def _check_str(value, what: str, pattern, max_len: int) -> str:
+def _check_str(value: object, what: str, pattern: re.Pattern[str],
+               max_len: int) -> str:
     if type(value) is not str:
         raise _invalid(what, _('must be a string'))
     if len(value) > max_len or not pattern.fullmatch(value):
@@ -122,19 +125,19 @@ def _check_str(value, what: str, pattern, max_len: int) -> str:
     return value
 
 
-def check_port(port) -> int:
+def check_port(port: object) -> int:
     if type(port) is not int or not 0 <= port <= 65535:
         raise _invalid(_('The tgtd control port'),
                        _('must be an int from 0 to 65535'))
     return port
 
 
-def check_iqn(iqn) -> str:
+def check_iqn(iqn: object) -> str:
     """``<prefix>:volume-<uuid>`` with a strict iqn./eui./naa. prefix."""
     return _check_str(iqn, _('The target name'), _TARGET_RE, _MAX_NAME)
 
 
-def check_initiators(initiators) -> tuple:
+def check_initiators(initiators: object) -> tuple[str, ...]:
     if not isinstance(initiators, (list, tuple)) or \
             len(initiators) > MAX_INITIATORS:
         raise _invalid(_('The initiators'),
@@ -147,20 +150,20 @@ def check_initiators(initiators) -> tuple:
     return tuple(initiators)
 
 
-def check_chap(user, secret) -> None:
+def check_chap(user: object, secret: object) -> None:
     _check_str(user, _('The CHAP user'), _CHAP_RE, 255)
     if type(secret) is not str or not _CHAP_RE.fullmatch(secret):
         # Never echo the secret, not even its length.
         raise _invalid(_('The CHAP secret'), _('has an unsupported form'))
 
 
-def check_bsoflags(bsoflags) -> str:
+def check_bsoflags(bsoflags: object) -> str:
     if type(bsoflags) is not str or bsoflags not in BSOFLAGS:
         raise _invalid(_('bsoflags'), _('must be one of %s') % (BSOFLAGS,))
     return bsoflags
 
 
-def check_session_params(params) -> dict:
+def check_session_params(params: object) -> dict[str, int | str]:
     """{key: value} of SESSION_PARAMS keys, each value in its range.
 
     FirstBurstLength may not exceed MaxBurstLength (RFC 7143 13.14); a
@@ -189,17 +192,17 @@ def check_session_params(params) -> dict:
     return params
 
 
-def check_serial(serial) -> str:
+def check_serial(serial: object) -> str:
     return _check_str(serial, _('The serial'), _SERIAL_RE, 32)
 
 
-def check_flag(value, what: str) -> bool:
+def check_flag(value: object, what: str) -> bool:
     if type(value) is not bool:
         raise _invalid(what, _('must be a bool'))
     return value
 
 
-def is_volume_path(path) -> bool:
+def is_volume_path(path: object) -> TypeGuard[str]:
     """Absolute, normalised, no ``..``, ending in ``volume-<uuid>``."""
     return (type(path) is str and len(path) <= _MAX_PATH
             and bool(_PATH_RE.fullmatch(path))
@@ -207,13 +210,13 @@ def is_volume_path(path) -> bool:
             and not {'.', '..'} & set(path.split('/')))
 
 
-def read_mountinfo(filename: str = MOUNTINFO) -> list:
+def read_mountinfo(filename: str = MOUNTINFO) -> list[mount_table.MountId]:
     """[MountId] of a mountinfo file; procfs never blocks."""
     with open(filename) as f:
         return mount_table.parse_mountinfo(f.read())
 
 
-def check_path(path, mountinfo: str = MOUNTINFO) -> str:
+def check_path(path: object, mountinfo: str = MOUNTINFO) -> str:
     """A volume file name whose mount (by name) is a FUSE filesystem.
 
     The mount holding the path itself counts, so a file bind-mounted over
@@ -252,7 +255,7 @@ def _ours(target: Optional[tgtd_mgmt.Target],
     return target
 
 
-def _view(client: tgtd_mgmt.TgtdClient) -> tuple:
+def _view(client: tgtd_mgmt.TgtdClient) -> tuple[tgt_view.TgtdView, int]:
     """(this daemon's view of tgtd, tgtd's pid); the view of *this* tgtd."""
     pid = _tgtd_pid(client)
     view = tgt_view.for_port(client.control_port)
@@ -273,12 +276,12 @@ def _fd_dir(pid: int) -> str:
     return '/proc/%d/fd' % pid
 
 
-def _fd_numbers(pid: int) -> set:
+def _fd_numbers(pid: int) -> set[str]:
     """tgtd's open descriptors (a listing, no readlink: cheap at any size)."""
     return set(os.listdir(_fd_dir(pid)))
 
 
-def _fd_links(pid: int, numbers) -> set:
+def _fd_links(pid: int, numbers: Iterable[str]) -> set[tuple[str, str]]:
     """{(fd, what it names)} (readlink needs CAP_SYS_PTRACE)."""
     found = set()
     for fd in numbers:
@@ -289,7 +292,7 @@ def _fd_links(pid: int, numbers) -> set:
     return found
 
 
-def _on_fuse(pid: int, fds: list) -> bool:
+def _on_fuse(pid: int, fds: list[str]) -> bool:
     """There are such descriptors of tgtd, and all lie on FUSE.
 
     readlink of /proc/<pid>/fd names the file actually opened, so a
@@ -316,7 +319,7 @@ class _OpenCheck(object):
     (number, name) pair.
     """
 
-    def __init__(self, pid: int, path: str, full: bool):
+    def __init__(self, pid: int, path: str, full: bool) -> None:
         self.pid, self.path, self.full = pid, path, full
         numbers = _fd_numbers(pid)
         self.before = _fd_links(pid, numbers) if full else numbers
@@ -331,19 +334,20 @@ class _OpenCheck(object):
                                    if link == self.path])
 
 
-def _new_target(client: tgtd_mgmt.TgtdClient, view, iqn: str):
+def _new_target(client: tgtd_mgmt.TgtdClient, view: tgt_view.TgtdView,
+                iqn: str) -> int | tgtd_mgmt.Target:
     """Create the target on a free tid, or find it already there.
 
-    Returns (tid, None) for a new target, (None, target) for an existing
-    one of that name. tgtd answers "target exists" for a taken tid and
-    for a taken name alike; a listing tells which, so two processes never
-    share a tid and a name is never made twice.
+    Returns the tid of a new target, or the existing target of that
+    name. tgtd answers "target exists" for a taken tid and for a taken
+    name alike; a listing tells which, so two processes never share a
+    tid and a name is never made twice.
     """
     for _attempt in range(TID_ATTEMPTS):
         tid = view.claim_tid()
         try:
             client.new_target(tid, iqn)
-            return tid, None
+            return tid
         except tgtd_mgmt.TgtdError as err:
             view.release_tid(tid)
             if err.code != tgtd_mgmt.TARGET_EXIST:
@@ -351,13 +355,13 @@ def _new_target(client: tgtd_mgmt.TgtdClient, view, iqn: str):
         view.refresh(client)
         existing = _ours(view.get(iqn), iqn)
         if existing is not None:
-            return None, existing
+            return existing
     raise TargetRefused(reason=_('no free tid after %d attempts')
                         % TID_ATTEMPTS)
 
 
-def _new_account(client: tgtd_mgmt.TgtdClient, view, user: str,
-                 secret: str, iqn: str) -> None:
+def _new_account(client: tgtd_mgmt.TgtdClient, view: tgt_view.TgtdView,
+                 user: str, secret: str, iqn: str) -> None:
     """Create the account, replacing a leftover one of that user.
 
     tgtd unbinds a deleted account from every target, which would leave
@@ -381,8 +385,8 @@ def _new_account(client: tgtd_mgmt.TgtdClient, view, user: str,
     client.new_account(user, secret)
 
 
-def _sync_acl(client: tgtd_mgmt.TgtdClient, view, target: tgtd_mgmt.Target,
-              initiators: tuple) -> None:
+def _sync_acl(client: tgtd_mgmt.TgtdClient, view: tgt_view.TgtdView,
+              target: tgtd_mgmt.Target, initiators: Sequence[str]) -> None:
     """Make the ACL exactly the initiators (plus NO_ADDRESS), or ALL.
 
     New entries are bound before old ones go, so an initiator that stays
@@ -417,7 +421,7 @@ def _sync_acl(client: tgtd_mgmt.TgtdClient, view, target: tgtd_mgmt.Target,
         view.put(target)
 
 
-def _add_lun(client: tgtd_mgmt.TgtdClient, pid: int, view,
+def _add_lun(client: tgtd_mgmt.TgtdClient, pid: int, view: tgt_view.TgtdView,
              target: tgtd_mgmt.Target, path: str, bsoflags: str,
              write_cache: bool, serial: str, readonly: bool) -> None:
     """LUN 1 on ``path``, proven to be that very file, with its params."""
@@ -463,8 +467,8 @@ def _same_export(target: tgtd_mgmt.Target, path: str, chap_user: str,
             and lun.readonly == readonly)
 
 
-def _drop_account(client: tgtd_mgmt.TgtdClient, view, user: str,
-                  iqn: str, known: bool) -> None:
+def _drop_account(client: tgtd_mgmt.TgtdClient, view: tgt_view.TgtdView,
+                  user: str, iqn: str, known: bool) -> None:
     """Delete ``user`` unless another target uses it.
 
     A ``known`` user is one tgtd showed bound to the target ``iqn`` (or
@@ -487,8 +491,8 @@ def _drop_account(client: tgtd_mgmt.TgtdClient, view, user: str,
             raise
 
 
-def _rollback(client: tgtd_mgmt.TgtdClient, view, tid: int, iqn: str,
-              user: Optional[str]) -> None:
+def _rollback(client: tgtd_mgmt.TgtdClient, view: tgt_view.TgtdView,
+              tid: int, iqn: str, user: Optional[str]) -> None:
     """Undo a failed export; errors here must not hide the first one."""
     steps = [lambda: client.delete_target(tid, force=True)]
     if user is not None:
@@ -501,7 +505,7 @@ def _rollback(client: tgtd_mgmt.TgtdClient, view, tid: int, iqn: str,
     view.forget(iqn)
 
 
-def _retry_gone(func):
+def _retry_gone(func: Callable[[bool], _T]) -> _T:
     """Run ``func(view)``; once more after a listing if tgtd lost a target.
 
     A remembered tid that tgtd no longer has ("can't find the target")
@@ -516,9 +520,10 @@ def _retry_gone(func):
     return func(True)
 
 
-def _on_target(client: tgtd_mgmt.TgtdClient, view, iqn: str, action):
+def _on_target(client: tgtd_mgmt.TgtdClient, view: tgt_view.TgtdView, iqn: str,
+               action: Callable[[tgtd_mgmt.Target], _T]) -> _T:
     """``action(target)`` on our target ``iqn``; TargetMissing without."""
-    def attempt(refreshed):
+    def attempt(refreshed: bool) -> _T:
         if refreshed:
             view.forget(iqn)
         target = _ours(view.find(client, iqn), iqn)
@@ -529,7 +534,7 @@ def _on_target(client: tgtd_mgmt.TgtdClient, view, iqn: str, action):
     return _retry_gone(attempt)
 
 
-def _state(target: tgtd_mgmt.Target) -> dict:
+def _state(target: tgtd_mgmt.Target) -> dict[str, Any]:
     lun = target.luns.get(LUN) or tgtd_mgmt.Lun()
     return {'tid': target.tid, 'iqn': target.name, 'path': lun.path,
             'serial': lun.scsi_sn, 'bsoflags': lun.bsoflags,
@@ -551,7 +556,7 @@ def show(port: int) -> str:
 
 
 @privileged.tgt_pctxt.entrypoint
-def describe(port: int, iqn: str) -> Optional[dict]:
+def describe(port: int, iqn: str) -> Optional[dict[str, Any]]:
     """One of our targets as tgtd has it (no listing when remembered)."""
     client = _client(check_port(port))
     check_iqn(iqn)
@@ -562,10 +567,11 @@ def describe(port: int, iqn: str) -> Optional[dict]:
 
 @privileged.tgt_pctxt.entrypoint
 def export_target(port: int, iqn: str, path: str, chap_user: str,
-                  chap_secret: str, initiators, bsoflags: str,
-                  write_cache: bool, serial: str,
+                  chap_secret: str, initiators: Sequence[str],
+                  bsoflags: str, write_cache: bool, serial: str,
                   readonly: bool = False,
-                  session_params: Optional[dict] = None) -> int:
+                  session_params: Optional[dict[str, int | str]] = None
+                  ) -> int:
     """Export ``path`` as LUN 1 of a new target ``iqn``; returns its tid.
 
     Order: target, its ``session_params`` (iSCSI login keys, see
@@ -596,7 +602,7 @@ def export_target(port: int, iqn: str, path: str, chap_user: str,
         {} if session_params is None else session_params)
     view, pid = _view(client)
 
-    def existing(target):
+    def existing(target: tgtd_mgmt.Target) -> int:
         if not _same_export(target, path, chap_user, bsoflags, serial,
                             readonly):
             raise TargetConflict(reason=_('target %s exists with other '
@@ -604,7 +610,7 @@ def export_target(port: int, iqn: str, path: str, chap_user: str,
         _sync_acl(client, view, target, initiators)
         return target.tid
 
-    def known(refreshed):
+    def known(refreshed: bool) -> Optional[int]:
         if refreshed:
             view.forget(iqn)
             return None
@@ -614,9 +620,10 @@ def export_target(port: int, iqn: str, path: str, chap_user: str,
     tid = _retry_gone(known)
     if tid is not None:
         return tid
-    tid, target = _new_target(client, view, iqn)
-    if target is not None:
-        return existing(target)
+    made = _new_target(client, view, iqn)
+    if isinstance(made, tgtd_mgmt.Target):
+        return existing(made)
+    tid = made
     account = None
     target = tgtd_mgmt.Target(tid=tid, name=iqn)
     view.put(target)
@@ -656,7 +663,7 @@ def delete_target(port: int, iqn: str,
     view, _pid = _view(client)
     target = _ours(view.find(client, iqn), iqn)
     users = set() if chap_user is None else {chap_user}
-    known: set = set()
+    known: set[str] = set()
     if target is not None:
         try:
             client.delete_target(target.tid, force=True)
@@ -672,7 +679,7 @@ def delete_target(port: int, iqn: str,
 
 
 @privileged.tgt_pctxt.entrypoint
-def set_acl(port: int, iqn: str, initiators) -> None:
+def set_acl(port: int, iqn: str, initiators: Sequence[str]) -> None:
     """Make the live ACL exactly ``initiators`` (ALL when empty)."""
     client = _client(check_port(port))
     check_iqn(iqn)
@@ -700,7 +707,7 @@ def reopen_lun(port: int, iqn: str, path: str, bsoflags: str,
     check_flag(readonly, _('readonly'))
     view, pid = _view(client)
 
-    def reopen(target):
+    def reopen(target: tgtd_mgmt.Target) -> None:
         _delete_lun(client, view, target)
         _add_lun(client, pid, view, target, path, bsoflags, write_cache,
                  serial, readonly)
@@ -710,7 +717,7 @@ def reopen_lun(port: int, iqn: str, path: str, bsoflags: str,
              {'lun': LUN, 'iqn': iqn, 'path': path})
 
 
-def _delete_lun(client: tgtd_mgmt.TgtdClient, view,
+def _delete_lun(client: tgtd_mgmt.TgtdClient, view: tgt_view.TgtdView,
                 target: tgtd_mgmt.Target) -> None:
     """Delete LUN 1, waiting briefly for commands in flight; gone is fine."""
     for attempt in range(1, LUN_BUSY_ATTEMPTS + 1):

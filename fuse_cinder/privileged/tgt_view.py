@@ -52,9 +52,10 @@ class TgtdView(object):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pid: Optional[int] = None
-        self._targets: dict = {}        # name -> tgtd_mgmt.Target
-        self._claimed: set = set()      # tids being created right now
-        self._listings: dict = {}       # names changed during each listing
+        self._targets: dict[str, tgtd_mgmt.Target] = {}
+        self._claimed: set[int] = set()     # tids being created right now
+        # names changed during each listing running, by its token
+        self._listings: dict[int, set[str]] = {}
         self._tokens = itertools.count()
 
     def check_pid(self, pid: int) -> None:
@@ -82,7 +83,7 @@ class TgtdView(object):
 
     def refresh(self, client: tgtd_mgmt.TgtdClient) -> str:
         """List tgtd and remember what it says; returns the listing text."""
-        changed: set = set()
+        changed: set[str] = set()
         with self._lock:
             token = next(self._tokens)
             self._listings[token] = changed
@@ -126,7 +127,7 @@ class TgtdView(object):
         with self._lock:
             self._claimed.discard(tid)
 
-    def users_elsewhere(self, user: str, name: str) -> list:
+    def users_elsewhere(self, user: str, name: str) -> list[str]:
         """Names of the other remembered targets that use ``user``."""
         with self._lock:
             return sorted(t.name for t in self._targets.values()
@@ -137,7 +138,7 @@ class TgtdView(object):
             changed.add(name)
 
 
-_VIEWS: dict = {}
+_VIEWS: dict[int, TgtdView] = {}
 _VIEWS_LOCK = threading.Lock()
 
 

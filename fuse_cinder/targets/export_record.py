@@ -30,7 +30,7 @@ the file. CHAP is required in every case.
 import dataclasses
 import os
 import re
-from typing import Optional
+from typing import Collection, Optional
 
 from cinder import exception
 from cinder.i18n import _
@@ -69,7 +69,7 @@ class ExportSpec:
     path: str
     chap_user: str
     chap_secret: str
-    initiators: frozenset = frozenset()
+    initiators: frozenset[str] = frozenset()
     #: Served read-only (os-export of a volume whose admin metadata says
     #: readonly=True): tgtd fails every write.
     readonly: bool = False
@@ -84,7 +84,7 @@ def is_initiator_name(value: str) -> bool:
     return bool(value) and value.split('.', 1)[0] in ('iqn', 'eui', 'naa')
 
 
-def acl_for(initiators) -> list:
+def acl_for(initiators: Collection[str]) -> list[str]:
     """The ACL of a target restricted to ``initiators`` (ALL if none)."""
     if not initiators:
         return [ALL_ADDRESSES]
@@ -92,7 +92,9 @@ def acl_for(initiators) -> list:
 
 
 def render_config(spec: ExportSpec, write_cache: bool,
-                  bsoflags: str, session_params=None) -> str:
+                  bsoflags: str,
+                  session_params: Optional[dict[str, int | str]] = None
+                  ) -> str:
     """The tgt-admin config of one exported volume (tgtd's boot include).
 
     Call _check_spec first: every value lands in the file verbatim.
@@ -120,8 +122,9 @@ def render_config(spec: ExportSpec, write_cache: bool,
     lines.append('    scsi_sn %s' % spec.serial)
     if spec.readonly:
         lines.append('    readonly 1')
-    for key in sorted(session_params or {}):
-        lines.append('    %s %s' % (key, session_params[key]))
+    params = session_params or {}
+    for key in sorted(params):
+        lines.append('    %s %s' % (key, params[key]))
     if spec.initiators:
         # Matches no initiator; stops tgt-admin from adding ALL, which
         # would let any initiator name in.
@@ -134,8 +137,12 @@ def render_config(spec: ExportSpec, write_cache: bool,
 
 def parse_config(text: str) -> Optional[ExportSpec]:
     """Read back a file written by render_config (None if unusable)."""
-    iqn = path = user = secret = volume_id = None
-    initiators = set()
+    iqn: Optional[str] = None
+    path: Optional[str] = None
+    user: Optional[str] = None
+    secret: Optional[str] = None
+    volume_id: Optional[str] = None
+    initiators: set[str] = set()
     readonly = False
     for raw in text.splitlines():
         line = raw.strip()
@@ -162,7 +169,7 @@ def parse_config(text: str) -> Optional[ExportSpec]:
                       initiators=frozenset(initiators), readonly=readonly)
 
 
-def check_initiator(name) -> None:
+def check_initiator(name: object) -> None:
     # The name ends up in the config file that tgt-admin reads at boot.
     if (not isinstance(name, str) or len(name) > _MAX_INITIATOR_LEN
             or not _INITIATOR_RE.fullmatch(name)):
@@ -170,7 +177,7 @@ def check_initiator(name) -> None:
             missing=_('a valid iSCSI initiator name'))
 
 
-def check_iqn(iqn) -> None:
+def check_iqn(iqn: object) -> None:
     # The name also names the config file.
     if not isinstance(iqn, str) or not _IQN_RE.fullmatch(iqn):
         msg = _('Unsupported characters in the target name %r') % iqn

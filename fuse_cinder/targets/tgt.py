@@ -31,7 +31,8 @@ import dataclasses
 import json
 import os
 import time
-from typing import Optional
+from typing import (Any, Callable, Collection, Iterable, Iterator, NoReturn,
+                    Optional)
 
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
@@ -82,7 +83,7 @@ def _lun(state: tgtd_mgmt.Target) -> tgtd_mgmt.Lun:
     return state.luns.get(LUN) or tgtd_mgmt.Lun()
 
 
-def _bsoflags(conf) -> str:
+def _bsoflags(conf: Any) -> str:
     """iscsi_target_flags (or its deprecated alias) as tgtd takes them.
 
     tgtd's file backing store knows direct and sync (open(2) flags of
@@ -102,7 +103,7 @@ def _bsoflags(conf) -> str:
     return ':'.join(sorted(flags))
 
 
-def _write_cache(conf) -> bool:
+def _write_cache(conf: Any) -> bool:
     """iscsi_write_cache, unless the deprecated fuse_tgt_write_cache is set."""
     legacy = conf.safe_get('fuse_tgt_write_cache')
     if legacy is not None:
@@ -125,7 +126,8 @@ class TgtFileTarget(iscsi.ISCSITarget):
     # One target per volume: the ACL and CHAP account are per volume.
     SHARED_TARGET_SUPPORT = False
 
-    def __init__(self, *args, control=None, **kwargs) -> None:
+    def __init__(self, *args: Any, control: Any = None,
+                 **kwargs: Any) -> None:
         conf = kwargs.get('configuration')
         if conf is not None and hasattr(conf, 'append_config_values'):
             conf.append_config_values(options.tgt_opts)
@@ -147,7 +149,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         self._failed_connections: dict = {}
 
     @contextlib.contextmanager
-    def _locked(self, iqn: str):
+    def _locked(self, iqn: str) -> Iterator[None]:
         """Serialise the changes to one volume's record file and target.
 
         Each change reads the config file, changes tgtd and writes the
@@ -163,7 +165,9 @@ class TgtFileTarget(iscsi.ISCSITarget):
     # ------------------------------------------------------------------
     # the privileged operations
 
-    def _call(self, what: str, func, *args, secrets=(), expect=()):
+    def _call(self, what: str, func: Callable[..., Any], *args: Any,
+              secrets: Iterable[str] = (),
+              expect: tuple[type[Exception], ...] = ()) -> Any:
         """Run one privileged tgtd operation; failures carry no secret.
 
         The entry points never put a secret in an error; the redaction
@@ -202,7 +206,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
             tid=found['tid'], name=found['iqn'], luns=luns,
             acl=list(found['acl']), accounts=list(found['accounts']))
 
-    def _set_acl(self, iqn: str, initiators) -> bool:
+    def _set_acl(self, iqn: str, initiators: Collection[str]) -> bool:
         """Make the target's ACL ``initiators``; False if it has no target.
 
         The daemon compares with what it knows and asks tgtd only for
@@ -261,7 +265,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
     # ------------------------------------------------------------------
     # naming, credentials, config files
 
-    def _iqn(self, volume) -> str:
+    def _iqn(self, volume: Any) -> str:
         """The volume's target name: as exported, else as it would be."""
         location = volume.get('provider_location')
         if location and len(location.split(' ')) > 1:
@@ -275,7 +279,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
         name = iqn.rsplit(':', 1)[-1]
         return os.path.join(self.volumes_dir, name + record.CONF_SUFFIX)
 
-    def _chap_for(self, context, volume) -> Optional[tuple]:
+    def _chap_for(self, context: Any, volume: Any) -> Optional[tuple]:
         """The volume's CHAP pair, kept across exports (volume, then DB)."""
         auth = volume.get('provider_auth')
         if auth:
@@ -319,7 +323,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
             pass
 
     @staticmethod
-    def _attached_initiators(volume) -> set:
+    def _attached_initiators(volume: Any) -> set:
         names = set()
         for attachment in _attachments(volume):
             if attachment.get('attach_status') in ('attached', 'attaching'):
@@ -403,7 +407,8 @@ class TgtFileTarget(iscsi.ISCSITarget):
                            self._control.delete_target, spec.iqn)
         return self._export_target(spec)
 
-    def _export_target(self, spec: record.ExportSpec, expect=()) -> int:
+    def _export_target(self, spec: record.ExportSpec,
+                       expect: tuple[type[Exception], ...] = ()) -> int:
         bsoflags, write_cache = self._lun_options()
         return self._call(
             _('exporting %(path)s as LUN %(lun)d of target %(iqn)s')
@@ -414,7 +419,8 @@ class TgtFileTarget(iscsi.ISCSITarget):
             self._session_params(),
             secrets=(spec.chap_secret,), expect=expect)
 
-    def _sync_acl(self, state: tgtd_mgmt.Target, initiators) -> None:
+    def _sync_acl(self, state: tgtd_mgmt.Target,
+                  initiators: Collection[str]) -> None:
         """Make the live ACL match the config file, if it does not yet.
 
         With initiators: their names plus record.NO_ADDRESS. Without: ``ALL``
@@ -462,8 +468,9 @@ class TgtFileTarget(iscsi.ISCSITarget):
     # ------------------------------------------------------------------
     # Target API used by the driver
 
-    def create_export(self, context, volume, volume_path, connector=None,
-                      readonly=False):
+    def create_export(self, context: Any, volume: Any, volume_path: str,
+                      connector: Optional[dict] = None,
+                      readonly: bool = False) -> dict:
         """Export the volume file; returns location and CHAP like LVM.
 
         ``connector`` is optional: with it the target is restricted to
@@ -496,7 +503,8 @@ class TgtFileTarget(iscsi.ISCSITarget):
         return {'location': location,
                 'auth': self._iscsi_authentication('CHAP', *chap)}
 
-    def ensure_export(self, context, volume, volume_path):
+    def ensure_export(self, context: Any, volume: Any,
+                      volume_path: str) -> Optional[dict]:
         """Re-create the export if tgtd lost it (tgtd or host restart).
 
         Cheap when the target is there: one shared tgtd listing per
@@ -537,7 +545,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
             return {'provider_auth': new_auth}
         return None
 
-    def remove_export(self, context, volume):
+    def remove_export(self, context: Any, volume: Any) -> None:
         """Delete the target, its CHAP account and its config file.
 
         Unless another attachment still uses the target (multi-attach):
@@ -553,7 +561,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 return
             self._delete_target(iqn, volume['id'])
 
-    def _keeps_target(self, volume, iqn: str) -> bool:
+    def _keeps_target(self, volume: Any, iqn: str) -> bool:
         """Whether remove_export must leave the target to other users.
 
         The attachments listed with the volume still include the one
@@ -600,7 +608,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
                         '%(err)s', {'ini': initiator, 'iqn': spec.iqn,
                                     'err': err})
 
-    def initialize_connection(self, volume, connector):
+    def initialize_connection(self, volume: Any, connector: dict) -> dict:
         """Restrict the target to this initiator, then return the info.
 
         With multi-attach the initiator joins those already allowed. A
@@ -617,7 +625,8 @@ class TgtFileTarget(iscsi.ISCSITarget):
         self._failed_connections.pop(volume['id'], None)
         return info
 
-    def _initialize(self, volume, connector, initiator):
+    def _initialize(self, volume: Any, connector: dict,
+                    initiator: Optional[str]) -> dict:
         if initiator:
             iqn = self._iqn(volume)
             with self._locked(iqn):
@@ -635,7 +644,8 @@ class TgtFileTarget(iscsi.ISCSITarget):
                     raise exception.VolumeBackendAPIException(data=msg)
         return super().initialize_connection(volume, connector)
 
-    def terminate_connection(self, volume, connector, **kwargs):
+    def terminate_connection(self, volume: Any, connector: Optional[dict],
+                             **kwargs: Any) -> bool:
         """Take the initiator off the ACL unless it still has attachments.
 
         Several attachments may come from one host (multi-attach); the
@@ -670,16 +680,17 @@ class TgtFileTarget(iscsi.ISCSITarget):
             self._set_acl(iqn, spec.initiators)
         return shared
 
-    def validate_connector(self, connector):
+    def validate_connector(self, connector: dict) -> bool:
         super().validate_connector(connector)
         record.check_initiator(connector['initiator'])
         return True
 
-    def extend_target(self, volume):
+    def extend_target(self, volume: Any) -> None:
         """Make a new file size visible: tgtd reads it when a LUN opens."""
         self.reopen_lun(volume)
 
-    def reopen_lun(self, volume, volume_path: Optional[str] = None) -> bool:
+    def reopen_lun(self, volume: Any,
+                   volume_path: Optional[str] = None) -> bool:
         """Re-open the backing file of the volume's LUN in tgtd.
 
         tgtd keeps its file descriptor when the FUSE daemon dies, so a
@@ -816,44 +827,45 @@ class TgtFileTarget(iscsi.ISCSITarget):
     # remove_export and ensure_export call the last four, and this class
     # replaces those; show_target uses _get_target.
 
-    def _get_target(self, iqn):
+    def _get_target(self, iqn: str) -> Optional[int]:
         state = self._describe(iqn)
         return state.tid if state else None
 
-    def _unused_hook(self, name):
+    def _unused_hook(self, name: str) -> NoReturn:
         raise NotImplementedError(
             '%s is not used by TgtFileTarget: its create_export, '
             'remove_export and ensure_export make and remove targets' % name)
 
-    def _get_iscsi_target(self, context, vol_id):
+    def _get_iscsi_target(self, context: Any, vol_id: str) -> NoReturn:
         self._unused_hook('_get_iscsi_target')
 
-    def _get_target_and_lun(self, context, volume):
+    def _get_target_and_lun(self, context: Any, volume: Any) -> NoReturn:
         self._unused_hook('_get_target_and_lun')
 
-    def create_iscsi_target(self, name, tid, lun, path, chap_auth,
-                            **kwargs):
+    def create_iscsi_target(self, name: str, tid: int, lun: int, path: str,
+                            chap_auth: Any, **kwargs: Any) -> NoReturn:
         self._unused_hook('create_iscsi_target')
 
-    def remove_iscsi_target(self, tid, lun, vol_id, vol_name, **kwargs):
+    def remove_iscsi_target(self, tid: int, lun: int, vol_id: str,
+                            vol_name: str, **kwargs: Any) -> NoReturn:
         self._unused_hook('remove_iscsi_target')
 
 
-def _redact(text: str, secrets) -> str:
+def _redact(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, '***')
     return text
 
 
-def _attachments(volume) -> list:
+def _attachments(volume: Any) -> list:
     try:
         return list(volume.get('volume_attachment') or [])
     except Exception:  # not loadable (e.g. an orphaned object)
         return []
 
 
-def _live_connectors(volume) -> list:
+def _live_connectors(volume: Any) -> list:
     """The connectors of the volume's attachments that made a connection.
 
     An attachment gets its connector when its connection is made, and
@@ -870,7 +882,7 @@ def _live_connectors(volume) -> list:
     return live
 
 
-def _connector_dict(connector) -> Optional[dict]:
+def _connector_dict(connector: Any) -> Optional[dict]:
     """A connector as a dict, also from the JSON of a DB row."""
     if isinstance(connector, str):
         try:
@@ -880,7 +892,7 @@ def _connector_dict(connector) -> Optional[dict]:
     return connector if isinstance(connector, dict) else None
 
 
-def _connector_initiator(connector):
+def _connector_initiator(connector: Any) -> Any:
     """The ``initiator`` of a connector dict, JSON or attachment, or None.
 
     Not checked: callers that act on it use _requested_initiator.
@@ -900,7 +912,7 @@ def _connector_initiator(connector):
     return connector.get('initiator') or None
 
 
-def _requested_initiator(connector) -> Optional[str]:
+def _requested_initiator(connector: Any) -> Optional[str]:
     """The connector's initiator name, checked; None if it has none."""
     initiator = _connector_initiator(connector)
     if initiator is not None:

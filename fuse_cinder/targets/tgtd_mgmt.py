@@ -39,7 +39,7 @@ import dataclasses
 import socket
 import struct
 import time
-from typing import Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 from oslo_log import log as logging
 
@@ -120,12 +120,12 @@ class TgtdError(Exception):
     rebuild it on the caller's side. The message never holds parameters.
     """
 
-    def __init__(self, message: str, code: Optional[int] = None):
+    def __init__(self, message: str, code: Optional[int] = None) -> None:
         super().__init__(message, code)
         self.message = message
         self.code = code
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.message
 
 
@@ -144,7 +144,7 @@ def message_for(code: int) -> str:
     return '(unknown tgtadm_errno)'
 
 
-def encode_params(pairs) -> bytes:
+def encode_params(pairs: Iterable[tuple[str, object]]) -> bytes:
     """``k=v,k=v`` NUL-terminated; refuses what tgtd would misread."""
     parts = []
     for key, value in pairs:
@@ -175,7 +175,7 @@ def encode_request(mode: int, op: int, params: bytes = b'', tid: int = -1,
     return header + params
 
 
-def decode_response(header: bytes) -> tuple:
+def decode_response(header: bytes) -> tuple[int, int]:
     """(error code, length of the text that follows)."""
     err, length = RESPONSE.unpack(header)
     if length < RESPONSE.size:
@@ -199,9 +199,9 @@ class Target:
 
     tid: int
     name: str
-    luns: dict = dataclasses.field(default_factory=dict)
-    accounts: list = dataclasses.field(default_factory=list)
-    acl: list = dataclasses.field(default_factory=list)
+    luns: dict[int, Lun] = dataclasses.field(default_factory=dict)
+    accounts: list[str] = dataclasses.field(default_factory=list)
+    acl: list[str] = dataclasses.field(default_factory=list)
     nexus: bool = False
 
 
@@ -210,10 +210,12 @@ _LUN_FIELDS = {'Backing store path': 'path', 'SCSI ID': 'scsi_id',
                'Readonly': 'readonly'}
 
 
-def parse_targets(text: str) -> dict:
+def parse_targets(text: str) -> dict[str, Target]:
     """{name: Target} from the text of a target ``show``."""
-    targets: dict = {}
-    target = section = lun = None
+    targets: dict[str, Target] = {}
+    target: Optional[Target] = None
+    section: Optional[str] = None
+    lun: Optional[Lun] = None
     for raw in text.splitlines():
         line = raw.strip()
         if raw.startswith('Target ') and ': ' in raw:
@@ -250,7 +252,7 @@ def _lun_value(key: str, value: str) -> Union[str, bool, None]:
     return value
 
 
-def parse_accounts(text: str) -> list:
+def parse_accounts(text: str) -> list[str]:
     """User names from the text of an account ``show``."""
     return [line.strip() for line in text.splitlines()[1:] if line.strip()]
 
@@ -263,7 +265,8 @@ class TgtdClient:
     """
 
     def __init__(self, control_port: int = 0,
-                 timeout: float = DEFAULT_TIMEOUT, address=None):
+                 timeout: float = DEFAULT_TIMEOUT,
+                 address: Optional[str | bytes] = None) -> None:
         self.control_port = control_port
         self.timeout = timeout
         self.address = address or SOCKET_PATH % control_port
@@ -317,7 +320,7 @@ class TgtdClient:
         return b''.join(chunks)
 
     def request(self, mode: int, op: int, params: bytes = b'',
-                **fields) -> str:
+                **fields: Any) -> str:
         """Send one request; the answer's text, or TgtdError."""
         what = '%s %s' % (_MODES.get(mode, mode), _OPS.get(op, op))
         data = encode_request(mode, op, params, **fields)
@@ -346,7 +349,7 @@ class TgtdClient:
                             err)
         return text.rstrip(b'\0').decode('utf-8', 'replace')
 
-    def peer(self) -> tuple:
+    def peer(self) -> tuple[int, int, int]:
         """(pid, uid, gid) of the process serving the socket (SO_PEERCRED).
 
         No request is sent; tgtd just sees a connection close.
@@ -362,7 +365,8 @@ class TgtdClient:
     def peer_pid(self) -> int:
         return self.peer()[0]
 
-    def _send(self, mode: int, op: int, *pairs, **fields) -> str:
+    def _send(self, mode: int, op: int, *pairs: tuple[str, object],
+              **fields: Any) -> str:
         return self.request(mode, op, encode_params(pairs) if pairs else b'',
                             **fields)
 
@@ -372,7 +376,7 @@ class TgtdClient:
         """The text of ``tgtadm --lld iscsi --mode target --op show``."""
         return self._send(MODE_TARGET, OP_SHOW)
 
-    def targets(self) -> dict:
+    def targets(self) -> dict[str, Target]:
         return parse_targets(self.show_targets())
 
     def new_target(self, tid: int, name: str) -> None:
@@ -381,7 +385,7 @@ class TgtdClient:
     def delete_target(self, tid: int, force: bool = False) -> None:
         self._send(MODE_TARGET, OP_DELETE, tid=tid, force=force)
 
-    def update_target(self, tid: int, name: str, value) -> None:
+    def update_target(self, tid: int, name: str, value: int | str) -> None:
         """A target parameter, e.g. MaxRecvDataSegmentLength."""
         if '=' in name or ',' in name:
             raise ValueError('a parameter name may not contain "=" or ","')
@@ -428,7 +432,7 @@ class TgtdClient:
     def show_accounts(self) -> str:
         return self._send(MODE_ACCOUNT, OP_SHOW)
 
-    def accounts(self) -> list:
+    def accounts(self) -> list[str]:
         return parse_accounts(self.show_accounts())
 
     def new_account(self, user: str, password: str) -> None:

@@ -495,6 +495,27 @@ def test_manage_renames_and_rounds_size_up(drv, fake_fs):
     assert drv._provisioned_bytes == 2 * GiB
 
 
+@pytest.mark.parametrize('call', ['manage_existing_get_size',
+                                  'manage_existing',
+                                  'manage_existing_snapshot_get_size'])
+def test_manage_refuses_a_file_removed_after_its_check(drv, fake_fs, call):
+    """Gone between its type check and its size: refused, no TypeError."""
+    fake_fs.add('legacy.img', GiB)
+    file_type = drv.files.file_type
+
+    def checked_then_removed(name):
+        kind = file_type(name)
+        del fake_fs.files[path(name)]
+        return kind
+    obj = snapshot(volume()) if 'snapshot' in call else volume()
+    with mock.patch.object(drv.files, 'file_type', checked_then_removed):
+        with pytest.raises(exception.ManageExistingInvalidReference) as err:
+            getattr(drv, call)(obj, {'source-name': 'legacy.img'})
+    assert 'legacy.img' in str(err.value)
+    assert fake_fs.names() == []
+    assert drv._provisioned_bytes == 0
+
+
 def test_unmanage_keeps_the_data(drv, fake_fs):
     vol = volume(size=1)
     drv.create_volume(vol)
