@@ -31,437 +31,73 @@ import argparse
 import collections
 import contextlib
 import datetime
-from importlib import metadata
 import itertools
-import math
 import os
-import platform
-import resource
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from oslo_concurrency import processutils
-from oslo_config import cfg
 
-from cinder import context
 from cinder import objects
-from cinder.tests.unit import fake_snapshot
-from cinder.tests.unit import fake_volume
-from cinder.volume import configuration
-from cinder.volume import driver as cinder_driver
+# Before volume_utils: it patches eventlet (see bench/__init__.py).
+from cinder.tests.unit import fake_volume  # noqa: F401
 from cinder.volume import volume_utils
 
-from fuse_cinder.allinone import faultfs
+from bench import environment
+from bench.environment import allocated
+from bench.environment import children_cpu_seconds
+from bench.environment import copy_filesystems
+from bench.environment import COPY_ROUNDS
+from bench.environment import cpu_seconds
+from bench.environment import CTX
+from bench.environment import Env
+from bench.environment import fadvise_dontneed
+from bench.environment import filesystems
+from bench.environment import HOST_CONNECTOR
+from bench.environment import QEMU_CONNECTOR
+from bench.environment import ROOT
+from bench.environment import SIZES
+from bench.report import machine_info
+from bench.report import memory_rows
+from bench.report import render
+from bench.report import Report
+from bench.tgt_options import DEFAULT_SETTING
+from bench.tgt_options import setting_label
+from bench.tgt_options import TGT_SETTINGS
+from bench.tgt_options import TGTD_SESSION_DEFAULTS
+from bench.units import div
+from bench.units import duration
+from bench.units import GiB
+from bench.units import KiB
+from bench.units import log
+from bench.units import median
+from bench.units import MiB
+from bench.units import ms
+from bench.units import ratio
+from bench.units import secs
+from bench.units import shown
+from bench.units import size
+from bench.units import spread
 from fuse_cinder.allinone import sandbox
 from fuse_cinder.cmd import sparse_copy
-from fuse_cinder import driver
 from fuse_cinder import options
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as priv_tgt
 from fuse_cinder.targets import tgt as target_tgt
 from fuse_cinder.targets import tgtd_mgmt
 
-KiB = 1 << 10
-MiB = 1 << 20
-GiB = 1 << 30
-CTX = context.get_admin_context()
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Nova's connector for the export tests; qemu's own initiator name for the
-# data path, so that its LUNs are restricted exactly as Nova's would be.
-HOST_CONNECTOR = {'initiator': 'iqn.1994-05.com.example:bench-host',
-                  'ip': '127.0.0.1', 'host': 'bench-host',
-                  'multipath': False}
-QEMU_CONNECTOR = {'initiator': 'iqn.2008-11.org.linux-kvm',
-                  'ip': '127.0.0.1', 'host': 'bench-qemu',
-                  'multipath': False}
 # Odd stride in 4 KiB blocks: on a power-of-two sized LUN the offsets
 # (taken modulo the LUN size by qemu-img bench) visit distinct blocks,
 # each far from the previous one, so neither readahead nor merging helps.
 RANDOM_STRIDE = 7919 * 4 * KiB
 
 
-def _tgt_opt(name):
-    return next(o for o in options.tgt_opts if o.name == name)
-
-
-# Snapshots and clones of each source per filesystem (medians).
-COPY_ROUNDS = 3
 # Copies of an empty volume of this size (GiB): a trusted block count
 # makes them as quick as a create.
 EMPTY_GB = 1024
-
-# (write cache, bsoflags) as the driver sets them when not configured.
-DEFAULT_SETTING = (_tgt_opt('fuse_tgt_write_cache').default,
-                   _tgt_opt('fuse_tgt_bsoflags').default)
-
-
-# tgtd's own login keys, as driver options (tgt's iscsi/param.c).
-TGTD_SESSION_DEFAULTS = dict(fuse_tgt_max_recv_data_segment_length=8192,
-                             fuse_tgt_max_burst_length=262144,
-                             fuse_tgt_first_burst_length=65536,
-                             fuse_tgt_immediate_data=True,
-                             fuse_tgt_initial_r2t=True)
-
-# (write cache, bsoflags): every combination the driver's options allow.
-TGT_SETTINGS = [(wc, flags) for wc in (True, False)
-                for flags in _tgt_opt('fuse_tgt_bsoflags').type.choices]
-
-SIZES = {
-    'full': dict(reps=9, export_others=500, stats_volumes=1000,
-                 copy_gb=10, copy_extents=64, copy_extent_mib=16,
-                 lun_mib=128, seq_write_mib=64, random_writes=2000,
-                 random_reads=4000, io_rounds=5,
-                 restart_reps=5),
-    'quick': dict(reps=3, export_others=20, stats_volumes=100,
-                  copy_gb=1, copy_extents=64, copy_extent_mib=2,
-                  lun_mib=64, seq_write_mib=32, random_writes=500,
-                  random_reads=1000, io_rounds=2,
-                  restart_reps=2),
-}
-
-
-class BenchTgtd(sandbox.Tgtd):
-    """A private tgtd on ports that no test suite uses."""
-
-    def __init__(self, log_path=None):
-        super().__init__(log_path=log_path, control_ports=range(90, 100),
-                         portal_ports=range(13331, 13340))
-
-
-Sample = collections.namedtuple('Sample', 'seconds commands argv programs')
-
-
-class Commands:
-    """The driver's executor: runs each command, timing it per program.
-
-    Knowing how long one program (the bounded file check on the mount)
-    took inside an operation separates its cost from the driver's own.
-    """
-
-    def __init__(self):
-        self.seconds = collections.Counter()
-        self.calls = collections.Counter()
-        self.history = []
-
-    def __call__(self, *cmd, **kwargs):
-        bounded = cmd[0] == 'timeout' and len(cmd) > 4
-        program = cmd[4] if bounded else cmd[0]
-        self.history.append(cmd[4:] if bounded else cmd)
-        start = time.perf_counter()
-        try:
-            return processutils.execute(*cmd, **kwargs)
-        finally:
-            self.seconds[program] += time.perf_counter() - start
-            self.calls[program] += 1
-
-    def measure(self, func):
-        """Run func: its seconds, commands, argvs and seconds per program."""
-        seconds = self.seconds.copy()
-        calls = sum(self.calls.values())
-        first = len(self.history)
-        start = time.perf_counter()
-        func()
-        elapsed = time.perf_counter() - start
-        programs = self.seconds.copy()
-        programs.subtract(seconds)
-        return Sample(elapsed, sum(self.calls.values()) - calls,
-                      self.history[first:], programs)
-
-
-# -- formatting -------------------------------------------------------------
-
-def ms(seconds):
-    return '%.1f ms' % (seconds * 1000)
-
-
-def secs(seconds):
-    return '%.2f s' % seconds if seconds < 10 else '%.1f s' % seconds
-
-
-def duration(seconds):
-    return ms(seconds) if seconds < 1 else secs(seconds)
-
-
-def ratio(value):
-    if value is None or math.isinf(value) or math.isnan(value):
-        return 'n/a'
-    return '%.2fx' % value if value < 10 else '%.1fx' % value
-
-
-def size(nbytes):
-    if nbytes >= GiB:
-        return '%.2f GiB' % (nbytes / GiB)
-    return '%.1f MiB' % (nbytes / MiB)
-
-
-def div(a, b):
-    return a / b if b else float('inf')
-
-
-def median(values):
-    return statistics.median(values)
-
-
-def spread(values):
-    """min-max of repeated samples, to show how noisy a median is."""
-    return '%s-%s' % (ms(min(values)), ms(max(values)))
-
-
-def rst_table(header, rows):
-    """A reST simple table; empty cells become '-'."""
-    cells = [list(header)] + [[str(c) if str(c) else '-' for c in row]
-                              for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    rule = '  '.join('=' * w for w in widths)
-
-    def line(row):
-        return '  '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-
-    return '\n'.join([rule, line(cells[0]), rule] +
-                     [line(row) for row in cells[1:]] + [rule])
-
-
-class Report:
-    """Sections of BENCHMARKS.rst and the goal verdicts, also printed."""
-
-    def __init__(self):
-        self.sections = []
-        self.goals = []
-        self.findings = []
-
-    def section(self, title, text, header=None, rows=None, notes=''):
-        block = [title, '-' * len(title), '', text.strip(), '']
-        if header:
-            block += [rst_table(header, rows), '']
-        if notes:
-            block += [notes.strip(), '']
-        self.sections.append('\n'.join(block))
-        print('\n' + '\n'.join(block), flush=True)
-
-    def finding(self, text):
-        self.findings.append(text)
-
-    def goal(self, name, target, measured, met):
-        verdict = 'met' if met else 'NOT met'
-        self.goals.append((name, target, measured, verdict))
-        print('GOAL %-40s %-8s %s' % (name, verdict, measured), flush=True)
-
-
-def shown(argvs, base):
-    """Command lines as reST literals, scratch paths written FILE."""
-    lines = []
-    for argv in argvs:
-        words = []
-        for word in argv:
-            key, sep, value = word.partition('=')
-            if word.startswith(base):
-                word = 'FILE'
-            elif sep and value.startswith(base):
-                word = key + '=FILE'
-            words.append(word)
-        lines.append('``%s``' % ' '.join(words))
-    return ', '.join(lines)
-
-
-def log(text):
-    print('[%s] %s' % (time.strftime('%H:%M:%S'), text), flush=True)
-
-
-# -- environment ---------------------------------------------------------
-
-def fadvise_dontneed(paths):
-    """Drop these files from the page cache (and only these).
-
-    Reads are measured cold at every layer without touching other users'
-    caches, as dropping all caches would on a shared machine.
-    """
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def allocated(path):
-    return os.stat(path).st_blocks * 512
-
-
-def vm_hwm(pid):
-    """Peak resident set size of a process in bytes (0 if unknown)."""
-    try:
-        with open('/proc/%d/status' % pid) as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1]) * KiB
-    except (OSError, TypeError, ValueError):
-        pass
-    return 0
-
-
-class FaultfsMount(faultfs.FaultFS):
-    """faultfs laid out like BindfsMount: backing/volumes, mnt/volumes.
-
-    It stands for a FUSE client that implements lseek (SEEK_DATA and
-    SEEK_HOLE), which bindfs 1.14 does not.
-    """
-
-    def __init__(self, base):
-        self.backing_dir = os.path.join(base, 'backing')
-        os.makedirs(os.path.join(self.backing_dir, 'volumes'))
-        super().__init__(self.backing_dir, os.path.join(base, 'mnt'),
-                         log_path=os.path.join(base, 'faultfs.log'))
-
-    @property
-    def volumes_home(self):
-        return os.path.join(self.mountpoint, 'volumes')
-
-    def backing_path(self, name):
-        return os.path.join(self.backing_dir, 'volumes', name)
-
-
-def privsep_root_helper():
-    """Start the drivers' privsep daemon as production does, from here.
-
-    The benchmark runs as root, so no sudo or rootwrap: ``env`` runs the
-    privsep-helper of this interpreter's virtualenv, with this checkout
-    first on PYTHONPATH so that the daemon runs the code measured.
-    """
-    pythonpath = [ROOT] + [d for d in os.environ.get(
-        'PYTHONPATH', '').split(os.pathsep) if d and d != ROOT]
-    return ['env', 'PATH=%s' % os.pathsep.join(
-        [os.path.dirname(sys.executable), os.environ.get('PATH', '')]),
-        'PYTHONPATH=%s' % os.pathsep.join(pythonpath)]
-
-
-class Env:
-    """Mounts, tgtd instances and drivers of one run; all torn down."""
-
-    def __init__(self, stack, workdir):
-        self.stack = stack
-        self.base = tempfile.mkdtemp(prefix='fuse-cinder-bench-',
-                                     dir=workdir)
-        stack.callback(shutil.rmtree, self.base, ignore_errors=True)
-        # Not imported at the top among the other libraries: oslo.privsep
-        # picks green or plain pipes when first imported, and only the
-        # cinder.tests.unit imports (after those) patch this process with
-        # eventlet, as cinder-volume is. With a plain pipe the whole
-        # process blocks while the daemon starts.
-        from oslo_privsep import priv_context
-        # Started by the first tgt call; stopped after every tgtd.
-        priv_context.init(root_helper=privsep_root_helper())
-        stack.callback(privileged.tgt_pctxt.stop)
-        self.commands = Commands()
-        self.peak = {}
-        self._ids = itertools.count(1)
-        self._groups = itertools.count(1)
-        self.bindfs = sandbox.ScratchMount(self.path('bindfs'))
-        stack.callback(self._stop, 'bindfs', self.bindfs)
-        self.bindfs.start()
-        os.makedirs(self.bindfs.volumes_home, exist_ok=True)
-        self.faultfs = FaultfsMount(self.path('faultfs'))
-        stack.callback(self._stop, 'faultfs', self.faultfs)
-        self.faultfs.start()
-        self.overlayfs = sandbox.ScratchOverlayfs(self.path('overlayfs'))
-        stack.callback(self._stop, 'fuse-overlayfs', self.overlayfs)
-        self.overlayfs.start()
-
-    def path(self, *parts):
-        return os.path.join(self.base, *parts)
-
-    def _note_peak(self, name, pid):
-        self.peak[name] = max(self.peak.get(name, 0), vm_hwm(pid))
-
-    def _stop(self, name, thing):
-        try:
-            self._note_peak(name, thing.pid)
-        finally:
-            thing.stop()
-
-    def tgtd(self, name):
-        daemon = BenchTgtd(log_path=self.path('tgtd-%s.log' % name))
-        daemon.name = name
-        daemon.start()
-        self.stack.callback(self.stop_tgtd, daemon)
-        return daemon
-
-    def stop_tgtd(self, daemon):
-        try:
-            if daemon.running:
-                self._note_peak('tgtd', daemon.proc.pid)
-        finally:
-            daemon.stop()
-
-    def home(self, mount, name):
-        """A fresh volumes_home directory on a mount."""
-        home = os.path.join(mount.volumes_home, name)
-        os.makedirs(home)
-        return home
-
-    def driver(self, volumes_home, daemon=None, **opts):
-        """A set-up FuseISCSIDriver in a backend section of its own."""
-        group = 'bench_%d' % next(self._groups)
-        conf = configuration.Configuration(cinder_driver.volume_opts,
-                                           config_group=group)
-        conf.append_config_values(options.fuse_opts + options.tgt_opts)
-        # No background watch: its reconciliation would re-create what a
-        # measurement removes from tgtd on purpose (reconcile is timed
-        # on its own).
-        values = dict(volume_backend_name=group, volumes_home=volumes_home,
-                      fuse_watch_interval=0,
-                      fuse_fs_call_timeout=120, fuse_copy_timeout=3600,
-                      target_ip_address='127.0.0.1',
-                      volumes_dir=self.path('targets-%s' % (
-                          daemon.name if daemon else 'none')))
-        if daemon is not None:
-            values.update(fuse_tgt_control_port=daemon.control_port,
-                          target_port=daemon.portal_port)
-        values.update(opts)
-        for name, value in values.items():
-            cfg.CONF.set_override(name, value, group=group)
-        drv = driver.FuseISCSIDriver(configuration=conf,
-                                     execute=self.commands)
-        # No database here: CHAP credentials live on the volume objects.
-        drv.db = drv.target_driver.db = sandbox.NoDB()
-        drv.do_setup(CTX)
-        drv.check_for_setup_error()
-        return drv
-
-    def volume(self, size_gb, **fields):
-        n = next(self._ids)
-        fields.setdefault('provider_auth', None)
-        fields.setdefault('provider_location', None)
-        return fake_volume.fake_volume_obj(
-            CTX, id='%08x-0000-4000-8000-%012x' % (n, n), size=size_gb,
-            **fields)
-
-    def snapshot(self, vol):
-        n = next(self._ids)
-        snap = fake_snapshot.fake_snapshot_obj(
-            CTX, id='%08x-0000-4000-8000-%012x' % (n, n), volume_id=vol.id,
-            volume_size=vol.size)
-        snap.volume = vol
-        return snap
-
-
-def filesystems(env):
-    return [('bindfs', env.bindfs), ('faultfs', env.faultfs)]
-
-
-def copy_filesystems(env):
-    """The mounts of the copy benchmark.
-
-    bindfs and fuse-overlayfs hide holes (fuse-overlayfs copies on its
-    server side), faultfs reports them.
-    """
-    return [('bindfs', env.bindfs), ('fuse-overlayfs', env.overlayfs),
-            ('faultfs', env.faultfs)]
 
 
 # -- 1. create_volume -----------------------------------------------------
@@ -633,13 +269,6 @@ class TimedControl:
         return timed
 
 
-def _export(drv, vol, connector):
-    data = drv.create_export(CTX, vol, connector)
-    vol.provider_location = data['provider_location']
-    vol.provider_auth = data['provider_auth']
-    return drv.initialize_connection(vol, connector)
-
-
 def _tools(argvs):
     return sum(os.path.basename(argv[0]) in TGT_TOOLS for argv in argvs)
 
@@ -715,7 +344,7 @@ def bench_export(env, report, p):
     growth = []
     for vol in vols[others][:-1]:
         growth.append(measure(
-            lambda: _export(drv[others], vol, HOST_CONNECTOR)))
+            lambda: environment.export(drv[others], vol, HOST_CONNECTOR)))
 
     # One export and its removal with no other target vs with the others,
     # interleaved, in alternating order.
@@ -725,11 +354,11 @@ def bench_export(env, report, p):
         for n in sorted(daemons, reverse=rep % 2 == 1):
             vol = vols[n][-1]
             export[n].append(measure(
-                lambda: _export(drv[n], vol, HOST_CONNECTOR)))
+                lambda: environment.export(drv[n], vol, HOST_CONNECTOR)))
             remove[n].append(measure(
                 lambda: drv[n].remove_export(CTX, vol)))
     for n in daemons:
-        _export(drv[n], vols[n][-1], HOST_CONNECTOR)
+        environment.export(drv[n], vols[n][-1], HOST_CONNECTOR)
 
     def startup(n):
         # A fresh driver: a restarted cinder-volume, empty caches.
@@ -1399,11 +1028,6 @@ def io_tests(p):
     ]
 
 
-def setting_label(write_cache, flags):
-    return 'write-cache %s, bsoflags %s' % (
-        'on' if write_cache else 'off', '"%s"' % flags)
-
-
 def bench_io(env, report, p):
     daemon = env.tgtd('io')
     lun = p['lun_mib'] * MiB
@@ -1436,7 +1060,8 @@ def bench_io(env, report, p):
         drv = env.driver(dirname, daemon, **opts)
         vol, _path = lun_file(dirname)
         targets.append(IoTarget(
-            label, lun_url(daemon, _export(drv, vol, QEMU_CONNECTOR)),
+            label, lun_url(daemon, environment.export(drv, vol,
+                                                      QEMU_CONNECTOR)),
             caches(mount, dirname, vol.name), kind))
 
     def add_file(label, kind, mount, dirname):
@@ -1567,19 +1192,6 @@ def paired_order(targets, rnd):
         units = [list(reversed(u)) for u in units]
     shift = rnd % len(units)
     return list(itertools.chain(*(units[shift:] + units[:shift])))
-
-
-def cpu_seconds(pid):
-    """User plus system CPU seconds of a process so far (procfs)."""
-    with open('/proc/%d/stat' % pid) as f:
-        fields = f.read().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-
-
-def children_cpu_seconds():
-    """CPU seconds of this process's waited-for children (qemu-img)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def cpu_limit(cpu, names):
@@ -1781,115 +1393,6 @@ def lun_url(daemon, connection):
     return daemon.url(data['target_iqn'], data['target_lun'],
                       user=data['auth_username'],
                       secret=data['auth_password'])
-
-
-# -- report ----------------------------------------------------------------
-
-def version(cmd):
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True,
-                             timeout=30)
-        return (out.stdout or out.stderr).strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.SubprocessError):
-        return 'unknown'
-
-
-def dpkg_version(package):
-    return version(['dpkg-query', '-W', '-f=${Version}', package])
-
-
-def machine_info():
-    return [
-        ('CPUs (nproc)', str(os.cpu_count())),
-        ('memory', size(os.sysconf('SC_PAGE_SIZE') *
-                        os.sysconf('SC_PHYS_PAGES'))),
-        ('kernel', platform.release()),
-        ('tgt', dpkg_version('tgt')),
-        ('bindfs', version(['bindfs', '--version'])),
-        ('libfuse3', dpkg_version('libfuse3-3')),
-        ('qemu-img', version(['qemu-img', '--version'])),
-        ('coreutils (dd)', version(['dd', '--version'])),
-        ('Python', platform.python_version()),
-        ('Cinder', metadata.version('cinder')),
-    ]
-
-
-def memory_rows(env):
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KiB
-    rows = [['driver (this process: Cinder, the driver, the benchmark)',
-             size(own)]]
-    for name, label in (('tgtd', 'tgtd (largest instance)'),
-                        ('bindfs', 'bindfs'), ('faultfs', 'faultfs'),
-                        ('fuse-overlayfs', 'fuse-overlayfs')):
-        if env.peak.get(name):
-            rows.append([label, size(env.peak[name])])
-    return rows
-
-
-def render(report, mode, started, elapsed, info, loads, memory):
-    lines = [
-        '==========',
-        'Benchmarks',
-        '==========',
-        '',
-        '.. This file is written by tools/benchmark.py; do not edit it.',
-        '',
-        'Measured on %s UTC by ``tools/benchmark.py`` (%s run, %.1f '
-        'minutes). Each figure is a ratio of two measurements taken in '
-        'the same run on the same machine; the machine is shared, so '
-        'absolute numbers are only indicative.' % (
-            started.strftime('%Y-%m-%d %H:%M'), mode, elapsed / 60),
-        '',
-        'Reproduce',
-        '=========',
-        '',
-        'As root, from a checkout:',
-        '',
-        '.. code-block:: console',
-        '',
-        '   # tools/run bench          # installs the test packages first',
-        '   # tox -e bench             # once tools/run test or demo has',
-        '   # tox -e bench -- --quick  # a small smoke run, to stdout',
-        '',
-        'The run mounts its own bindfs, fuse-overlayfs and faultfs '
-        'filesystems, starts its own tgtd instances (control ports 90-99, '
-        'portals 127.0.0.1:13331-13339) and removes everything afterwards. '
-        'It '
-        'needs about 25 GiB free in ``/var/tmp`` (``--workdir``).',
-        '',
-        'Machine',
-        '=======',
-        '',
-        rst_table(['item', 'value'], info + [
-            ['load average (1 min) at start / end', '%.2f / %.2f' % loads],
-        ]),
-        '',
-        'Goals',
-        '=====',
-        '',
-        rst_table(['goal', 'target', 'measured', 'verdict'], report.goals),
-        '',
-        'Results',
-        '=======',
-        '',
-    ]
-    lines += report.sections
-    lines += [
-        'Peak memory',
-        '-----------',
-        '',
-        'Peak resident set sizes over the whole run (``ru_maxrss``, '
-        '``VmHWM``).',
-        '',
-        rst_table(['process', 'peak RSS'], memory),
-        '',
-        'Interpretation',
-        '==============',
-        '',
-    ]
-    for text in report.findings:
-        lines += ['* ' + text, '']
-    return '\n'.join(lines).rstrip() + '\n'
 
 
 # -- main ------------------------------------------------------------------
