@@ -46,46 +46,41 @@ from cinder import objects
 from cinder.tests.unit import fake_volume  # noqa: F401
 from cinder.volume import volume_utils
 
+from bench.create import bench_create
 from bench import environment
 from bench.environment import allocated
 from bench.environment import children_cpu_seconds
 from bench.environment import copy_filesystems
 from bench.environment import COPY_ROUNDS
 from bench.environment import cpu_seconds
-from bench.environment import CTX
 from bench.environment import Env
 from bench.environment import fadvise_dontneed
-from bench.environment import filesystems
-from bench.environment import HOST_CONNECTOR
 from bench.environment import QEMU_CONNECTOR
 from bench.environment import ROOT
 from bench.environment import SIZES
+from bench.export import bench_export
 from bench.report import machine_info
 from bench.report import memory_rows
 from bench.report import render
 from bench.report import Report
+from bench.stats import bench_stats
 from bench.tgt_options import DEFAULT_SETTING
 from bench.tgt_options import setting_label
 from bench.tgt_options import TGT_SETTINGS
 from bench.tgt_options import TGTD_SESSION_DEFAULTS
 from bench.units import div
-from bench.units import duration
 from bench.units import GiB
 from bench.units import KiB
 from bench.units import log
 from bench.units import median
 from bench.units import MiB
-from bench.units import ms
 from bench.units import ratio
 from bench.units import secs
 from bench.units import shown
 from bench.units import size
-from bench.units import spread
 from fuse_cinder.allinone import sandbox
 from fuse_cinder.cmd import sparse_copy
 from fuse_cinder import options
-from fuse_cinder import privileged
-from fuse_cinder.privileged import tgt as priv_tgt
 from fuse_cinder.targets import tgt as target_tgt
 from fuse_cinder.targets import tgtd_mgmt
 
@@ -98,429 +93,6 @@ RANDOM_STRIDE = 7919 * 4 * KiB
 # Copies of an empty volume of this size (GiB): a trusted block count
 # makes them as quick as a create.
 EMPTY_GB = 1024
-
-
-# -- 1. create_volume -----------------------------------------------------
-
-def bench_create(env, report, p):
-    rows = []
-    goal_ok = True
-    summary = []
-    # The floor under every call on the mount: spawning one bounded
-    # command that does nothing.
-    noop = [env.commands.measure(lambda: env.commands(
-        'timeout', '-s', 'KILL', '10', 'true', run_as_root=True)).seconds
-        for _rep in range(p['reps'] * 2)]
-    for label, mount in filesystems(env):
-        drv = env.driver(env.home(mount, 'create'))
-        times = {1: [], 1024: []}
-        blocks = {1: 0, 1024: 0}
-        sizes_ok = True
-        for _rep in range(p['reps']):
-            for gb in (1, 1024):
-                vol = env.volume(gb)
-                sample = env.commands.measure(
-                    lambda: drv.create_volume(vol))
-                times[gb].append(sample.seconds)
-                commands = sample.commands
-                argv = sample.argv
-                st = os.stat(drv.local_path(vol))
-                blocks[gb] = max(blocks[gb], st.st_blocks * 512)
-                sizes_ok = sizes_ok and st.st_size == gb * GiB
-                drv.delete_volume(vol)
-        small, big = median(times[1]), median(times[1024])
-        if label == 'bindfs':
-            first_times = times[1] + times[1024]
-        rel = div(big, small)
-        ok = (0.8 <= rel <= 1.25 and big < 0.05 and small < 0.05
-              and blocks[1] == 0 and blocks[1024] == 0 and sizes_ok)
-        goal_ok = goal_ok and ok
-        rows.append([label, ms(small), spread(times[1]), ms(big),
-                     spread(times[1024]), ratio(rel),
-                     '%d / %d' % (blocks[1], blocks[1024]), str(commands)])
-        summary.append('%s %s vs %s (%s), %d bytes' % (
-            label, ms(small), ms(big), ratio(rel), blocks[1024]))
-        log('create_volume on %s: 1 GiB %s, 1 TiB %s' % (
-            label, ms(small), ms(big)))
-    report.section(
-        'create_volume: 1 GiB vs 1 TiB',
-        'Median of %d ``create_volume`` calls of each size, interleaved, '
-        'through the driver; allocation read with ``stat`` after each. A '
-        '1 TiB volume runs %s on the mount.'
-        % (p['reps'], shown(argv, env.base)),
-        ['FUSE', '1 GiB', 'range', '1 TiB', 'range', '1 TiB / 1 GiB',
-         'bytes allocated (1 GiB / 1 TiB)', 'commands'], rows,
-        notes='Each command on the mount is a child process (``timeout -s '
-              'KILL N cmd``, see DESIGN.rst); one that does nothing '
-              '(``true``) took %s here (median of %d, %s).'
-              % (ms(median(noop)), len(noop), spread(noop)))
-    report.goal('create_volume 1 TiB = 1 GiB, < 50 ms, 0 blocks',
-                'ratio 0.8-1.25, both < 50 ms, 0 bytes',
-                '; '.join(summary), goal_ok)
-    floor = commands * median(noop)
-    report.finding(
-        '``create_volume`` runs %d command(s) on the mount whatever the '
-        'size (%s); the 1 TiB volume allocated no block. As many commands '
-        'that do nothing take %s on this machine, %.0f%% of the median '
-        'create on bindfs%s; the 50 ms target is %s.' % (
-            commands, '; '.join(summary), ms(floor),
-            100 * floor / median(first_times),
-            ': the time is process start-up, not FUSE or the size'
-            if floor >= 0.5 * median(first_times) else '',
-            'met' if goal_ok
-            else 'missed: process start-up alone exceeds it'
-            if floor >= 0.05 else 'missed'))
-
-
-# -- 2. get_volume_stats --------------------------------------------------
-
-def bench_stats(env, report, p):
-    count = p['stats_volumes']
-    drivers = {}
-    setup = {}
-    for n in (1, count):
-        home = env.home(env.bindfs, 'stats-%d' % n)
-        first = env.driver(home)
-        first.create_volume(env.volume(1))
-        for _i in range(n - 1):
-            # Files made directly on the mount, as if created earlier:
-            # the driver meets them at start-up like any existing volume.
-            path = os.path.join(home, env.volume(1).name)
-            with open(path, 'wb') as f:
-                f.truncate(GiB)
-        sample = env.commands.measure(
-            lambda: drivers.__setitem__(n, env.driver(home)))
-        setup[n] = sample
-    times = {1: [], count: []}
-    commands = {}
-    reported = {}
-    for _rep in range(p['reps'] * 2):
-        for n in (1, count):
-            stats = {}
-            sample = env.commands.measure(
-                lambda: stats.update(drivers[n].get_volume_stats(
-                    refresh=True)))
-            times[n].append(sample.seconds)
-            commands[n] = sample.commands
-            reported[n] = stats['provisioned_capacity_gb']
-    one, many = median(times[1]), median(times[count])
-    rel = div(many, one)
-    rows = [['%d' % n, ms(median(times[n])), spread(times[n]),
-             str(commands[n]), '%g' % reported[n], secs(setup[n].seconds),
-             str(setup[n].commands)] for n in (1, count)]
-    report.section(
-        'get_volume_stats: 1 vs %d volumes' % count,
-        'Median of %d ``get_volume_stats(refresh=True)`` calls on each of '
-        'two backends (1 and %d volumes of 1 GiB on bindfs), interleaved. '
-        'The %d volumes but one were created as files before the driver '
-        'started, as after a restart. ``do_setup`` (which lists the '
-        'directory once, at start-up) is shown for comparison.'
-        % (p['reps'] * 2, count, count),
-        ['volumes', 'stats', 'range', 'commands', 'provisioned GiB',
-         'do_setup (whole start-up check)', 'commands'], rows)
-    report.goal('get_volume_stats O(1): 1 vs %d' % count,
-                'ratio <= 1.25, same number of commands',
-                '%s vs %s (%s), %d vs %d commands' % (
-                    ms(one), ms(many), ratio(rel), commands[1],
-                    commands[count]),
-                rel <= 1.25 and commands[1] == commands[count])
-    report.finding(
-        '``get_volume_stats`` runs %d command(s) on the mount with 1 or '
-        '%d volumes: %s vs %s (%s). Only ``do_setup`` lists the '
-        'directory, once per start (%s vs %s).' % (
-            commands[count], count, ms(one), ms(many), ratio(rel),
-            secs(setup[1].seconds), secs(setup[count].seconds)))
-
-
-# -- 3. export and start-up re-export --------------------------------------
-
-# What the driver used to run for tgtd; none of it may show up now.
-TGT_TOOLS = ('tgt-admin', 'tgtadm')
-# The bounded file checks on the mount (stat, statfs), a child process.
-FILE_CHECK = 'fuse-cinder-files'
-
-ExportSample = collections.namedtuple(
-    'ExportSample', 'seconds target target_calls files tools by_call')
-
-
-class TimedControl:
-    """fuse_cinder.privileged.tgt as the target helper calls it, timed.
-
-    Each entry point still goes over the socket to the privsep daemon,
-    which talks to tgtd; this only adds a clock around the call.
-    """
-
-    def __init__(self):
-        self.seconds = collections.Counter()
-        self.calls = collections.Counter()
-
-    def __getattr__(self, name):
-        func = getattr(priv_tgt, name)
-        if not privileged.tgt_pctxt.is_entrypoint(func):
-            return func
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                self.seconds[name] += time.perf_counter() - start
-                self.calls[name] += 1
-        return timed
-
-
-def _tools(argvs):
-    return sum(os.path.basename(argv[0]) in TGT_TOOLS for argv in argvs)
-
-
-def _split(samples):
-    """Median seconds per privsep entry point, at 0 / N other targets."""
-    low, high = (samples[n] for n in sorted(samples))
-    names = sorted({name for s in low + high
-                    for name, seconds in s.by_call.items() if seconds})
-    return ', '.join('``%s`` %s / %s' % (
-        name, ms(median(s.by_call[name] for s in low)),
-        ms(median(s.by_call[name] for s in high))) for name in names)
-
-
-def privsep_daemon():
-    """(pid, PYTHONPATH) of the tgt privsep daemon, or (None, None)."""
-    channel = privileged.tgt_pctxt.channel
-    if channel is None:
-        return None, None
-    # The helper that connected forks the daemon and exits: find the
-    # daemon by the socket path on its command line.
-    sock = channel.writer.writesock.getsockname().encode()
-    for pid in filter(str.isdigit, os.listdir('/proc')):
-        try:
-            with open('/proc/%s/cmdline' % pid, 'rb') as f:
-                if sock not in f.read().split(b'\0'):
-                    continue
-            with open('/proc/%s/environ' % pid, 'rb') as f:
-                env = dict(v.partition(b'=')[::2]
-                           for v in f.read().split(b'\0'))
-            return int(pid), env.get(b'PYTHONPATH', b'').decode()
-        except OSError:
-            continue
-    return None, None
-
-
-def bench_export(env, report, p):
-    others = p['export_others']
-    control = TimedControl()
-    daemons = {0: env.tgtd('zero'), others: env.tgtd('many')}
-    home = env.home(env.bindfs, 'export')
-    first_command = len(env.commands.history)
-
-    def new_driver(n):
-        # No background tick: the tgtd restarts below are healed only by
-        # the calls measured.
-        drv = env.driver(home, daemons[n], fuse_watch_interval=0)
-        drv.target_driver._control = control
-        return drv
-
-    def measure(func):
-        seconds = control.seconds.copy()
-        calls = sum(control.calls.values())
-        sample = env.commands.measure(func)
-        by_call = control.seconds.copy()
-        by_call.subtract(seconds)
-        return ExportSample(sample.seconds, sum(by_call.values()),
-                            sum(control.calls.values()) - calls,
-                            sample.programs[FILE_CHECK], _tools(sample.argv),
-                            by_call)
-
-    drv = {n: new_driver(n) for n in daemons}
-    # Start the privsep daemon now, not inside the first export measured.
-    priv_tgt.show(daemons[0].control_port)
-    pid, pythonpath = privsep_daemon()
-    log('privsep daemon %s, PYTHONPATH=%s' % (pid, pythonpath))
-    vols = {n: [env.volume(1) for _ in range(n + 1)] for n in daemons}
-    for n in daemons:
-        for vol in vols[n]:
-            drv[n].create_volume(vol)
-    log('exporting %d volumes on tgtd %d' % (
-        others, daemons[others].control_port))
-    growth = []
-    for vol in vols[others][:-1]:
-        growth.append(measure(
-            lambda: environment.export(drv[others], vol, HOST_CONNECTOR)))
-
-    # One export and its removal with no other target vs with the others,
-    # interleaved, in alternating order.
-    export = {n: [] for n in daemons}
-    remove = {n: [] for n in daemons}
-    for rep in range(p['reps']):
-        for n in sorted(daemons, reverse=rep % 2 == 1):
-            vol = vols[n][-1]
-            export[n].append(measure(
-                lambda: environment.export(drv[n], vol, HOST_CONNECTOR)))
-            remove[n].append(measure(
-                lambda: drv[n].remove_export(CTX, vol)))
-    for n in daemons:
-        environment.export(drv[n], vols[n][-1], HOST_CONNECTOR)
-
-    def startup(n):
-        # A fresh driver: a restarted cinder-volume, empty caches.
-        fresh = new_driver(n)
-        return measure(
-            lambda: [fresh.ensure_export(CTX, v) for v in vols[n]])
-
-    restored = {n: [] for n in daemons}
-
-    def reconcile(n):
-        daemons[n].restart()
-        return measure(lambda: restored[n].append(
-            drv[n].target_driver.reconcile(home)))
-
-    present = {n: [] for n in daemons}
-    for rep in range(p['reps']):
-        for n in sorted(daemons, reverse=rep % 2 == 1):
-            present[n].append(startup(n))
-    log('re-export after empty tgtd restarts')
-    restart = {n: [] for n in daemons}
-    lost = {n: [] for n in daemons}
-    for rep in range(p['restart_reps']):
-        # The tgtd with many targets once, amid the small one's runs.
-        for n in [0] + [others] * (rep == p['restart_reps'] // 2):
-            daemons[n].restart()
-            restart[n].append(startup(n))
-            lost[n].append(reconcile(n))
-    held = {n: len(target_tgt.parse_show_target(
-        priv_tgt.show(daemon.control_port)))
-        for n, daemon in daemons.items()}
-    for daemon in daemons.values():
-        env.stop_tgtd(daemon)
-    commands = env.commands.history[first_command:]
-    tools = _tools(commands)
-
-    def med(samples, field, per=1):
-        return median(getattr(s, field) for s in samples) / per
-
-    rows = []
-    checks = {}
-    for key, label, data, unit in (
-            ('export', 'create_export + initialize_connection', export,
-             'call'),
-            ('remove', 'remove_export', remove, 'call'),
-            ('present', 'start-up ensure_export, targets in tgtd', present,
-             'volume'),
-            ('restart', 'start-up ensure_export after empty tgtd restart',
-             restart, 'volume'),
-            ('reconcile', 'reconcile after empty tgtd restart', lost,
-             'export')):
-        per = {n: 1 if unit == 'call' else len(vols[n]) for n in daemons}
-        t0, tn = (med(data[n], 'seconds', per[n]) for n in daemons)
-        a0, an = (med(data[n], 'target', per[n]) for n in daemons)
-        f0, fn = (med(data[n], 'files', per[n]) for n in daemons)
-        checks[key] = (t0, a0, tn, an)
-        rows.append([
-            '%s (per %s)' % (label, unit), ms(t0), ms(a0), ms(f0), ms(tn),
-            ms(an), ms(fn), ratio(div(tn, t0)), ratio(div(an, a0)),
-            ' / '.join('%g' % med(data[n], 'target_calls') for n in daemons),
-            ' / '.join('%d' % sum(s.tools for s in data[n])
-                       for n in daemons),
-            ' / '.join('%d' % len(data[n]) for n in daemons)])
-    first, last = growth[:10], growth[-10:]
-    report.section(
-        'Export latency and start-up re-export: 0 vs %d other targets'
-        % others,
-        'Two private tgtd instances side by side, driven as in production: '
-        'every change goes through the entry points of '
-        '``fuse_cinder.privileged.tgt`` in the real oslo.privsep daemon '
-        '(``privsep-helper`` started as root from this virtualenv), which '
-        'talks to tgtd\'s management socket. One tgtd serves only the '
-        'volume measured, the other %d more exported volumes as well (1 '
-        'GiB each on bindfs, exported with a connector as Nova does). '
-        'Medians over repetitions interleaved between the two. "target" '
-        'is the time spent in the privsep calls (socket round trip, the '
-        'daemon\'s checks, tgtd); "file check" is the driver\'s bounded '
-        '``%s stat`` of the volume file (``statfs`` of the mount for an '
-        'ensure burst), a child process on the mount, not tgtd; the rest '
-        'is the driver\'s own work (its records in volumes_dir, parsing '
-        'tgtd\'s listing). Start-up is ``ensure_export`` of every volume '
-        'by a freshly started driver, per volume, with the targets still '
-        'in tgtd (cinder-volume restart) and after tgtd restarted empty '
-        '(killed); such a tgtd is also healed by the driver\'s background '
-        '``reconcile``, one call that re-creates every lost export, '
-        'timed here per export re-created. "privsep calls" and '
-        '"tgt-admin or tgtadm runs" (processes the driver\'s executor '
-        'started) count per sample: one operation, one start-up burst or '
-        'one reconcile.' % (others, FILE_CHECK),
-        ['operation', '0 others', 'target', 'file check',
-         '%d others' % others, 'target', 'file check', 'ratio',
-         'ratio of target', 'privsep calls (0 / %d)' % others,
-         'tgt-admin or tgtadm runs', 'samples'],
-        rows,
-        notes='The privsep calls of one create_export + '
-              'initialize_connection, medians with 0 / %d others: %s; of '
-              'one remove_export: %s. '
-              'Start-up with %d volumes in tgtd took %s in all with the '
-              'targets present and %s after an empty restart; one '
-              'reconcile re-created %s of %d lost exports in %s. While '
-              'the second tgtd filled up, one export took %s (target %s) '
-              'for the first 10 volumes and %s (target %s) for the last '
-              '10 (medians). tgtd held %d and %d targets at the end. The '
-              'driver ran %d commands in this section, %d of them '
-              'tgt-admin or tgtadm: %s.' % (
-                  others, _split(export), _split(remove),
-                  others + 1, duration(med(present[others], 'seconds')),
-                  duration(med(restart[others], 'seconds')),
-                  '/'.join('%d' % r for r in restored[others]), others + 1,
-                  duration(med(lost[others], 'seconds')),
-                  ms(med(first, 'seconds')), ms(med(first, 'target')),
-                  ms(med(last, 'seconds')), ms(med(last, 'target')),
-                  held[0], held[others], len(commands), tools,
-                  ', '.join('``%s``' % c for c in sorted(
-                      {' '.join(argv[:2]) for argv in commands}))))
-    t0, a0, tn, an = checks['export']
-    report.goal('create_export + initialize_connection target work, '
-                '0 and %d others' % others, '<= 30 ms at both',
-                '%s and %s (total %s and %s)' % (ms(a0), ms(an), ms(t0),
-                                                 ms(tn)),
-                a0 <= 0.030 and an <= 0.030)
-    report.goal('create_export + initialize_connection target work, '
-                '0 vs %d others' % others, 'the same: ratio <= 1.25',
-                '%s -> %s (%s)' % (ms(a0), ms(an), ratio(div(an, a0))),
-                div(an, a0) <= 1.25)
-    report.goal('%d exported volumes on one tgtd' % (others + 1),
-                'all exported, no tgt-admin or tgtadm',
-                'tgtd held %d targets; export %s for the first 10, %s for '
-                'the last 10; %d tgt-admin or tgtadm runs' % (
-                    held[others], ms(med(first, 'seconds')),
-                    ms(med(last, 'seconds')), tools),
-                held[others] == others + 1 and tools == 0)
-    for key, label in (
-            ('present', 'start-up ensure_export, targets in tgtd'),
-            ('restart', 'start-up ensure_export after tgtd restart'),
-            ('reconcile', 'reconcile after tgtd restart')):
-        t0, a0, tn, an = checks[key]
-        report.goal('%s, 0 vs %d others' % (label, others),
-                    'target work per volume <= 2x',
-                    '%s -> %s per volume (%s); total %s -> %s' % (
-                        ms(a0), ms(an), ratio(div(an, a0)), ms(t0),
-                        ms(tn)),
-                    div(an, a0) <= 2)
-    t0, a0, tn, an = checks['export']
-    r0, _ra0, rn, _ran = checks['remove']
-    report.finding(
-        'Exports: one create_export + initialize_connection took %s next '
-        'to %d other targets vs %s alone, of which the privsep calls to '
-        'tgtd %s vs %s (%s): %s the 30 ms goal for the target work '
-        '(per entry point: %s); remove_export %s vs %s. A restarted '
-        'cinder-volume re-exports %d volumes whose targets survived in %s '
-        '(%s per volume); after tgtd restarted empty, ensure_export takes '
-        '%s per volume and one reconcile %s per export. No tgt-admin or '
-        'tgtadm ran.' % (
-            ms(tn), others, ms(t0), ms(an), ms(a0), ratio(div(an, a0)),
-            'within' if max(a0, an) <= 0.030 else 'beyond',
-            _split(export), ms(rn), ms(r0), others + 1,
-            duration(checks['present'][2] * (others + 1)),
-            ms(checks['present'][2]), ms(checks['restart'][2]),
-            ms(checks['reconcile'][2]))
-        if tools == 0 else
-        'Exports: %d tgt-admin or tgtadm commands ran in the export '
-        'section; the driver should run none.' % tools)
 
 
 # -- 4. snapshot and clone vs Cinder's dd ----------------------------------

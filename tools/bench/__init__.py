@@ -14,6 +14,10 @@
 units         how figures are written (ms, ratios, sizes, medians)
 tgt_options   the driver's tgt options the benchmark sets, named once
 environment   scratch mounts, tgtd instances, drivers, the timed executor
+create        section 1, create_volume: 1 GiB vs 1 TiB
+stats         section 2, get_volume_stats: 1 vs N volumes
+export        section 3, export latency and start-up re-export
+export_report its table, goals and finding
 report        the sections collected, and BENCHMARKS.rst around them
 """
 
