@@ -18,6 +18,9 @@ create        section 1, create_volume: 1 GiB vs 1 TiB
 stats         section 2, get_volume_stats: 1 vs N volumes
 export        section 3, export latency and start-up re-export
 export_report its table, goals and finding
+copy          section 4, snapshot and clone vs Cinder's dd
+copy_report   its table, goals, notes and finding
+empty_copy    copies of an empty volume (part of section 4)
 report        the sections collected, and BENCHMARKS.rst around them
 """
 
