@@ -21,6 +21,9 @@ export_report its table, goals and finding
 copy          section 4, snapshot and clone vs Cinder's dd
 copy_report   its table, goals, notes and finding
 empty_copy    copies of an empty volume (part of section 4)
+io_targets    the LUNs and files of section 5, and qemu-img bench
+io            section 5, the data path
+io_report     its recommendation, notes, finding and ceiling table
 report        the sections collected, and BENCHMARKS.rst around them
 """
 
