@@ -67,7 +67,7 @@ def plain_lun(daemon, vol, path):
     The driver's entry points refuse such a file; the benchmark, as root,
     talks to tgtd's socket itself for this baseline. Returns its URL.
     """
-    bsoflags = tgt_options.configured_bsoflags()
+    bsoflags = tgt_options.DEFAULT_SETTING[1]
     iqn = 'iqn.2010-10.org.openstack:' + vol.name
     user = volume_utils.generate_username()
     secret = volume_utils.generate_password()

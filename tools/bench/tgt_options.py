@@ -18,19 +18,14 @@ options is in this module, so that renaming one is a change in one place.
 
 from fuse_cinder import options
 
-WRITE_CACHE = 'fuse_tgt_write_cache'
-BSOFLAGS = 'fuse_tgt_bsoflags'
+# Cinder's own options (cinder/volume/driver.py), which the driver uses.
+WRITE_CACHE = 'iscsi_write_cache'
+BSOFLAGS = 'iscsi_target_flags'
 # The two as the data path section's text names them.
 SETTING_OPTIONS = '``%s`` x ``%s``' % (WRITE_CACHE, BSOFLAGS)
 
-
-def _tgt_opt(name):
-    return next(o for o in options.tgt_opts if o.name == name)
-
-
 # (write cache, bsoflags) as the driver sets them when not configured.
-DEFAULT_SETTING = (_tgt_opt(WRITE_CACHE).default,
-                   _tgt_opt(BSOFLAGS).default)
+DEFAULT_SETTING = (True, options.DEFAULT_BSOFLAGS)
 
 
 # tgtd's own login keys, as driver options (tgt's iscsi/param.c).
@@ -42,17 +37,12 @@ TGTD_SESSION_DEFAULTS = dict(fuse_tgt_max_recv_data_segment_length=8192,
 
 # (write cache, bsoflags): every combination the driver's options allow.
 TGT_SETTINGS = [(wc, flags) for wc in (True, False)
-                for flags in _tgt_opt(BSOFLAGS).type.choices]
+                for flags in options.BSOFLAGS_CHOICES]
 
 
 def setting_opts(write_cache, flags):
     """The driver options of one (write cache, bsoflags) setting."""
-    return {WRITE_CACHE: write_cache, BSOFLAGS: flags}
-
-
-def configured_bsoflags():
-    """The bsoflags of the backends' defaults ('' for none)."""
-    return getattr(options.CONF.backend_defaults, BSOFLAGS) or ''
+    return {WRITE_CACHE: 'on' if write_cache else 'off', BSOFLAGS: flags}
 
 
 def setting_label(write_cache, flags):
