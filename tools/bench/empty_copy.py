@@ -24,10 +24,6 @@ from bench.units import median
 from bench.units import secs
 from bench.units import size
 
-# Copies of an empty volume of this size (GiB): a trusted block count
-# makes them as quick as a create.
-EMPTY_GB = 1024
-
 
 def _copy_round(env, drv, mount, label, src, times):
     """One snapshot, clone and volume from snapshot; (seconds, bytes).
@@ -77,7 +73,7 @@ def _med(samples):
 
 def bench_empty_copies(env, report, p):
     """Snapshot, clone and volume-from-snapshot of an empty volume."""
-    size_gb = EMPTY_GB if p is environment.SIZES['full'] else EMPTY_GB // 16
+    size_gb = p['empty_copy_gb']
     rows = []
     for label, mount in environment.copy_filesystems(env):
         times = _mount_copies(env, label, mount, size_gb)
