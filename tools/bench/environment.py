@@ -60,12 +60,14 @@ COPY_ROUNDS = 3
 SIZES = {
     'full': dict(reps=9, export_others=500, stats_volumes=1000,
                  copy_gb=10, copy_extents=64, copy_extent_mib=16,
-                 lun_mib=128, seq_write_mib=64, random_writes=2000,
+                 empty_copy_gb=1024, lun_mib=128, seq_write_mib=64,
+                 random_writes=2000,
                  random_reads=4000, io_rounds=5,
                  restart_reps=5),
     'quick': dict(reps=3, export_others=20, stats_volumes=100,
                   copy_gb=1, copy_extents=64, copy_extent_mib=2,
-                  lun_mib=64, seq_write_mib=32, random_writes=500,
+                  empty_copy_gb=64, lun_mib=64, seq_write_mib=32,
+                  random_writes=500,
                   random_reads=1000, io_rounds=2,
                   restart_reps=2),
 }
@@ -155,6 +157,16 @@ def cpu_seconds(pid):
     with open('/proc/%d/stat' % pid) as f:
         fields = f.read().rsplit(')', 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def thread_cpu_seconds(pid):
+    """CPU seconds of a process's main thread (schedstat: nanoseconds).
+
+    /proc/PID/stat counts in clock ticks (10 ms), too coarse for one
+    tgtd request.
+    """
+    with open('/proc/%d/schedstat' % pid) as f:
+        return int(f.read().split()[0]) / 1e9
 
 
 def children_cpu_seconds():

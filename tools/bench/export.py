@@ -25,7 +25,7 @@ from bench import export_report
 from bench.units import log
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as priv_tgt
-from fuse_cinder.targets import tgt as target_tgt
+from fuse_cinder.targets import tgtd_mgmt
 
 ExportSample = collections.namedtuple(
     'ExportSample', 'seconds target target_calls files tools by_call')
@@ -101,6 +101,8 @@ class ExportRun:
         self.samples = {}
         self.growth = []
         self.held = {}
+        # {n: tgtd's CPU seconds per export + removal, its thread count}
+        self.tgtd_cpu = {}
         self.commands = []
         self.tools = 0
 
@@ -160,12 +162,20 @@ class ExportRun:
         """
         export = {n: [] for n in self.daemons}
         remove = {n: [] for n in self.daemons}
+        pids = {n: daemon.proc.pid for n, daemon in self.daemons.items()}
+        cpu = {n: environment.thread_cpu_seconds(pid)
+               for n, pid in pids.items()}
         for n in self._turns(self.p['reps']):
             vol = self.vols[n][-1]
             export[n].append(self.measure(lambda: environment.export(
                 self.drv[n], vol, environment.HOST_CONNECTOR)))
             remove[n].append(self.measure(
                 lambda: self.drv[n].remove_export(environment.CTX, vol)))
+        self.tgtd_cpu = {
+            n: ((environment.thread_cpu_seconds(pid) - cpu[n])
+                / self.p['reps'],
+                len(os.listdir('/proc/%d/task' % pid)))
+            for n, pid in pids.items()}
         for n in self.daemons:
             environment.export(self.drv[n], self.vols[n][-1],
                                environment.HOST_CONNECTOR)
@@ -206,7 +216,7 @@ class ExportRun:
 
     def finish(self):
         """Targets each tgtd held, tgtd stopped; the section's commands."""
-        self.held = {n: len(target_tgt.parse_show_target(
+        self.held = {n: len(tgtd_mgmt.parse_targets(
             priv_tgt.show(daemon.control_port)))
             for n, daemon in self.daemons.items()}
         for daemon in self.daemons.values():

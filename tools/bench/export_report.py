@@ -85,7 +85,10 @@ def _notes(run):
         'one remove_export: %s. '
         'Start-up with %d volumes in tgtd took %s in all with the '
         'targets present and %s after an empty restart; one '
-        'reconcile re-created %s of %d lost exports in %s. While '
+        'reconcile re-created %s of %d lost exports in %s. The CPU time '
+        'of tgtd\'s main thread (which serves every request) per export '
+        'and removal: %s with 0 others, %s with %d (tgtd then ran %d '
+        'threads: a pool per LUN). While '
         'the second tgtd filled up, one export took %s (target %s) '
         'for the first 10 volumes and %s (target %s) for the last '
         '10 (medians). tgtd held %d and %d targets at the end. The '
@@ -96,6 +99,8 @@ def _notes(run):
             duration(med(samples['restart'][others], 'seconds')),
             '/'.join('%d' % r for r in run.restored[others]), others + 1,
             duration(med(samples['reconcile'][others], 'seconds')),
+            ms(run.tgtd_cpu[0][0]), ms(run.tgtd_cpu[others][0]), others,
+            run.tgtd_cpu[others][1],
             ms(med(first, 'seconds')), ms(med(first, 'target')),
             ms(med(last, 'seconds')), ms(med(last, 'target')),
             run.held[0], run.held[others], len(run.commands), run.tools,
@@ -182,14 +187,19 @@ def _finding(run, checks):
         'Exports: one create_export + initialize_connection took %s next '
         'to %d other targets vs %s alone, of which the privsep calls to '
         'tgtd %s vs %s (%s): %s the 30 ms goal for the target work '
-        '(per entry point: %s); remove_export %s vs %s. A restarted '
+        '(per entry point: %s); remove_export %s vs %s. tgtd itself '
+        'spent %s of CPU per export and removal with %d others against '
+        '%s alone (%s). A restarted '
         'cinder-volume re-exports %d volumes whose targets survived in %s '
         '(%s per volume); after tgtd restarted empty, ensure_export takes '
         '%s per volume and one reconcile %s per export. No tgt-admin or '
         'tgtadm ran.' % (
             ms(tn), others, ms(t0), ms(an), ms(a0), ratio(div(an, a0)),
             'within' if max(a0, an) <= 0.030 else 'beyond',
-            _split(run.samples['export']), ms(rn), ms(r0), others + 1,
+            _split(run.samples['export']), ms(rn), ms(r0),
+            ms(run.tgtd_cpu[others][0]), others, ms(run.tgtd_cpu[0][0]),
+            ratio(div(run.tgtd_cpu[others][0], run.tgtd_cpu[0][0])),
+            others + 1,
             duration(checks['present'][2] * (others + 1)),
             ms(checks['present'][2]), ms(checks['restart'][2]),
             ms(checks['reconcile'][2])))
