@@ -30,6 +30,13 @@ from bench.units import size
 from fuse_cinder.cmd import sparse_copy
 
 
+def _warmups(results):
+    """The uncounted first clones against the counted clones' medians."""
+    return '; '.join('%s %s, then %s' % (label, secs(res['warmup']),
+                                         secs(res['clone'][0]))
+                     for label, res in results.items())
+
+
 def _generic_cmd(cmd):
     """A dd command line without the scratch paths."""
     names = {'if': 'SOURCE', 'of': 'NEW_VOLUME'}
@@ -194,7 +201,10 @@ def report_copies(report, p, results, clone_shown, dd_commands):
         '``sparse=False`` (its default: a full copy) and ``sparse=True`` '
         '(``conv=sparse``, what Cinder asks for when a backend reports '
         '``sparse_copy_volume``, as this driver does). The source is '
-        'dropped from the page cache before each copy. Snapshots and '
+        'dropped from the page cache before each copy. The first copy '
+        'after the source was written ran slower than the next ones '
+        'whichever copy it was, so a clone made right after the write is '
+        'not counted (%s). Snapshots and '
         'clones, both dd copies and both reads below, are made %d times '
         'in turn (medians shown); the dd medians are the baseline of both '
         'rows. "read all" is one read of the '
@@ -204,7 +214,8 @@ def report_copies(report, p, results, clone_shown, dd_commands):
         'reads: the ceiling of a copy where the filesystem hides its '
         'holes. The commands Cinder ran were::\n\n    %s'
         % (size_gb, size(n * extent), n, extent // MiB,
-           clone_shown, environment.COPY_ROUNDS, sparse_copy.READERS,
+           clone_shown, _warmups(results), environment.COPY_ROUNDS,
+           sparse_copy.READERS,
            '\n    '.join(sorted(set(
                _generic_cmd(c) for c in dd_commands)))),
         ['FUSE', 'copy', 'driver', 'allocated', 'dd full', 'allocated',
