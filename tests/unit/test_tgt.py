@@ -1184,7 +1184,7 @@ Target 2: iqn.2010-10.org.openstack:volume-t
 """
 
 
-def test_parse_show_target():
+def test_parse_targets_of_a_listing():
     targets = tgtd_mgmt.parse_targets(SHOW)
     s = targets['iqn.2010-10.org.openstack:volume-s']
     assert (s.tid, s.accounts, s.nexus) == (1, ['user1'], True)
