@@ -57,20 +57,16 @@ QEMU_CONNECTOR = {'initiator': 'iqn.2008-11.org.linux-kvm',
 # Snapshots and clones of each source per filesystem (medians).
 COPY_ROUNDS = 3
 
-SIZES = {
-    'full': dict(reps=9, export_others=500, stats_volumes=1000,
-                 copy_gb=10, copy_extents=64, copy_extent_mib=16,
-                 empty_copy_gb=1024, lun_mib=128, seq_write_mib=64,
-                 random_writes=2000,
-                 random_reads=4000, io_rounds=5,
-                 restart_reps=5),
-    'quick': dict(reps=3, export_others=20, stats_volumes=100,
-                  copy_gb=1, copy_extents=64, copy_extent_mib=2,
-                  empty_copy_gb=64, lun_mib=64, seq_write_mib=32,
-                  random_writes=500,
-                  random_reads=1000, io_rounds=2,
-                  restart_reps=2),
+# Each run size as (full run, --quick).
+_SIZES = {
+    'reps': (9, 3), 'export_others': (500, 20), 'stats_volumes': (1000, 100),
+    'copy_gb': (10, 1), 'copy_extents': (64, 64), 'copy_extent_mib': (16, 2),
+    'empty_copy_gb': (1024, 64), 'lun_mib': (128, 64),
+    'seq_write_mib': (64, 32), 'random_writes': (2000, 500),
+    'random_reads': (4000, 1000), 'io_rounds': (5, 2), 'restart_reps': (5, 2),
 }
+SIZES = {mode: {name: sizes[i] for name, sizes in _SIZES.items()}
+         for i, mode in enumerate(('full', 'quick'))}
 
 
 class BenchTgtd(sandbox.Tgtd):
