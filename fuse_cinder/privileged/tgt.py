@@ -458,15 +458,6 @@ def _tgtd_pid(client: tgtd_mgmt.TgtdClient) -> int:
     return pid
 
 
-def _same_export(target: tgtd_mgmt.Target, path: str, chap_user: str,
-                 bsoflags: str, serial: str, readonly: bool) -> bool:
-    lun = target.luns.get(LUN)
-    return (lun is not None and lun.path == path
-            and target.accounts == [chap_user] and lun.scsi_sn == serial
-            and set(lun.bsoflags.split(':')) == set(bsoflags.split(':'))
-            and lun.readonly == readonly)
-
-
 def _drop_account(client: tgtd_mgmt.TgtdClient, view: tgt_view.TgtdView,
                   user: str, iqn: str, known: bool) -> None:
     """Delete ``user`` unless another target uses it.
@@ -603,8 +594,8 @@ def export_target(port: int, iqn: str, path: str, chap_user: str,
     view, pid = _view(client)
 
     def existing(target: tgtd_mgmt.Target) -> int:
-        if not _same_export(target, path, chap_user, bsoflags, serial,
-                            readonly):
+        if not target.serves(LUN, path, chap_user, bsoflags, serial,
+                             readonly):
             raise TargetConflict(reason=_('target %s exists with other '
                                           'settings') % iqn)
         _sync_acl(client, view, target, initiators)

@@ -204,6 +204,18 @@ class Target:
     acl: list[str] = dataclasses.field(default_factory=list)
     nexus: bool = False
 
+    def serves(self, lun: int, path: str, chap_user: str, bsoflags: str,
+               serial: str, readonly: bool) -> bool:
+        """Is LUN ``lun`` already this export, with only this account?
+
+        The order of the open flags does not matter to tgtd.
+        """
+        found = self.luns.get(lun)
+        return (found is not None and found.path == path
+                and self.accounts == [chap_user] and found.scsi_sn == serial
+                and set(found.bsoflags.split(':')) == set(bsoflags.split(':'))
+                and found.readonly == readonly)
+
 
 _LUN_FIELDS = {'Backing store path': 'path', 'SCSI ID': 'scsi_id',
                'SCSI SN': 'scsi_sn', 'Backing store flags': 'bsoflags',
