@@ -86,8 +86,8 @@ def _lun(state: tgtd_mgmt.Target) -> tgtd_mgmt.Lun:
 def _bsoflags(conf: Any) -> str:
     """iscsi_target_flags (or its deprecated alias) as tgtd takes them.
 
-    tgtd's file backing store knows direct and sync (open(2) flags of
-    the backing file); anything else is a typo better refused at start.
+    Written with ',' or ':' in any order; what the privileged entry
+    points refuse (priv_tgt.BSOFLAGS) is refused here at start instead.
     """
     name = 'fuse_tgt_bsoflags'
     value = conf.safe_get(name)
@@ -95,12 +95,11 @@ def _bsoflags(conf: Any) -> str:
         name = 'iscsi_target_flags'
         value = (conf.safe_get(name) if options.is_set(conf, name)
                  else options.DEFAULT_BSOFLAGS)
-    flags = value.replace(':', ',').split(',') if value else []
-    if (len(set(flags)) != len(flags)
-            or not set(flags) <= {'direct', 'sync'}):
-        raise exception.InvalidConfigurationValue(option=name, value=value)
     # tgtd separates open flags with ':'; with ',' it keeps only one.
-    return ':'.join(sorted(flags))
+    flags = ':'.join(sorted(value.replace(',', ':').split(':')))
+    if flags not in priv_tgt.BSOFLAGS:
+        raise exception.InvalidConfigurationValue(option=name, value=value)
+    return flags
 
 
 def _write_cache(conf: Any) -> bool:
@@ -241,10 +240,6 @@ class TgtFileTarget(iscsi.ISCSITarget):
         else:
             self._show_cache[1][iqn] = state
 
-    def _lun_options(self) -> tuple:
-        """(bsoflags, write_cache) as the entry points take them."""
-        return self._bsoflags, self._write_cache
-
     def _session_params(self) -> dict:
         """The iSCSI login keys every new target gets, as tgtd names them.
 
@@ -298,9 +293,8 @@ class TgtFileTarget(iscsi.ISCSITarget):
     def _write_spec(self, spec: record.ExportSpec) -> bool:
         """Write the config file if it changed; True if it was written."""
         record.check_spec(spec)
-        bsoflags, write_cache = self._lun_options()
-        content = record.render_config(spec, write_cache=write_cache,
-                                       bsoflags=bsoflags,
+        content = record.render_config(spec, write_cache=self._write_cache,
+                                       bsoflags=self._bsoflags,
                                        session_params=self._session_params())
         path = self._conf_path(spec.iqn)
         try:
@@ -335,17 +329,6 @@ class TgtFileTarget(iscsi.ISCSITarget):
     # ------------------------------------------------------------------
     # tgtd state changes (callers hold self._locked(iqn))
 
-    def _serves(self, state: tgtd_mgmt.Target,
-                spec: record.ExportSpec) -> bool:
-        """Is the live target already the export ``spec`` describes?"""
-        bsoflags, _write_cache = self._lun_options()
-        lun = _lun(state)
-        return (lun.path == spec.path
-                and state.accounts == [spec.chap_user]
-                and lun.scsi_sn == spec.serial
-                and lun.readonly == spec.readonly
-                and set(lun.bsoflags.split(':')) == set(bsoflags.split(':')))
-
     def _apply(self, spec: record.ExportSpec,
                state: Optional[tgtd_mgmt.Target] = None,
                known: bool = False) -> tgtd_mgmt.Target:
@@ -372,7 +355,7 @@ class TgtFileTarget(iscsi.ISCSITarget):
                 volume_id=spec.volume_id, message=err.msg)
         lun = tgtd_mgmt.Lun(path=spec.path, scsi_id=spec.serial,
                             scsi_sn=spec.serial,
-                            bsoflags=self._lun_options()[0],
+                            bsoflags=self._bsoflags,
                             readonly=spec.readonly)
         return tgtd_mgmt.Target(
             tid=tid, name=spec.iqn, luns={LUN: lun},
@@ -387,18 +370,20 @@ class TgtFileTarget(iscsi.ISCSITarget):
         its LUN is re-opened (e.g. one that tgtd re-created at boot before
         the FUSE mount was back), which keeps the sessions.
         """
-        bsoflags, write_cache = self._lun_options()
         if not known:
             try:
                 return self._export_target(spec,
                                            expect=(priv_tgt.TargetConflict,))
             except priv_tgt.TargetConflict:
                 state = self._show().get(spec.iqn)
-        if state is not None and not self._serves(state, spec):
+        if state is not None and not state.serves(
+                LUN, spec.path, spec.chap_user, self._bsoflags, spec.serial,
+                spec.readonly):
             if state.nexus:
                 self._call(_('re-opening the LUN of %s') % spec.iqn,
                            self._control.reopen_lun, spec.iqn, spec.path,
-                           bsoflags, write_cache, spec.serial, spec.readonly)
+                           self._bsoflags, self._write_cache, spec.serial,
+                           spec.readonly)
             else:
                 LOG.info('Replacing target %(iqn)s, which does not serve '
                          '%(path)s as configured.',
@@ -409,13 +394,12 @@ class TgtFileTarget(iscsi.ISCSITarget):
 
     def _export_target(self, spec: record.ExportSpec,
                        expect: tuple[type[Exception], ...] = ()) -> int:
-        bsoflags, write_cache = self._lun_options()
         return self._call(
             _('exporting %(path)s as LUN %(lun)d of target %(iqn)s')
             % {'path': spec.path, 'lun': LUN, 'iqn': spec.iqn},
             self._control.export_target, spec.iqn, spec.path,
             spec.chap_user, spec.chap_secret, sorted(spec.initiators),
-            bsoflags, write_cache, spec.serial, spec.readonly,
+            self._bsoflags, self._write_cache, spec.serial, spec.readonly,
             self._session_params(),
             secrets=(spec.chap_secret,), expect=expect)
 
@@ -457,11 +441,10 @@ class TgtFileTarget(iscsi.ISCSITarget):
     def _reopen(self, iqn: str, path: str, volume_id: str,
                 readonly: bool) -> None:
         """Replace LUN 1 by a fresh one on ``path``; sessions stay up."""
-        bsoflags, write_cache = self._lun_options()
         self._call(_('re-opening LUN %(lun)d of %(iqn)s on %(path)s')
                    % {'lun': LUN, 'iqn': iqn, 'path': path},
-                   self._control.reopen_lun, iqn, path, bsoflags,
-                   write_cache, volume_id.replace('-', ''), readonly)
+                   self._control.reopen_lun, iqn, path, self._bsoflags,
+                   self._write_cache, volume_id.replace('-', ''), readonly)
         LOG.info('Re-opened LUN %(lun)d of target %(iqn)s on %(path)s.',
                  {'lun': LUN, 'iqn': iqn, 'path': path})
 

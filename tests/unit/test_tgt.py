@@ -295,7 +295,7 @@ def test_target_flags_from_backend_defaults(make_target, tgtd):
     finally:
         cfg.CONF.clear_override('iscsi_target_flags',
                                 group=configuration.SHARED_CONF_GROUP)
-    assert target._lun_options() == ('', True)
+    assert (target._bsoflags, target._write_cache) == ('', True)
 
 
 @pytest.mark.parametrize('flags', [
