@@ -74,6 +74,9 @@ SESSION_PARAMS = {
 MAX_INITIATORS = 64
 #: Tries for a free tid before giving up (each lost race costs one).
 TID_ATTEMPTS = 64
+#: Free descriptor numbers of tgtd a new LUN's file is looked for on
+#: (the lowest ones, and as many past the highest open one).
+FD_CANDIDATES = 4
 #: Tries to delete a LUN that still has commands in flight.
 LUN_BUSY_ATTEMPTS = 5
 MOUNTINFO = '/proc/self/mountinfo'
@@ -276,23 +279,23 @@ def _fd_dir(pid: int) -> str:
     return '/proc/%d/fd' % pid
 
 
-def _fd_numbers(pid: int) -> set[str]:
-    """tgtd's open descriptors (a listing, no readlink: cheap at any size)."""
-    return set(os.listdir(_fd_dir(pid)))
+def _fd_numbers(pid: int) -> set[int]:
+    """tgtd's open descriptors: no readlink, but it grows with each LUN."""
+    return {int(fd) for fd in os.listdir(_fd_dir(pid))}
 
 
-def _fd_links(pid: int, numbers: Iterable[str]) -> set[tuple[str, str]]:
+def _fd_links(pid: int, numbers: Iterable[int]) -> set[tuple[int, str]]:
     """{(fd, what it names)} (readlink needs CAP_SYS_PTRACE)."""
     found = set()
     for fd in numbers:
         try:
-            found.add((fd, os.readlink(os.path.join(_fd_dir(pid), fd))))
+            found.add((fd, os.readlink(os.path.join(_fd_dir(pid), str(fd)))))
         except OSError:
             pass  # closed meanwhile
     return found
 
 
-def _on_fuse(pid: int, fds: list[str]) -> bool:
+def _on_fuse(pid: int, fds: list[int]) -> bool:
     """There are such descriptors of tgtd, and all lie on FUSE.
 
     readlink of /proc/<pid>/fd names the file actually opened, so a
@@ -311,27 +314,35 @@ def _on_fuse(pid: int, fds: list[str]) -> bool:
 class _OpenCheck(object):
     """Proves that a request made tgtd open ``path`` itself, on FUSE.
 
-    Only descriptors that are new count. The quick form compares numbers
-    and reads just the new ones (tgtd holds one per LUN, so reading all
-    would grow with every target); it misses the file when its number
-    was freed meanwhile (tgtd closes each management connection), and
-    then the caller tries again with the full form, which compares every
-    (number, name) pair.
+    Only new descriptors count: a (number, name) pair tgtd did not have
+    before the request. The quick form compares just the few numbers the
+    view's hint expects the file on (the lowest free ones), so it costs
+    the same beside any number of LUNs; it misses the file when something
+    else took those numbers meanwhile, and then the caller tries again
+    with a hint from a fresh listing, and last with the full form, which
+    compares every pair.
     """
 
-    def __init__(self, pid: int, path: str, full: bool) -> None:
-        self.pid, self.path, self.full = pid, path, full
-        numbers = _fd_numbers(pid)
-        self.before = _fd_links(pid, numbers) if full else numbers
+    def __init__(self, pid: int, path: str, view: tgt_view.TgtdView,
+                 full: bool) -> None:
+        self.pid, self.path = pid, path
+        self.numbers: Optional[list[int]] = None    # None: every one
+        if not full:
+            self.numbers = view.free_fds(FD_CANDIDATES)
+            if self.numbers is None:
+                view.learn_fds(_fd_numbers(pid))
+                self.numbers = view.free_fds(FD_CANDIDATES) or []
+        self.before = self._links()
 
-    def passed(self) -> bool:
-        numbers = _fd_numbers(self.pid)
-        if self.full:
-            new = _fd_links(self.pid, numbers) - self.before
-        else:
-            new = _fd_links(self.pid, numbers - self.before)
-        return _on_fuse(self.pid, [fd for fd, link in new
-                                   if link == self.path])
+    def _links(self) -> set[tuple[int, str]]:
+        return _fd_links(self.pid, _fd_numbers(self.pid)
+                         if self.numbers is None else self.numbers)
+
+    def opened(self) -> Optional[int]:
+        """The new descriptor of ``path`` on FUSE; None if not proven."""
+        fds = sorted(fd for fd, link in self._links() - self.before
+                     if link == self.path)
+        return fds[0] if _on_fuse(self.pid, fds) else None
 
 
 def _new_target(client: tgtd_mgmt.TgtdClient, view: tgt_view.TgtdView,
@@ -421,28 +432,35 @@ def _sync_acl(client: tgtd_mgmt.TgtdClient, view: tgt_view.TgtdView,
         view.put(target)
 
 
+def _open_lun(client: tgtd_mgmt.TgtdClient, pid: int,
+              view: tgt_view.TgtdView, tid: int, path: str,
+              bsoflags: str) -> int:
+    """LUN 1 on ``path``; the descriptor tgtd proved to open it on."""
+    for full in (False, False, True):
+        check = _OpenCheck(pid, path, view, full)
+        client.new_lun(tid, LUN, path, bstype='rdwr', bsoflags=bsoflags)
+        fd = check.opened()
+        if fd is not None:
+            return fd
+        client.delete_lun(tid, LUN)
+        view.forget_fds()
+        LOG.debug('Looking for the file tgtd opened for %s again.', path)
+    raise TargetRefused(reason=_('tgtd did not open %s itself on a FUSE '
+                                 'mount (a symbolic link?)') % path)
+
+
 def _add_lun(client: tgtd_mgmt.TgtdClient, pid: int, view: tgt_view.TgtdView,
              target: tgtd_mgmt.Target, path: str, bsoflags: str,
              write_cache: bool, serial: str, readonly: bool) -> None:
     """LUN 1 on ``path``, proven to be that very file, with its params."""
-    for full in (False, True):
-        check = _OpenCheck(pid, path, full)
-        client.new_lun(target.tid, LUN, path, bstype='rdwr',
-                       bsoflags=bsoflags)
-        if check.passed():
-            break
-        client.delete_lun(target.tid, LUN)
-        if full:
-            raise TargetRefused(reason=_('tgtd did not open %s itself on a '
-                                         'FUSE mount (a symbolic link?)')
-                                % path)
-        LOG.debug('Checking the file tgtd opened for %s again, comparing '
-                  'every descriptor.', path)
+    view.lun_opened(target.name, _open_lun(client, pid, view, target.tid,
+                                           path, bsoflags))
     try:
         client.update_lun(target.tid, LUN,
                           _lun_params(serial, write_cache, readonly))
     except Exception:
         client.delete_lun(target.tid, LUN)
+        view.lun_closed(target.name)
         raise
     target.luns[LUN] = tgtd_mgmt.Lun(path=path, scsi_id=serial,
                                      scsi_sn=serial, bsoflags=bsoflags,
@@ -723,4 +741,5 @@ def _delete_lun(client: tgtd_mgmt.TgtdClient, view: tgt_view.TgtdView,
                 raise
             time.sleep(0.2 * attempt)
     target.luns.pop(LUN, None)
+    view.lun_closed(target.name)
     view.put(target)

@@ -309,11 +309,17 @@ def test_no_listing_beside_500_other_targets(daemon, fuse, in_process,
 
     A listing grows with every target (600 KB at 500), so the hot path
     must make none: tgtd's own refusals and the daemon's memory answer.
+    Nor a listing of tgtd's descriptors once the first export has the
+    daemon's hint of the free ones.
     """
     listings = []
     real_show = tgtd_mgmt.TgtdClient.show_targets
     monkeypatch.setattr(tgtd_mgmt.TgtdClient, 'show_targets',
                         lambda self: listings.append(1) or real_show(self))
+    fd_listings = []
+    real_fds = ptgt._fd_numbers
+    monkeypatch.setattr(ptgt, '_fd_numbers',
+                        lambda pid: fd_listings.append(pid) or real_fds(pid))
     client = tgtd_mgmt.TgtdClient(daemon.control_port)
     for figure in (0, 500):
         for tid in range(1000, 1000 + figure):
@@ -331,6 +337,7 @@ def test_no_listing_beside_500_other_targets(daemon, fuse, in_process,
         print('delete_target with %d other targets: %.1f ms'
               % (figure, ms(start)))
         assert listings == []
+        assert len(fd_listings) == 1   # the first export only: the hint
         assert tid == 1
         assert iqn not in daemon.targets()
         assert sandbox.list_accounts(daemon.control_port) == []

@@ -11,6 +11,9 @@
 #    under the License.
 """The privileged tgt helpers' validators, fed hostile values."""
 
+import os
+import subprocess
+import sys
 from unittest import mock
 
 import pytest
@@ -321,8 +324,129 @@ def test_every_lun_uses_the_rdwr_backing_store(bsoflags):
     client = mock.Mock()
     view = mock.Mock()
     with mock.patch.object(ptgt, '_OpenCheck') as check:
-        check.return_value.passed.return_value = True
+        check.return_value.opened.return_value = 7
         ptgt._add_lun(client, 123, view, target(), PATH, bsoflags, True,
                       SERIAL, False)
     client.new_lun.assert_called_once_with(1, ptgt.LUN, PATH, bstype='rdwr',
                                            bsoflags=bsoflags)
+
+
+# -- the check of the file a new LUN opened, on a real process's fds ------
+
+OPENER = """
+import os, sys
+for line in sys.stdin:
+    op, arg = line.split(' ', 1)
+    if op == 'open':
+        print(os.open(arg.strip(), os.O_RDONLY | os.O_CREAT), flush=True)
+    else:
+        os.close(int(arg))
+        print('closed', flush=True)
+"""
+
+
+class Opener(object):
+    """A child process standing for tgtd: it opens files when asked."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, '-c', OPENER],
+                                     stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+
+    def _ask(self, line):
+        self.proc.stdin.write(line + '\n')
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def open(self, path):
+        return int(self._ask('open ' + str(path)))
+
+    def close(self, fd):
+        self._ask('close %d' % fd)
+
+    def stop(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+@pytest.fixture
+def opener(monkeypatch):
+    """(process, view, listings): _OpenCheck on a child process.
+
+    Every file counts as on FUSE: the tests are about which descriptors
+    are new.
+    """
+    monkeypatch.setattr(ptgt, '_on_fuse', lambda pid, fds: bool(fds))
+    listings = []
+    real = ptgt._fd_numbers
+    monkeypatch.setattr(ptgt, '_fd_numbers',
+                        lambda pid: listings.append(pid) or real(pid))
+    proc = Opener()
+    view = tgt_view.TgtdView()
+    view.check_pid(proc.pid)
+    yield proc, view, listings
+    proc.stop()
+
+
+def test_quick_check_reads_no_listing_once_it_has_a_hint(opener, tmp_path):
+    proc, view, listings = opener
+    for n in range(3):
+        path = str(tmp_path / ('volume-%d' % n))
+        check = ptgt._OpenCheck(proc.pid, path, view, False)
+        fd = proc.open(path)
+        assert check.opened() == fd
+        view.lun_opened('t%d' % n, fd)
+        if n == 1:
+            proc.close(fd)
+            view.lun_closed('t%d' % n)
+    assert listings == [proc.pid]
+
+
+def test_a_descriptor_open_before_the_request_does_not_count(opener,
+                                                             tmp_path):
+    proc, view, listings = opener
+    path = str(tmp_path / 'volume-1')
+    proc.open(path)
+    for full in (False, True):
+        check = ptgt._OpenCheck(proc.pid, path, view, full)
+        assert check.opened() is None
+
+
+def test_a_number_reused_for_the_file_counts(opener, tmp_path):
+    """The old LUN's file still closing when the check starts."""
+    proc, view, listings = opener
+    view.learn_fds(ptgt._fd_numbers(proc.pid))
+    old = proc.open(tmp_path / 'volume-old')
+    path = str(tmp_path / 'volume-new')
+    check = ptgt._OpenCheck(proc.pid, path, view, False)
+    proc.close(old)
+    assert proc.open(path) == old
+    assert check.opened() == old
+
+
+def test_a_file_reached_through_a_symlink_does_not_count(opener, tmp_path):
+    proc, view, listings = opener
+    path = str(tmp_path / 'volume-1')
+    os.symlink(str(tmp_path / 'elsewhere'), path)
+    for full in (False, True):
+        check = ptgt._OpenCheck(proc.pid, path, view, full)
+        proc.open(path)
+        assert check.opened() is None
+
+
+def test_a_file_on_an_unhinted_number_is_missed_by_the_quick_form_only(
+        opener, tmp_path):
+    proc, view, listings = opener
+    view.learn_fds(ptgt._fd_numbers(proc.pid))
+    hinted = view.free_fds(ptgt.FD_CANDIDATES)
+    path = str(tmp_path / 'volume-1')
+    quick = ptgt._OpenCheck(proc.pid, path, view, False)
+    full = ptgt._OpenCheck(proc.pid, path, view, True)
+    # Something else takes every hinted number meanwhile.
+    for n in hinted:
+        proc.open(tmp_path / ('other-%d' % n))
+    fd = proc.open(path)
+    assert fd not in hinted
+    assert quick.opened() is None
+    assert full.opened() == fd

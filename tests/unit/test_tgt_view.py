@@ -114,3 +114,46 @@ def test_users_elsewhere_names_the_other_targets():
 def test_one_view_per_control_port():
     assert tgt_view.for_port(61) is tgt_view.for_port(61)
     assert tgt_view.for_port(61) is not tgt_view.for_port(62)
+
+
+def test_no_descriptor_hint_until_a_listing():
+    view = view_of('')
+    assert view.free_fds(4) is None
+    view.learn_fds({0, 1, 2, 4, 7})
+    assert view.free_fds(2) == [3, 5, 8, 9]
+
+
+def test_a_luns_descriptor_leaves_the_hint_and_comes_back_when_closed():
+    view = view_of('')
+    view.learn_fds({0, 1, 2})
+    view.lun_opened(A, 3)
+    view.lun_opened(B, 5)       # past the end: 4 stays believed free
+    assert view.free_fds(4) == [4, 6, 7, 8, 9]
+    view.lun_closed(A)
+    assert view.free_fds(1) == [3, 6]
+    view.forget(B)              # a target gone takes its LUN with it
+    assert view.free_fds(4) == [3, 4, 5, 6, 7, 8, 9]
+    view.lun_closed(A)          # once only
+    assert view.free_fds(4) == [3, 4, 5, 6, 7, 8, 9]
+
+
+def test_a_missed_hint_or_another_tgtd_means_a_new_listing():
+    view = view_of('')
+    view.learn_fds({0, 1})
+    view.forget_fds()
+    assert view.free_fds(4) is None
+    view.learn_fds({0, 1})
+    view.lun_opened(A, 2)
+    view.check_pid(101)
+    assert view.free_fds(4) is None
+    view.learn_fds({0, 1})
+    view.lun_closed(A)          # a LUN of the old tgtd frees nothing here
+    assert view.free_fds(4) == [2, 3, 4, 5]
+
+
+def test_the_hint_stays_small():
+    view = view_of('')
+    view.learn_fds(set(range(0, 1000, 2)))
+    assert view.free_fds(1000)[:tgt_view.MAX_HOLES] == list(
+        range(1, 2 * tgt_view.MAX_HOLES, 2))
+    assert len(view.free_fds(1000)) == tgt_view.MAX_HOLES + 1000
