@@ -101,7 +101,7 @@ class ExportRun:
         self.samples = {}
         self.growth = []
         self.held = {}
-        # {n: tgtd's CPU seconds per export + removal, its thread count}
+        # {n: tgtd's CPU seconds per export, per removal; its threads}
         self.tgtd_cpu = {}
         self.commands = []
         self.tools = 0
@@ -163,17 +163,24 @@ class ExportRun:
         export = {n: [] for n in self.daemons}
         remove = {n: [] for n in self.daemons}
         pids = {n: daemon.proc.pid for n, daemon in self.daemons.items()}
-        cpu = {n: environment.thread_cpu_seconds(pid)
-               for n, pid in pids.items()}
+        cpu = {n: collections.Counter() for n in self.daemons}
+
+        def measured(n, what, func):
+            before = environment.thread_cpu_seconds(pids[n])
+            sample = self.measure(func)
+            cpu[n][what] += environment.thread_cpu_seconds(pids[n]) - before
+            return sample
+
         for n in self._turns(self.p['reps']):
             vol = self.vols[n][-1]
-            export[n].append(self.measure(lambda: environment.export(
+            export[n].append(measured(n, 'export', lambda: environment.export(
                 self.drv[n], vol, environment.HOST_CONNECTOR)))
-            remove[n].append(self.measure(
+            remove[n].append(measured(
+                n, 'remove',
                 lambda: self.drv[n].remove_export(environment.CTX, vol)))
         self.tgtd_cpu = {
-            n: ((environment.thread_cpu_seconds(pid) - cpu[n])
-                / self.p['reps'],
+            n: (cpu[n]['export'] / self.p['reps'],
+                cpu[n]['remove'] / self.p['reps'],
                 len(os.listdir('/proc/%d/task' % pid)))
             for n, pid in pids.items()}
         for n in self.daemons:

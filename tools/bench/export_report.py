@@ -86,9 +86,9 @@ def _notes(run):
         'Start-up with %d volumes in tgtd took %s in all with the '
         'targets present and %s after an empty restart; one '
         'reconcile re-created %s of %d lost exports in %s. The CPU time '
-        'of tgtd\'s main thread (which serves every request) per export '
-        'and removal: %s with 0 others, %s with %d (tgtd then ran %d '
-        'threads: a pool per LUN). While '
+        'of tgtd\'s main thread (which serves every request) per export: '
+        '%s with 0 others, %s with %d; per removal %s and %s (tgtd then '
+        'ran %d threads: a pool per LUN). While '
         'the second tgtd filled up, one export took %s (target %s) '
         'for the first 10 volumes and %s (target %s) for the last '
         '10 (medians). tgtd held %d and %d targets at the end. The '
@@ -100,7 +100,8 @@ def _notes(run):
             '/'.join('%d' % r for r in run.restored[others]), others + 1,
             duration(med(samples['reconcile'][others], 'seconds')),
             ms(run.tgtd_cpu[0][0]), ms(run.tgtd_cpu[others][0]), others,
-            run.tgtd_cpu[others][1],
+            ms(run.tgtd_cpu[0][1]), ms(run.tgtd_cpu[others][1]),
+            run.tgtd_cpu[others][2],
             ms(med(first, 'seconds')), ms(med(first, 'target')),
             ms(med(last, 'seconds')), ms(med(last, 'target')),
             run.held[0], run.held[others], len(run.commands), run.tools,
@@ -188,8 +189,8 @@ def _finding(run, checks):
         'to %d other targets vs %s alone, of which the privsep calls to '
         'tgtd %s vs %s (%s): %s the 30 ms goal for the target work '
         '(per entry point: %s); remove_export %s vs %s. tgtd itself '
-        'spent %s of CPU per export and removal with %d others against '
-        '%s alone (%s). A restarted '
+        'spent %s of CPU per export with %d others against %s alone: '
+        '%s of the %s the target work grew by. A restarted '
         'cinder-volume re-exports %d volumes whose targets survived in %s '
         '(%s per volume); after tgtd restarted empty, ensure_export takes '
         '%s per volume and one reconcile %s per export. No tgt-admin or '
@@ -198,7 +199,7 @@ def _finding(run, checks):
             'within' if max(a0, an) <= 0.030 else 'beyond',
             _split(run.samples['export']), ms(rn), ms(r0),
             ms(run.tgtd_cpu[others][0]), others, ms(run.tgtd_cpu[0][0]),
-            ratio(div(run.tgtd_cpu[others][0], run.tgtd_cpu[0][0])),
+            ms(run.tgtd_cpu[others][0] - run.tgtd_cpu[0][0]), ms(an - a0),
             others + 1,
             duration(checks['present'][2] * (others + 1)),
             ms(checks['present'][2]), ms(checks['restart'][2]),
