@@ -16,10 +16,9 @@ daemon, the driver and the test sandbox share one reader without
 importing Cinder.
 """
 
-import dataclasses
 import os
 import re
-from typing import Iterable, Optional, Protocol, TypeVar
+from typing import Iterable, NamedTuple, Optional, Protocol, TypeVar
 
 _OCTAL_ESCAPE_RE = re.compile(r'\\([0-7]{3})')
 #: Filesystem types of FUSE mounts besides ``fuse.<name>``.
@@ -30,9 +29,12 @@ def is_fuse_type(fs_type: str) -> bool:
     return fs_type in _FUSE_TYPES or fs_type.startswith('fuse.')
 
 
-@dataclasses.dataclass(frozen=True)
-class MountEntry:
-    """One line of /proc/self/mounts."""
+class MountEntry(NamedTuple):
+    """One line of /proc/self/mounts.
+
+    A NamedTuple, not a dataclass: importing dataclasses costs the root
+    helper, which starts for every file operation, 6 ms of its ~50 ms.
+    """
 
     source: str
     mount_point: str
@@ -82,8 +84,7 @@ def parse_mounts(text: str) -> list[MountEntry]:
     return entries
 
 
-@dataclasses.dataclass(frozen=True)
-class MountId:
+class MountId(NamedTuple):
     """One line of /proc/<pid>/mountinfo, as far as identity goes."""
 
     mount_id: int
