@@ -194,12 +194,11 @@ class FuseISCSIDriver(driver.ISCSIDriver):
 
     def delete_volume(self, volume: Any) -> None:
         """Remove the backing file; deleting twice is harmless."""
-        old = self.files.size(volume.name)
+        old = self.files.delete(volume.name)
         if old is None:
             LOG.info("Volume %s has no backing file, nothing to delete",
                      volume.name)
             return
-        self.files.delete(volume.name)
         self._count_provisioned(-old)
 
     def extend_volume(self, volume: Any, new_size: int) -> None:
@@ -228,11 +227,9 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self._count_provisioned(source.size * units.Gi)
 
     def delete_snapshot(self, snapshot: Any) -> None:
-        old = self.files.size(snapshot.name)
-        if old is None:
-            return
-        self.files.delete(snapshot.name)
-        self._count_provisioned(-old)
+        old = self.files.delete(snapshot.name)
+        if old is not None:
+            self._count_provisioned(-old)
 
     def create_volume_from_snapshot(self, volume: Any,
                                     snapshot: Any) -> None:

@@ -230,9 +230,12 @@ class BackingFiles:
                                   'err': exc})
         return 'copy'
 
-    def delete(self, name: str, check_exit_code: bool = True) -> None:
-        """Remove a file; a missing one is not an error."""
-        self.mount.helper('delete', name, check_exit_code=check_exit_code)
+    def delete(self, name: str, check_exit_code: bool = True
+               ) -> Optional[int]:
+        """Remove a file; its apparent size, None if there was none."""
+        out, _err = self.mount.helper('delete', name,
+                                      check_exit_code=check_exit_code)
+        return int(out) if out.strip() else None
 
     def rename(self, src_name: str, dst_name: str) -> None:
         """Rename, never over an existing file."""

@@ -156,7 +156,8 @@ class FakeFS:
         self.files[path] = int(size)
 
     def _delete(self, name):
-        self.files.pop(self._path(name), None)
+        size = self.files.pop(self._path(name), None)
+        return '' if size is None else '%d\n' % size
 
     def _rename(self, src, dst, existing, dst_home=None):
         if dst_home:

@@ -154,10 +154,13 @@ def test_rename_refuses_symlinks_and_existing(home, capsys):
     assert (home / VOL).read_bytes() == b'1'
 
 
-def test_delete_is_idempotent_and_leaves_directories(home):
-    (home / VOL).write_bytes(b'1')
+def test_delete_is_idempotent_and_leaves_directories(home, capsys):
+    with open(home / VOL, 'wb') as f:
+        f.truncate(5 << 30)
     assert run(home, 'delete', VOL) == 0
+    assert capsys.readouterr().out == '%d\n' % (5 << 30)
     assert run(home, 'delete', VOL) == 0
+    assert capsys.readouterr().out == ''
     (home / SNAP).mkdir()
     assert run(home, 'delete', SNAP) == 2
     assert (home / SNAP).is_dir()
