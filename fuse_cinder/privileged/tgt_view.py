@@ -177,7 +177,7 @@ class TgtdView(object):
         """Target ``name``'s LUN holds ``fd`` (freed with the LUN)."""
         with self._lock:
             self._lun_fds[name] = fd
-            self._take([fd])
+            self._take(fd)
 
     def lun_closed(self, name: str) -> None:
         with self._lock:
@@ -188,15 +188,14 @@ class TgtdView(object):
         with self._lock:
             self._end = None
 
-    def _take(self, fds: list[int]) -> None:
+    def _take(self, fd: int) -> None:
         if self._end is None:
             return
-        for fd in fds:
-            if fd >= self._end:
-                self._holes.extend(range(self._end, fd))
-                self._end = fd + 1
-            elif fd in self._holes:
-                self._holes.remove(fd)
+        if fd >= self._end:
+            self._holes.extend(range(self._end, fd))
+            self._end = fd + 1
+        elif fd in self._holes:
+            self._holes.remove(fd)
         del self._holes[MAX_HOLES:]
 
     def _lun_closed(self, name: str) -> None:
