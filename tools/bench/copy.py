@@ -233,18 +233,18 @@ class MountCopies:
     def rounds(self, src, src2):
         """Every copy in turn, round after round, as COPY_ROUNDS medians.
 
-        All see the same load that way; the same copies on the backing
-        filesystem without FUSE tell the disk's share from the driver's.
+        All see the same load that way. The same copies on the backing
+        filesystem without FUSE, which tell the disk's share from the
+        driver's, come after all rounds: a copy through bindfs right
+        after one of them took 18.3-18.8 s, after another copy 12.5-13.3
+        s (and after a dense dd copy and its deletion 9.7-10.4 s), so
+        inside the rounds they slowed whichever copy came next.
         """
         self.twos.append(self.clone_of(
             src2, 'create_cloned_volume, 2x data')[0])
         while True:
             for sparse in self.dds:
                 self.dds[sparse].append(self.dd_copy(src, sparse))
-            for times, source in ((1, src), (2, src2)):
-                self.raw[times].append(backing_copy(
-                    self.backing(source.name),
-                    '%s, %dx data' % (self.label, times)))
             if len(self.twos) == environment.COPY_ROUNDS:
                 break
             self.snaps.append(self.snapshot_of(src))
@@ -252,6 +252,11 @@ class MountCopies:
             self.twos.append(self.clone_of(
                 src2, 'create_cloned_volume, 2x data')[0])
             self.read_source(src)
+        for _round in range(environment.COPY_ROUNDS):
+            for times, source in ((1, src), (2, src2)):
+                self.raw[times].append(backing_copy(
+                    self.backing(source.name),
+                    '%s, %dx data' % (self.label, times)))
 
     def medians(self, res):
         """Medians where a copy was repeated; allocation of the first."""

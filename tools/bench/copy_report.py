@@ -81,7 +81,9 @@ def copy_notes(results):
             'allocated bytes, 1.00x one that follows the volume size. The '
             'copies on the backing filesystem, by our copy with '
             'the same cold source, show what the disk itself does with '
-            'twice the data.' % (environment.COPY_ROUNDS, '; '.join(parts)))
+            'twice the data; they are made after all the copies through '
+            'FUSE, since the copy through FUSE made right after one of '
+            'them ran slower.' % (environment.COPY_ROUNDS, '; '.join(parts)))
 
 
 def _speed_goal(report, label, what, res, size_gb):
