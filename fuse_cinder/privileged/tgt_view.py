@@ -57,9 +57,9 @@ class TgtdView(object):
     gives a process its lowest free number, so that file lands on one of
     the few lowest, and reading just those in ``/proc/<tgtd>/fd`` costs
     the same beside any number of LUNs, where a listing of the directory
-    grows with each (0.4 ms at 500). The hint is never trusted (the check
-    reads what those numbers name before and after the request), and a
-    stale one costs a listing.
+    grows with each (0.4-0.7 ms at 500). The hint is never trusted (the
+    check reads what those numbers name before and after the request),
+    and a stale one costs a listing.
     """
 
     def __init__(self) -> None:
