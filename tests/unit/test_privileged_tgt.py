@@ -335,6 +335,7 @@ def test_every_lun_uses_the_rdwr_backing_store(bsoflags):
 
 OPENER = """
 import os, sys
+print('ready', flush=True)
 for line in sys.stdin:
     op, arg = line.split(' ', 1)
     if op == 'open':
@@ -353,6 +354,9 @@ class Opener(object):
                                      stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
+        # Listed before it is ready, the interpreter's start-up files
+        # would count as its descriptors.
+        assert self.proc.stdout.readline().strip() == 'ready'
 
     def _ask(self, line):
         self.proc.stdin.write(line + '\n')
