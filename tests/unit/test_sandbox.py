@@ -11,6 +11,8 @@
 #    under the License.
 """The pure parts of the sandbox: mount lookup, tgtd listings, sessions."""
 
+import configparser
+import os
 import subprocess
 
 import pytest
@@ -112,3 +114,21 @@ def test_free_port_skips_a_listening_port():
         busy = sock.getsockname()[1]
         assert not sandbox.tcp_port_free(busy)
         assert sandbox.free_port([busy]) is None
+
+
+def test_private_tgtd_runs_as_the_shipped_unit_drop_in_makes_tgtd_run():
+    """The figures of the all-in-one and the benchmark hold in production."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), 'etc', 'systemd', 'tgt.service.d',
+        'fuse-cinder.conf')
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    with open(path) as f:
+        # systemd repeats keys (ExecStart= resets the list); keep the last.
+        lines = [line for line in f if not line.startswith('ExecStart=\n')]
+    unit.read_string(''.join(lines))
+    service = unit['Service']
+    name, _, value = service['Environment'].partition('=')
+    assert {name: value} == sandbox.TGTD_ENV
+    assert service['ExecStart'].split() == [
+        '/usr/sbin/tgtd', '-f', *sandbox.TGTD_ARGS]

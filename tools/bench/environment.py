@@ -72,9 +72,9 @@ SIZES = {mode: {name: sizes[i] for name, sizes in _SIZES.items()}
 class BenchTgtd(sandbox.Tgtd):
     """A private tgtd on ports that no test suite uses."""
 
-    def __init__(self, log_path=None):
+    def __init__(self, log_path=None, tuned=True):
         super().__init__(log_path=log_path, control_ports=range(90, 100),
-                         portal_ports=range(13331, 13340))
+                         portal_ports=range(13331, 13340), tuned=tuned)
 
 
 Sample = collections.namedtuple('Sample', 'seconds commands argv programs')
@@ -250,8 +250,10 @@ class Env:
         finally:
             thing.stop()
 
-    def tgtd(self, name):
-        daemon = BenchTgtd(log_path=self.path('tgtd-%s.log' % name))
+    def tgtd(self, name, tuned=True):
+        """A tgtd as the drop-in runs it; untuned as Debian's unit does."""
+        daemon = BenchTgtd(log_path=self.path('tgtd-%s.log' % name),
+                           tuned=tuned)
         daemon.name = name
         daemon.start()
         self.stack.callback(self.stop_tgtd, daemon)

@@ -184,12 +184,14 @@ def _sections(report, p, targets, tests, notes):
 
 def bench_io(env, report, p):
     daemon = env.tgtd('io')
-    targets = io_targets.make_targets(env, daemon, p)
+    untuned = env.tgtd('io-untuned', tuned=False)
+    targets = io_targets.make_targets(env, daemon, untuned, p)
     # CPU of the processes on the data path, per test, on the default LUN.
     watch = CpuWatch({'tgtd': daemon.proc.pid, 'bindfs': env.bindfs.pid})
     tests = io_tests(p)
     _rounds(targets, tests, p['io_rounds'], watch)
     env.stop_tgtd(daemon)
+    env.stop_tgtd(untuned)
     names = [t[0] for t in tests]
     base = {t.kind: t for t in targets}
     scores = _scores(targets, names, base[DEFAULT_SETTING])

@@ -162,6 +162,8 @@ def io_ceiling(report, base, names, cpu):
     rows = []
     for kind, ceiling, label in (
             (DEFAULT_SETTING, 'file', 'bindfs LUN, driver defaults'),
+            ('untuned', 'file', 'bindfs LUN, tgtd without the unit '
+             'drop-in'),
             ('tgtd-keys', 'file', 'bindfs LUN, tgtd\'s login keys'),
             ('overlay', 'overlay-file', 'fuse-overlayfs LUN, driver '
              'defaults'),

@@ -124,12 +124,13 @@ class Targets:
             return [path]
         return [path, mount.backing_path(os.path.join('io', name))]
 
-    def add_lun(self, label, kind, mount, dirname, **opts):
-        drv = self.env.driver(dirname, self.daemon, **opts)
+    def add_lun(self, label, kind, mount, dirname, daemon=None, **opts):
+        daemon = daemon or self.daemon
+        drv = self.env.driver(dirname, daemon, **opts)
         vol, _path = self.lun_file(dirname)
         connection = environment.export(drv, vol, environment.QEMU_CONNECTOR)
         self.targets.append(IoTarget(
-            label, lun_url(self.daemon, connection),
+            label, lun_url(daemon, connection),
             self.caches(mount, dirname, vol.name), kind))
 
     def add_file(self, label, kind, mount, dirname):
@@ -143,8 +144,12 @@ class Targets:
             label, plain_lun(self.daemon, vol, path), [path], 'plain'))
 
 
-def make_targets(env, daemon, p):
-    """Every target of the data path, each with its open/close overhead."""
+def make_targets(env, daemon, untuned, p):
+    """Every target of the data path, each with its open/close overhead.
+
+    ``untuned`` is a tgtd started as Debian's tgt.service starts it, without
+    etc/systemd/tgt.service.d/fuse-cinder.conf: what the drop-in is worth.
+    """
     home = env.home(env.bindfs, 'io')
     plain_home = env.path('plain')
     os.makedirs(plain_home)
@@ -159,6 +164,9 @@ def make_targets(env, daemon, p):
     made.add_lun('FUSE LUN, driver defaults but tgtd\'s login keys (8 KiB '
                  'PDUs)', 'tgtd-keys', env.bindfs, home,
                  **tgt_options.TGTD_SESSION_DEFAULTS)
+    made.add_lun('FUSE LUN, driver defaults, tgtd without the unit drop-in '
+                 '(16 threads a LUN, glibc malloc defaults)', 'untuned',
+                 env.bindfs, home, daemon=untuned)
     made.add_file('FUSE file opened by qemu-img (no iSCSI), O_DIRECT',
                   'file', env.bindfs, home)
     over_home = env.home(env.overlayfs, 'io')
