@@ -308,8 +308,7 @@ class Tgtd(object):
         self._want = (control_port, portal_port)
         # Untuned: as Debian's tgt.service starts it (the benchmark's
         # baseline for the drop-in).
-        self._args = TGTD_ARGS if tuned else ()
-        self._env = dict(os.environ, **TGTD_ENV) if tuned else None
+        self.tuned = tuned
         self._ranges = (control_ports, portal_ports)
         self.ip = ip
         self.control_port = control_port
@@ -359,10 +358,12 @@ class Tgtd(object):
     def _try(self, control_port: int, portal_port: int,
              timeout: float) -> bool:
         self.control_port, self.portal_port = control_port, portal_port
+        args, env = ((TGTD_ARGS, dict(os.environ, **TGTD_ENV))
+                     if self.tuned else ((), None))
         with open(self.log_path, 'ab') as log:
             self.proc = subprocess.Popen(
-                ['tgtd', '-f', *self._args, '-C', str(control_port),
-                 '--iscsi', 'portal=%s' % self.portal], env=self._env,
+                ['tgtd', '-f', *args, '-C', str(control_port),
+                 '--iscsi', 'portal=%s' % self.portal], env=env,
                 stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         ready = wait_for(lambda: (not self.running or (
