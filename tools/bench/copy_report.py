@@ -12,11 +12,11 @@
 """Section 4's table, goals, notes and finding, from each mount's results.
 
 A mount's results (``copy.MountCopies.run``): 'snapshot', 'clone', 'dd'
-and 'dd_sparse' as (median seconds, bytes allocated, argv); the reads'
-medians 'read_floor' and 'read_ceiling'; the clone times of the 1x and
-2x data volumes ('ones', 'twos'); 'raw', the median copies on the backing
-filesystem; 'how' and 'holes_visible' from the copy tool; 'daemon_io'
-where the daemon counts its requests.
+and 'dd_sparse' as (median seconds, bytes allocated, argv); the medians
+'read_floor', 'read_ceiling' (reads) and 'data_write'; the clone times of
+the 1x and 2x data volumes ('ones', 'twos'); 'raw', the median copies on
+the backing filesystem; 'how' and 'holes_visible' from the copy tool;
+'daemon_io' where the daemon counts its requests.
 """
 
 from bench import environment
@@ -60,9 +60,12 @@ def _rows(label, res):
              secs(res['dd_sparse'][0]),
              secs(res['read_floor']),
              secs(res['read_ceiling']),
+             secs(res['data_write']),
              ratio(div(dd, res[what][0])),
              ratio(div(res['dd_sparse'][0], res[what][0])),
-             ratio(div(res['read_ceiling'], res[what][0]))]
+             ratio(div(res['read_ceiling'], res[what][0])),
+             ratio(div(res['read_ceiling'] + res['data_write'],
+                       res[what][0]))]
             for what in ('snapshot', 'clone')]
 
 
@@ -101,8 +104,11 @@ def _speed_goal(report, label, what, res, size_gb):
         report.goal('%s of %d GiB on %s at the read ceiling' % (
             what, size_gb, label), '>= 0.8x of a parallel read',
             '%s vs parallel read %s (%s); holes hidden: every byte '
-            'is read' % (secs(res[what][0]),
-                         secs(res['read_ceiling']), ratio(rel)),
+            'is read; parallel read + data write %s (%s)' % (
+                secs(res[what][0]), secs(res['read_ceiling']), ratio(rel),
+                secs(res['read_ceiling'] + res['data_write']),
+                ratio(div(res['read_ceiling'] + res['data_write'],
+                          res[what][0]))),
             rel >= 0.8)
 
 
@@ -214,15 +220,22 @@ def report_copies(report, p, results, clone_shown, dd_commands):
         '/dev/null); "parallel read" is %d such readers (``dd bs=1M '
         'iflag=direct``), each on its share of the file, as the copy '
         'reads: the ceiling of a copy where the filesystem hides its '
-        'holes. The commands Cinder ran were::\n\n    %s'
+        'holes. "data write" is the part of a copy that no read does: '
+        'the source\'s %d extents written into a new file through the '
+        'mount in %s O_DIRECT requests, as the copy writes them, and '
+        'flushed (``fdatasync``). A daemon that serves one request at a '
+        'time (bindfs, fuse-overlayfs) must do both for a copy, so a '
+        'parallel read plus that write is the least a copy can take '
+        'there. The commands Cinder ran were::\n\n    %s'
         % (size_gb, size(n * extent), n, extent // MiB,
            clone_shown, _warmups(results), environment.COPY_ROUNDS,
-           sparse_copy.READERS,
+           sparse_copy.READERS, n, size(sparse_copy.SEGMENT),
            '\n    '.join(sorted(set(
                _generic_cmd(c) for c in dd_commands)))),
         ['FUSE', 'copy', 'driver', 'allocated', 'dd full', 'allocated',
-         'dd sparse', 'read all', 'parallel read', 'dd full / driver',
-         'dd sparse / driver', 'parallel read / driver'],
+         'dd sparse', 'read all', 'parallel read', 'data write',
+         'dd full / driver', 'dd sparse / driver', 'parallel read / driver',
+         'parallel read + data write / driver'],
         rows,
         notes=copy_notes(results))
     for label, res in results.items():
