@@ -143,6 +143,7 @@ def timed_data_write(directory, offsets, extent, label):
     os.sync()           # no write-back of an earlier copy competing
     path = os.path.join(directory, 'data-write-probe')
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    direct = None
     try:
         direct = sparse_copy.reopen_direct(fd, os.O_WRONLY)
         buf = mmap.mmap(-1, sparse_copy.SEGMENT)
@@ -156,9 +157,9 @@ def timed_data_write(directory, offsets, extent, label):
                                       piece, offset + at)
         os.fdatasync(fd)
         seconds = time.perf_counter() - start
+    finally:
         if direct is not None:
             os.close(direct)
-    finally:
         os.close(fd)
         os.unlink(path)
     log('writing the source\'s data alone on %s: %s' % (label,
