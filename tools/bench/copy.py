@@ -183,7 +183,11 @@ class MountCopies:
         self.drv = env.driver(env.home(mount, 'copy'))
         self.reads = {'read_floor': [], 'read_ceiling': [],
                       'data_write': []}
-        self.layout = ([], 0)     # the source's data: offsets, extent
+        n = p['copy_extents']
+        self.gap = self.size_gb * GiB // n
+        # The source's data: its extents' offsets, and their length.
+        self.layout = ([i * self.gap for i in range(n)],
+                       p['copy_extent_mib'] * MiB)
         self.snaps = []
         self.dds = {False: [], True: []}
         self.ones = []
@@ -336,15 +340,12 @@ class MountCopies:
 
     def run(self):
         """All copies of this mount: the results copy_report reads."""
-        n = self.p['copy_extents']
-        extent = self.p['copy_extent_mib'] * MiB
-        gap = self.size_gb * GiB // n
-        self.layout = ([i * gap for i in range(n)], extent)
-        src = self.source(*self.layout)
+        offsets, extent = self.layout
+        src = self.source(offsets, extent)
         # The same data plus as much again in its holes: a copy
         # proportional to the allocated bytes takes twice as long.
-        src2 = self.source(sorted([i * gap for i in range(n)] +
-                                  [i * gap + gap // 2 for i in range(n)]),
+        src2 = self.source(sorted(offsets + [offset + self.gap // 2
+                                             for offset in offsets]),
                            extent)
         # The first copy after the write was slower than the next ones
         # whichever copy it was (snapshot, clone or dd): it is made once
