@@ -241,6 +241,27 @@ def test_own_bin_directory_goes_first_on_path_once(monkeypatch):
     assert os.environ['PATH'] == '%s:/usr/bin:/bin' % bindir
 
 
+def test_sqlite_sessions_reuse_their_connections(tmp_path):
+    """oslo.db's NullPool for SQLite files gives way to a QueuePool."""
+    from oslo_db.sqlalchemy import engines
+    from sqlalchemy import pool
+
+    url = 'sqlite:///%s' % (tmp_path / 'cinder.sqlite')
+    assert isinstance(engines.create_engine(url).pool, pool.NullPool)
+    service_runner._sqlite_connection_pool()
+    engine = engines.create_engine(url)
+    assert isinstance(engine.pool, pool.QueuePool)
+    with engine.connect() as first:
+        first_dbapi = first.connection.dbapi_connection
+        with engine.connect() as second:    # overlapping: its own
+            assert second.connection.dbapi_connection is not first_dbapi
+    with engine.connect() as again:     # the last one given back
+        assert again.connection.dbapi_connection is first_dbapi
+    # In-memory databases keep oslo.db's StaticPool.
+    assert isinstance(engines.create_engine('sqlite://').pool,
+                      pool.StaticPool)
+
+
 # -- auth_strategy: the all-in-one serves noauth only ------------------------
 
 KEYSTONE = '[DEFAULT]\nauth_strategy = keystone\n'
