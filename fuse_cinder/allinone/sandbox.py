@@ -478,7 +478,7 @@ class Tgtd(object):
 
 
 class NoDB(object):
-    """Cinder's db for volumes that are in none: CHAP is on the volume."""
+    """Cinder's db for volumes that are in none: any read of one fails."""
 
     def volume_get(self, ctxt: Any, volume_id: str) -> NoReturn:
         # ctxt: a cinder RequestContext (untyped).

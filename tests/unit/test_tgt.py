@@ -61,8 +61,10 @@ class FakeDB:
 
     def __init__(self):
         self.auth = {}
+        self.reads = 0
 
     def volume_get(self, ctxt, volume_id):
+        self.reads += 1
         if volume_id not in self.auth:
             raise exception.VolumeNotFound(volume_id=volume_id)
         return {'id': volume_id, 'provider_auth': self.auth[volume_id]}
@@ -481,10 +483,15 @@ def test_chap_from_the_volume_survives_reexport(target, targets_dir):
         conf_file(targets_dir, vol))
 
 
-def test_chap_comes_from_the_db_when_the_volume_lacks_it(target, db):
-    vol = volume()
+def test_chap_is_taken_from_the_volume_without_reading_the_db(target, db):
+    """Cinder's Volume object is its DB row: no second query per export."""
+    vol = volume()                      # never exported: no CHAP yet
     db.auth[vol.id] = AUTH
-    assert export(target, vol)['auth'] == AUTH
+    auth = export(target, vol)['auth']
+    assert auth.startswith('CHAP ') and auth != AUTH
+    assert target.ensure_export(CTX, vol, path_of(vol)) is None
+    assert export(target, vol)['auth'] == auth
+    assert db.reads == 0
 
 
 def test_chap_is_generated_for_a_new_volume(target, tgtd):
