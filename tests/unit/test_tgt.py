@@ -351,6 +351,24 @@ def test_config_file_is_synced_0600_and_never_half_included(
     assert os.listdir(targets_dir) == [vol.name + '.conf']
 
 
+def test_config_file_syncs_run_off_the_event_loop_under_eventlet(
+        target, targets_dir):
+    """Under eventlet the syncs go to a native thread, not the hub's."""
+    vol = volume(provider_auth=AUTH)
+    threads = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd):
+        threads.append(threading.get_ident())
+        real_fdatasync(fd)
+
+    with mock.patch('cinder.monkey_patch.is_patched', return_value=True), \
+            mock.patch('os.fdatasync', side_effect=fdatasync):
+        export(target, vol)
+    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    assert os.listdir(targets_dir) == [vol.name + '.conf']
+
+
 def test_control_port_zero_drives_the_default_tgtd(make_target):
     tgtd = fake_tgt.FakeTgt(control_port=0)    # asserts the port of calls
     target = make_target(fuse_tgt_control_port=0, control=tgtd)
