@@ -93,7 +93,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         self._backend_down = False
         self._last_reconcile = 0.0
         self._watch: Optional[threading.Thread] = None
-        # When the mount last answered a bounded call, for ensure_export.
+        # When the mount last answered a look for ensure_export.
         self._mount_seen_alive: Optional[float] = None
         # The machine, in location_info: a migration reaches another
         # backend's files only on the same one.
@@ -724,29 +724,16 @@ class FuseISCSIDriver(driver.ISCSIDriver):
 
     # -- iSCSI export: delegated to the tgt helper ---------------------
 
-    def _check_exportable(self, volume: Any) -> None:
-        """Fail naming the mount unless the volume's file answers.
-
-        tgtd would happily re-use a target whose LUN fails every I/O on a
-        dead mount; a bounded stat of the file proves the mount answers.
-        """
-        self.mount.check_mounted()
-        if not self.files.exists(volume.name):
-            raise exception.VolumeBackendAPIException(
-                data=_("cannot export %(name)s: no backing file in "
-                       "%(home)s") % {'name': volume.name,
-                                      'home': self.mount.volumes_home})
-
     def _check_mount_answers(self) -> None:
-        """The mount answers a bounded call; one per ensure burst.
+        """The mount answers a bounded look; one per ensure burst.
 
         cinder-volume calls ensure_export for every volume at start-up;
-        one statvfs within ENSURE_MOUNT_TTL serves them all.
+        one look within ENSURE_MOUNT_TTL serves them all.
         """
         seen = self._mount_seen_alive
         if seen is not None and time.monotonic() - seen <= ENSURE_MOUNT_TTL:
             return
-        self.mount.capacity()
+        self.mount.check_answers()
         self._mount_seen_alive = time.monotonic()
 
     def create_export(self, context: Any, volume: Any,
@@ -754,14 +741,30 @@ class FuseISCSIDriver(driver.ISCSIDriver):
         """Export with the connector so the target is never open to all.
 
         A connector with ``access_mode`` 'ro' (os-export of a volume whose
-        admin metadata says readonly=True) gets a read-only LUN.
+        admin metadata says readonly=True) gets a read-only LUN. The
+        mount must answer a look first (shared with the exports asking
+        meanwhile): tgtd would re-use a target whose LUN fails every I/O
+        on a dead mount, and its own open of a file on a hung one blocks
+        tgtd. tgtd's open proves the file is there (the target code
+        checks that LUN 1 holds the volume's own file); when the export
+        fails, a look at the file names the cause.
         """
-        self._check_exportable(volume)
+        self.mount.check_answers()
         readonly = bool(connector and connector.get('access_mode') == 'ro')
-        data = self.target_driver.create_export(context, volume,
-                                                self.local_path(volume),
-                                                connector=connector,
-                                                readonly=readonly)
+        try:
+            data = self.target_driver.create_export(context, volume,
+                                                    self.local_path(volume),
+                                                    connector=connector,
+                                                    readonly=readonly)
+        except Exception as err:
+            # A bounded stat: fails naming the mount if it is dead or hung.
+            if not self.files.exists(volume.name):
+                raise exception.VolumeBackendAPIException(
+                    data=_("cannot export %(name)s: no backing file in "
+                           "%(home)s") % {'name': volume.name,
+                                          'home': self.mount.volumes_home}
+                ) from err
+            raise
         return {'provider_location': data['location'],
                 'provider_auth': data['auth']}
 

@@ -20,10 +20,12 @@ running, and the child is killed (as root, by ``timeout`` itself) when the
 daemon does not answer.
 """
 
+import copy
 import os
 import select
 import shlex
 import subprocess
+import threading
 import time
 from typing import Any, BinaryIO, Callable, IO, NoReturn, Optional, Sequence
 
@@ -108,6 +110,12 @@ class FuseMount:
         self.check_fuse = check_fuse
         self.mounts_file = mounts_file
         self.mountinfo_file = mountinfo_file
+        # The last look of check_answers: when it ended, and its error
+        # (None: the mount answered); and the look running, if any.
+        self._look: tuple[float, Optional[Exception]] = (-float('inf'),
+                                                         None)
+        self._looking: Optional[threading.Event] = None
+        self._looking_lock = threading.Lock()
 
     def path(self, name: str) -> str:
         return os.path.join(self.volumes_home, name)
@@ -292,6 +300,49 @@ class FuseMount:
                     mount=self.volumes_home,
                     reason='%s: %s' % (problem, (exc.stderr or '').strip()))
         return entry
+
+    def check_answers(self) -> None:
+        """Fail naming the mount unless it answers a bounded look.
+
+        The mount table is read every time (procfs, it never blocks); a
+        bounded statvfs (capacity) is the look. Callers that ask while a
+        look runs take its result, failure too, so a burst of exports
+        shares a few looks (a child process each cost a burst of 100
+        exports 3 s in the all-in-one), and on a hung mount waits for
+        one call timeout, not one each. They wait on an event, which
+        wakes them all at once: behind a lock held during the look,
+        eventlet handed it on one waiter per loop turn, and such a burst
+        queued for 10 s.
+        """
+        self.check_mounted()
+        asked = time.monotonic()
+        mine = False
+        while True:
+            ended, error = self._look
+            if ended >= asked:
+                break
+            with self._looking_lock:    # held only to pick who looks
+                running = self._looking
+                if running is None:
+                    running = self._looking = threading.Event()
+                    mine = True
+            if not mine:
+                running.wait()
+                continue
+            try:
+                try:
+                    self.capacity()
+                    error = None
+                except Exception as exc:
+                    error = exc
+                self._look = (time.monotonic(), error)
+            finally:    # interrupted too: a waiter then looks itself
+                self._looking = None
+                running.set()
+            break
+        if error is not None:
+            # Each waiter raises a copy: one traceback per exception.
+            raise error if mine else copy.copy(error).with_traceback(None)
 
     def capacity(self) -> tuple[int, int]:
         """(total, available) bytes of the filesystem, from statvfs."""

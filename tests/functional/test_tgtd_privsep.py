@@ -23,6 +23,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from unittest import mock
 import uuid
 
 from cinder import context
@@ -34,6 +35,7 @@ import pytest
 
 from fuse_cinder.allinone import sandbox
 from fuse_cinder import driver
+from fuse_cinder import mount
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as ptgt
 from fuse_cinder.targets import tgtd_mgmt
@@ -191,6 +193,68 @@ def test_symlink_volume_is_refused_and_leaves_nothing(
                            SECRET, [], '', True, vid.replace('-', ''))
     assert daemon.targets() == {}
     assert sandbox.list_accounts(daemon.control_port) == []
+
+
+def _driver(daemon, fuse, backend_conf, tmp_path):
+    """The real driver on this tgtd and mount, its tgt calls in-process."""
+    conf = backend_conf(volumes_home=fuse.mountpoint,
+                        volumes_dir=str(tmp_path / 'targets'),
+                        fuse_tgt_control_port=daemon.control_port,
+                        target_ip_address='127.0.0.1',
+                        target_port=daemon.portal_port,
+                        fuse_fs_call_timeout=10)
+    drv = driver.FuseISCSIDriver(configuration=conf,
+                                 execute=processutils.execute)
+    drv.target_driver.db = sandbox.NoDB()    # CHAP is on the volumes
+    drv.do_setup(CTX)
+    return drv
+
+
+def test_driver_export_of_a_missing_file_says_so_and_leaves_nothing(
+        daemon, fuse, in_process, backend_conf, tmp_path):
+    """No stat per export: tgtd's failed open, then a look, say why."""
+    drv = _driver(daemon, fuse, backend_conf, tmp_path)
+    vol = volumes.volume(str(uuid.uuid4()))      # never created
+    with pytest.raises(exception.VolumeBackendAPIException) as err:
+        drv.create_export(CTX, vol, {'initiator': GOOD})
+    assert 'no backing file' in str(err.value)
+    assert fuse.mountpoint in str(err.value)
+    assert daemon.targets() == {}
+    assert sandbox.list_accounts(daemon.control_port) == []
+
+
+def test_driver_export_just_after_the_mount_died_names_it(
+        daemon, fuse, in_process, backend_conf, tmp_path):
+    """A look that vouched for a mount now dead; tgtd's failure names it.
+
+    After tgtd fails to open the file, a look at it names the dead
+    mount, and the failed export leaves nothing in tgtd.
+    """
+    drv = _driver(daemon, fuse, backend_conf, tmp_path)
+    first, second = (volumes.volume(str(uuid.uuid4())) for _ in range(2))
+    for vol in (first, second):
+        drv.create_volume(vol)
+    connector = {'initiator': GOOD}
+    update = drv.create_export(CTX, first, connector)
+    first.provider_auth = update['provider_auth']
+    # The look before the export answers, then the daemon dies: what a
+    # look running while another export asked would vouch for.
+    real_capacity = drv.mount.capacity
+
+    def capacity_then_death():
+        found = real_capacity()
+        fuse.kill()
+        return found
+
+    with mock.patch.object(drv.mount, 'capacity',
+                           side_effect=capacity_then_death):
+        with pytest.raises(mount.FuseMountUnavailable) as err:
+            drv.create_export(CTX, second, connector)
+    assert fuse.mountpoint in str(err.value)
+    assert 'ENOTCONN' in str(err.value)
+    assert list(daemon.targets()) == [PREFIX + first.id]
+    assert sandbox.list_accounts(daemon.control_port) == [
+        first.provider_auth.split()[1]]
 
 
 def test_foreign_targets_are_left_alone(daemon, fuse, in_process):

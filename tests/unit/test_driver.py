@@ -14,6 +14,7 @@
 import gc
 import os
 import subprocess
+import threading
 import time
 from unittest import mock
 
@@ -27,6 +28,7 @@ from cinder.tests.unit import fake_volume
 
 from fuse_cinder import mount
 from fuse_cinder import mount_table
+from fuse_cinder.privileged import tgt as priv_tgt
 from tests.unit import conftest
 from tests.unit import fake_executor
 
@@ -672,12 +674,110 @@ def test_export_of_a_dead_mount_fails_naming_it(drv, fake_fs):
     ensure.assert_not_called()
 
 
-def test_export_of_a_missing_file_is_refused(drv):
-    with mock.patch.object(drv.target_driver, 'create_export') as create:
+def test_export_of_a_missing_file_says_so(drv, fake_fs):
+    """tgtd cannot open it; a fresh look at the mount and file says why."""
+    refused = priv_tgt.TargetRefused(reason='tgtd: cannot open the file')
+    fake_fs.calls.clear()
+    with mock.patch.object(drv.target_driver, 'create_export',
+                           side_effect=refused):
         with pytest.raises(exception.VolumeBackendAPIException) as err:
             drv.create_export(CTX, volume(), None)
     assert 'no backing file' in str(err.value)
-    create.assert_not_called()
+    assert conftest.HOME in str(err.value)
+    assert err.value.__cause__ is refused
+    # One look at the mount before, and at the file after the failure.
+    assert fake_fs.programs() == ['statfs', 'stat']
+
+
+def test_export_failing_for_another_reason_keeps_its_error(drv, fake_fs):
+    vol = volume()
+    drv.create_volume(vol)
+    refused = priv_tgt.TargetRefused(reason='no free tid')
+    with mock.patch.object(drv.target_driver, 'create_export',
+                           side_effect=refused):
+        with pytest.raises(priv_tgt.TargetRefused) as err:
+            drv.create_export(CTX, vol, None)
+    assert err.value is refused
+
+
+def test_callers_during_a_failing_look_share_its_error(drv):
+    """A hung mount costs a burst one call timeout, not one per caller."""
+    entered, release = threading.Event(), threading.Event()
+    hung = mount.FuseMountUnavailable(mount=conftest.HOME, reason='hung')
+    calls = []
+
+    def capacity():
+        calls.append(1)
+        entered.set()
+        release.wait(30)
+        raise hung
+
+    errors = []
+
+    def check():
+        try:
+            drv.mount.check_answers()
+        except mount.FuseMountUnavailable as err:
+            errors.append(err)
+
+    with mock.patch.object(drv.mount, 'capacity', side_effect=capacity):
+        threads = [threading.Thread(target=check) for _ in range(5)]
+        threads[0].start()
+        assert entered.wait(30)
+        for t in threads[1:]:
+            t.start()
+        time.sleep(0.5)             # the others are waiting on the look
+        release.set()
+        for t in threads:
+            t.join(30)
+        assert len(calls) == 1 and len(errors) == 5
+        assert hung in errors           # the looker's own, the rest copies
+        assert {str(err) for err in errors} == {str(hung)}
+        # A failure vouches for nothing later: the next caller looks.
+        release.set()
+        with pytest.raises(mount.FuseMountUnavailable):
+            drv.mount.check_answers()
+        assert len(calls) == 2
+
+
+def test_exports_asking_during_a_look_take_its_result(drv, fake_fs):
+    """Exports that ask while a look runs start no child of their own."""
+    vols = [volume(vol_id='%08d-2222-3333-4444-555555555555' % n)
+            for n in range(6)]
+    for vol in vols:
+        drv.create_volume(vol)
+    fake_fs.calls.clear()
+    entered, release = threading.Event(), threading.Event()
+    real_capacity = drv.mount.capacity
+
+    def capacity():
+        entered.set()
+        release.wait(30)
+        return real_capacity()
+
+    exported = []
+
+    def export(vol):
+        drv.create_export(CTX, vol, None)
+        exported.append(vol.id)
+
+    with mock.patch.object(drv.target_driver, 'create_export',
+                           return_value={'location': 'l', 'auth': 'a'}), \
+            mock.patch.object(drv.mount, 'capacity', side_effect=capacity):
+        threads = [threading.Thread(target=export, args=(v,)) for v in vols]
+        threads[0].start()
+        assert entered.wait(30)
+        for t in threads[1:]:
+            t.start()
+        time.sleep(0.5)             # the others are waiting on the look
+        release.set()
+        for t in threads:
+            t.join(30)
+        assert sorted(exported) == sorted(v.id for v in vols)
+        assert fake_fs.programs() == ['statfs']
+        # Asked after the look ended: a look of its own.
+        drv.create_export(CTX, vols[0], None)
+        assert fake_fs.programs() == ['statfs', 'statfs']
 
 
 def test_ensure_burst_looks_at_the_mount_once(drv, fake_fs):
