@@ -90,7 +90,7 @@ def figures(request):
 
 
 def _figures_line(counts):
-    return ', '.join('%s=%d' % item for item in sorted(counts.items()))
+    return ', '.join('%s=%s' % item for item in sorted(counts.items()))
 
 
 def pytest_terminal_summary(terminalreporter):
