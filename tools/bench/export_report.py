@@ -21,7 +21,7 @@ from bench.units import ratio
 
 # What the driver used to run for tgtd; none of it may show up now.
 TGT_TOOLS = ('tgt-admin', 'tgtadm')
-# The bounded file checks on the mount (stat, statfs), a child process.
+# The bounded look at the mount (statfs), a child process.
 FILE_CHECK = 'fuse-cinder-files'
 
 # The table's rows: samples key, label, what one sample's time is per.
@@ -124,8 +124,9 @@ def _section(report, run, rows):
         'Medians over repetitions interleaved between the two. "target" '
         'is the time spent in the privsep calls (socket round trip, the '
         'daemon\'s checks, tgtd); "file check" is the driver\'s bounded '
-        '``%s stat`` of the volume file (``statfs`` of the mount for an '
-        'ensure burst), a child process on the mount, not tgtd; the rest '
+        'look at the mount, ``%s statfs`` (one per export here, where '
+        'each asks alone; one per ensure burst), a child process on the '
+        'mount, not tgtd; the rest '
         'is the driver\'s own work (its records in volumes_dir, parsing '
         'tgtd\'s listing). Start-up is ``ensure_export`` of every volume '
         'by a freshly started driver, per volume, with the targets still '
