@@ -675,7 +675,7 @@ def test_export_of_a_dead_mount_fails_naming_it(drv, fake_fs):
 
 
 def test_export_of_a_missing_file_says_so(drv, fake_fs):
-    """tgtd cannot open it; a fresh look at the mount and file says why."""
+    """tgtd cannot open it; a look at the file after the failure says so."""
     refused = priv_tgt.TargetRefused(reason='tgtd: cannot open the file')
     fake_fs.calls.clear()
     with mock.patch.object(drv.target_driver, 'create_export',
