@@ -700,6 +700,21 @@ def test_export_failing_for_another_reason_keeps_its_error(drv, fake_fs):
     assert err.value is refused
 
 
+def _while_the_first_looks(threads, entered, release):
+    """Start the rest while the first thread's look runs, then end it.
+
+    ``entered`` is set once the look began, ``release`` lets it end.
+    """
+    threads[0].start()
+    assert entered.wait(30)
+    for t in threads[1:]:
+        t.start()
+    time.sleep(0.5)             # the others are waiting on the look
+    release.set()
+    for t in threads:
+        t.join(30)
+
+
 def test_callers_during_a_failing_look_share_its_error(drv):
     """A hung mount costs a burst one call timeout, not one per caller."""
     entered, release = threading.Event(), threading.Event()
@@ -722,14 +737,7 @@ def test_callers_during_a_failing_look_share_its_error(drv):
 
     with mock.patch.object(drv.mount, 'capacity', side_effect=capacity):
         threads = [threading.Thread(target=check) for _ in range(5)]
-        threads[0].start()
-        assert entered.wait(30)
-        for t in threads[1:]:
-            t.start()
-        time.sleep(0.5)             # the others are waiting on the look
-        release.set()
-        for t in threads:
-            t.join(30)
+        _while_the_first_looks(threads, entered, release)
         assert len(calls) == 1 and len(errors) == 5
         assert hung in errors           # the looker's own, the rest copies
         assert {str(err) for err in errors} == {str(hung)}
@@ -765,14 +773,7 @@ def test_exports_asking_during_a_look_take_its_result(drv, fake_fs):
                            return_value={'location': 'l', 'auth': 'a'}), \
             mock.patch.object(drv.mount, 'capacity', side_effect=capacity):
         threads = [threading.Thread(target=export, args=(v,)) for v in vols]
-        threads[0].start()
-        assert entered.wait(30)
-        for t in threads[1:]:
-            t.start()
-        time.sleep(0.5)             # the others are waiting on the look
-        release.set()
-        for t in threads:
-            t.join(30)
+        _while_the_first_looks(threads, entered, release)
         assert sorted(exported) == sorted(v.id for v in vols)
         assert fake_fs.programs() == ['statfs']
         # Asked after the look ended: a look of its own.
