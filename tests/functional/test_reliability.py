@@ -723,23 +723,24 @@ class TargetWatch(threading.Thread):
 def _life_cycle(stack, board, i, deadline):
     """create, export, delete the export, delete: one volume's life.
 
-    Returns the volume id and the seconds of its slowest export call.
+    Returns the volume id and the seconds its os-export and its
+    os-delete-export took.
     """
     vol = stack.create('concurrent-%03d' % i)
     board.wait(vol, {'available'}, deadline)
     start = time.monotonic()
     info = stack.export(vol)
-    slowest = time.monotonic() - start
+    export_s = time.monotonic() - start
     assert info['target_iqn'].endswith(':volume-%s' % vol), info
     assert stack.status(vol) == 'exported'
     start = time.monotonic()
     stack.delete_export(vol)
-    slowest = max(slowest, time.monotonic() - start)
+    delete_s = time.monotonic() - start
     assert stack.status(vol) == 'available'
     code, body = stack.aio.http('DELETE', '/volumes/%s' % vol)
     assert code == 202, body
     board.wait(vol, {None}, deadline)
-    return vol, slowest
+    return vol, export_s, delete_s
 
 
 def test_concurrent_create_export_delete(clean_stack, figures):
@@ -763,9 +764,12 @@ def test_concurrent_create_export_delete(clean_stack, figures):
         board.join(BOUND)
         watch.join(BOUND)
     figures['seconds'] = int(time.monotonic() - start)
-    done = [vol for vol, _slowest in results]
+    done = [vol for vol, _export_s, _delete_s in results]
+    # The issue's goal is on os-export; os-delete-export is shown beside.
     figures['slowest_export_call_s'] = round(
-        max(slowest for _vol, slowest in results), 1)
+        max(export_s for _vol, export_s, _delete_s in results), 1)
+    figures['slowest_delete_export_call_s'] = round(
+        max(delete_s for _vol, _export_s, delete_s in results), 1)
     figures['ops'] += 4 * CONCURRENT
     figures['volumes'] += len(set(done))
     figures['peak_targets'] = watch.peak
