@@ -24,9 +24,10 @@ helper picks the cheapest copy the mount allows:
   must show, and must go when truncated), a source with no block
   allocated is all holes: the copy is the truncate alone;
 * otherwise the kernel says that the whole file is data: the source is
-  read by parallel readers in large O_DIRECT requests and only the
-  blocks that are not zero are written, adjacent ones in one request, so
-  the copy stays sparse. Each run of data is either written from the
+  read by parallel readers in large O_DIRECT requests, each looked at
+  while it is still in the CPU cache, and only the blocks that are not
+  zero are written, adjacent ones in one request, so the copy stays
+  sparse. Each run of data is either written from the
   buffer (O_DIRECT) or handed to ``copy_file_range``, whichever has moved
   bytes faster in this copy: a FUSE filesystem that copies on its
   server side (fuse-overlayfs) then never sees the data cross the
@@ -53,8 +54,8 @@ from typing import Callable, Iterator, Optional
 # faster than 8 MiB (fewer requests in flight at once).
 CHUNK = 1 << 20
 BLOCK = 64 << 10       # granularity of the holes kept when scanning
-# What one reader scans before writing what it found: adjacent data
-# blocks inside it go out as one request.
+# One reader's buffer, and so its largest write: adjacent data blocks go
+# out as one request of up to this size (see _Gather).
 SEGMENT = 8 << 20
 # What one reader takes at a time, in SEGMENTs, read in order on a
 # descriptor of its own: the daemon opens its backing file once per open
@@ -397,7 +398,7 @@ def stream_copy(src: int, dst: int, size: int, keep_zeros: bool = False,
 
     ``readers`` threads each take the next CLAIM SEGMENTs and, on an
     O_DIRECT descriptor of their own, read each in CHUNKs and store its
-    runs of data. Both sides use O_DIRECT where the filesystem
+    runs of data (_Gather). Both sides use O_DIRECT where the filesystem
     accepts it: FUSE then moves large requests straight between our
     buffer and the daemon, instead of small buffered ones through the
     page cache. ``stats``, a dict, receives how many bytes each method
@@ -442,6 +443,7 @@ def stream_copy(src: int, dst: int, size: int, keep_zeros: bool = False,
 
         def is_zero(start: int, end: int) -> bool:
             return _memcmp(at + start, zero_at, end - start) == 0
+        gather = _Gather(buf, is_zero, writer)
         try:
             own = reopen_direct(src, os.O_RDONLY)
             reader = src if own is None else own
@@ -462,10 +464,8 @@ def stream_copy(src: int, dst: int, size: int, keep_zeros: bool = False,
                                      trial=method == 'write' and
                                      limit is not None)
                     continue
-                _read_segment(reader, buf, pos, length)
-                if not is_zero(0, length):
-                    for start, end in _runs(is_zero, length):
-                        writer.put(buf, pos, start, end)
+                gather.segment(reader, pos, length)
+            gather.flush()
         except BaseException as exc:
             with lock:
                 if state['error'] is None:
@@ -489,6 +489,78 @@ def stream_copy(src: int, dst: int, size: int, keep_zeros: bool = False,
         raise state['error']
     if stats is not None:
         stats.update({m: s[0] for m, s in writer.stats.items()})
+
+
+class _Gather:
+    """One reader's buffer: data runs gathered, holes read in one spot.
+
+    Each CHUNK is read where the data run in the buffer ends, or at the
+    start when there is none, and looked at at once, while the daemon's
+    copy of it is still in the CPU cache: a chunk of zeros is then read
+    over by the next one, so a reader crossing holes keeps touching the
+    same CHUNK of memory. On bindfs, reads spread over a whole SEGMENT of
+    fresh memory per reader took 10 GiB 1.5x longer than reads into one
+    spot. Adjacent data BLOCKs, within a chunk and across chunks, stay
+    together in the buffer and go out as one request when the run ends
+    or the buffer is full.
+    """
+
+    def __init__(self, buf: mmap.mmap, is_zero: Callable[[int, int], bool],
+                 writer: _Writer) -> None:
+        self.buf, self.is_zero, self.writer = buf, is_zero, writer
+        self.fill = 0               # the run in the buffer ends here
+        self.run: Optional[int] = None      # where it starts, if any
+        self.base = 0               # file offset of buffer offset 0
+
+    def flush(self) -> None:
+        if self.run is not None:
+            self.writer.put(self.buf, self.base, self.run, self.fill)
+        self.run = None
+        self.fill = 0
+
+    def segment(self, fd: int, pos: int, length: int) -> None:
+        """Read [pos, pos + length) CHUNK by CHUNK, keeping its data."""
+        done = 0
+        while done < length:
+            if self.fill + CHUNK > len(self.buf) or (
+                    self.run is not None and
+                    self.base + self.fill != pos + done):
+                self.flush()
+            count = self._read(fd, pos + done, min(CHUNK, length - done))
+            self._keep(pos + done, count)
+            done += count
+
+    def _read(self, fd: int, offset: int, count: int) -> int:
+        # O_DIRECT wants whole blocks, even past the end of the file.
+        want = -(-count // BLOCK) * BLOCK
+        got = os.preadv(fd, [memoryview(self.buf)[self.fill:
+                                                  self.fill + want]],
+                        offset)
+        if got <= 0:
+            raise OSError(errno.EIO, 'source ended early at %d' % offset)
+        return min(got, count)
+
+    def _keep(self, offset: int, count: int) -> None:
+        """Take the chunk just read at self.fill, file offset ``offset``."""
+        at = self.fill
+        if self.is_zero(at, at + count):
+            self.flush()
+            return
+        if self.run is None:
+            self.base = offset - at
+        for start, end in _runs(lambda s, e: self.is_zero(at + s, at + e),
+                                count):
+            if start > 0 or self.run is None:
+                # Not adjacent to the run so far: that one is complete.
+                if self.run is not None:
+                    self.writer.put(self.buf, self.base, self.run,
+                                    self.fill)
+                self.run = at + start
+            self.fill = at + end
+        if self.fill < at + count:      # the chunk ends in a hole
+            self.flush()
+        else:
+            self.fill = at + count
 
 
 def _read_segment(fd: int, buf: mmap.mmap, pos: int, length: int) -> None:

@@ -143,6 +143,87 @@ def test_nonzero_runs_merge_adjacent_blocks():
         (8 * BLOCK, 8 * BLOCK + 1)]
 
 
+class RecordedPuts:
+    """A _Writer stand-in: the runs put, as (start, end, bytes)."""
+
+    def __init__(self):
+        self.runs = []
+
+    def put(self, buf, pos, start, end):
+        self.runs.append((pos + start, pos + end, bytes(buf[start:end])))
+
+
+def gather_of(buf, writer):
+    zeros = sparse_copy.mmap.mmap(-1, len(buf))
+    at, zero_at = sparse_copy._address(buf), sparse_copy._address(zeros)
+
+    def is_zero(start, end, _keep=zeros):   # the mapping must outlive us
+        return sparse_copy._memcmp(at + start, zero_at, end - start) == 0
+    return sparse_copy._Gather(buf, is_zero, writer)
+
+
+def expected_runs(path, spans):
+    with open(path, 'rb') as f:
+        data = f.read()
+    return [(s, e, data[s:e]) for s, e in spans]
+
+
+def test_gather_joins_data_across_chunks_and_reads_holes_in_one_spot(
+        tmp_path, monkeypatch):
+    chunk = sparse_copy.CHUNK
+    src = tmp_path / 'src'
+    make_file(src, 8 * chunk, {
+        0: os.urandom(2 * chunk + BLOCK),       # over two chunks and more
+        3 * chunk + 5 * BLOCK: os.urandom(chunk),   # into the next chunk
+        6 * chunk: os.urandom(BLOCK),           # two runs in one chunk
+        6 * chunk + 2 * BLOCK: os.urandom(BLOCK)})
+    spots = []
+    real_read = sparse_copy._Gather._read
+
+    def traced(gather, fd, offset, count):
+        spots.append(gather.fill)
+        return real_read(gather, fd, offset, count)
+    monkeypatch.setattr(sparse_copy._Gather, '_read', traced)
+    writer = RecordedPuts()
+    gather = gather_of(sparse_copy.mmap.mmap(-1, sparse_copy.SEGMENT),
+                       writer)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        gather.segment(fd, 0, 8 * chunk)
+        gather.flush()
+    finally:
+        os.close(fd)
+    assert writer.runs == expected_runs(src, [
+        (0, 2 * chunk + BLOCK),
+        (3 * chunk + 5 * BLOCK, 4 * chunk + 5 * BLOCK),
+        (6 * chunk, 6 * chunk + BLOCK),
+        (6 * chunk + 2 * BLOCK, 6 * chunk + 3 * BLOCK)])
+    # A chunk is read where the run in the buffer ends; after a hole, at
+    # the start again: hole after hole lands on the same memory.
+    assert spots == [0, chunk, 2 * chunk, 0, chunk, 0, 0, 0]
+
+
+def test_gather_ends_a_run_at_a_jump_and_when_the_buffer_is_full(
+        tmp_path):
+    chunk = sparse_copy.CHUNK
+    src = tmp_path / 'src'
+    make_file(src, 8 * chunk, {0: os.urandom(3 * chunk),
+                               5 * chunk: os.urandom(BLOCK)})
+    writer = RecordedPuts()
+    gather = gather_of(sparse_copy.mmap.mmap(-1, 2 * chunk), writer)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        gather.segment(fd, 0, 3 * chunk)
+        # The next claim of this reader: data that is not adjacent.
+        gather.segment(fd, 5 * chunk, chunk)
+        gather.flush()
+    finally:
+        os.close(fd)
+    assert writer.runs == expected_runs(src, [
+        (0, 2 * chunk), (2 * chunk, 3 * chunk),
+        (5 * chunk, 5 * chunk + BLOCK)])
+
+
 def copy_hidden(src, dst, thick=False):
     """copy_fds as on a mount that hides holes; (how, stats)."""
     fds = os.open(src, os.O_RDONLY)
@@ -217,13 +298,13 @@ def test_each_reader_reads_its_claims_in_order_on_its_own_descriptor(
                           for i in range(0, size // seg + 1, 3)})
     reads = collections.defaultdict(list)
     fds = collections.defaultdict(set)
-    real_read = sparse_copy._read_segment
+    real_read = sparse_copy._Gather.segment
 
-    def traced(fd, buf, pos, length):
+    def traced(gather, fd, pos, length):
         reads[threading.get_ident()].append(pos)
         fds[threading.get_ident()].add(fd)
-        return real_read(fd, buf, pos, length)
-    monkeypatch.setattr(sparse_copy, '_read_segment', traced)
+        return real_read(gather, fd, pos, length)
+    monkeypatch.setattr(sparse_copy._Gather, 'segment', traced)
     how, _stats = copy_hidden(src, dst)
     assert how == 'stream'
     assert read(dst) == read(src)
