@@ -23,6 +23,7 @@ import time
 from bench import environment
 from bench import export_report
 from bench.units import log
+from bench.units import MiB
 from fuse_cinder import privileged
 from fuse_cinder.privileged import tgt as priv_tgt
 from fuse_cinder.targets import tgtd_mgmt
@@ -105,6 +106,8 @@ class ExportRun:
         self.tgtd_cpu = {}
         self.commands = []
         self.tools = 0
+        # {n: {request: [seconds]}}, straight on tgtd's socket
+        self.raw = {}
 
     def new_driver(self, n):
         # No background tick: the tgtd restarts below are healed only by
@@ -188,6 +191,39 @@ class ExportRun:
                                environment.HOST_CONNECTOR)
         self.samples.update(export=export, remove=remove)
 
+    def raw_requests(self):
+        """tgtd's own cost of each request of an export and its removal.
+
+        Sent straight to its socket, as root, without privsep or the
+        driver, on a probe target of a tid and name no export uses: what
+        of the growth with N others is tgtd's own.
+        """
+        probe = self.env.path('tgtd-probe.img')
+        with open(probe, 'wb') as f:
+            f.truncate(MiB)
+        iqn = 'iqn.2010-10.org.example:fuse-cinder-bench-probe'
+        tid, user = 65000, 'bench-probe'
+        times = {n: collections.defaultdict(list) for n in self.daemons}
+        steps = (
+            ('new target', lambda c: c.new_target(tid, iqn)),
+            ('new LUN', lambda c: c.new_lun(tid, 1, probe,
+                                            bsoflags='direct')),
+            ('new account', lambda c: c.new_account(user, 'probe-secret')),
+            ('bind account', lambda c: c.bind_account(tid, user)),
+            ('bind initiator', lambda c: c.bind_initiator_name(
+                tid, environment.HOST_CONNECTOR['initiator'])),
+            ('delete target', lambda c: c.delete_target(tid, force=True)),
+            ('delete account', lambda c: c.delete_account(user)))
+        clients = {n: tgtd_mgmt.TgtdClient(daemon.control_port)
+                   for n, daemon in self.daemons.items()}
+        for n in self._turns(self.p['reps'] * 2):
+            for name, step in steps:
+                start = time.perf_counter()
+                step(clients[n])
+                times[n][name].append(time.perf_counter() - start)
+        os.unlink(probe)
+        self.raw = times
+
     def startup(self, n):
         # A fresh driver: a restarted cinder-volume, empty caches.
         fresh = self.new_driver(n)
@@ -237,6 +273,7 @@ def bench_export(env, report, p):
     run.prepare()
     run.fill()
     run.export_remove()
+    run.raw_requests()
     run.startups()
     run.finish()
     export_report.report_export(report, run)
