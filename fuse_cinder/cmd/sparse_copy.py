@@ -499,7 +499,7 @@ class _Gather:
     copy of it is still in the CPU cache: a chunk of zeros is then read
     over by the next one, so a reader crossing holes keeps touching the
     same CHUNK of memory. On bindfs, reads spread over a whole SEGMENT of
-    fresh memory per reader took 10 GiB 1.5x longer than reads into one
+    fresh memory per reader took 10 GiB 1.4x longer than reads into one
     spot. Adjacent data BLOCKs, within a chunk and across chunks, stay
     together in the buffer and go out as one request when the run ends
     or the buffer is full.
