@@ -526,19 +526,10 @@ class _Gather:
                     self.run is not None and
                     self.base + self.fill != pos + done):
                 self.flush()
-            count = self._read(fd, pos + done, min(CHUNK, length - done))
+            count = _read_chunk(fd, self.buf, self.fill, pos + done,
+                                min(CHUNK, length - done))
             self._keep(pos + done, count)
             done += count
-
-    def _read(self, fd: int, offset: int, count: int) -> int:
-        # O_DIRECT wants whole blocks, even past the end of the file.
-        want = -(-count // BLOCK) * BLOCK
-        got = os.preadv(fd, [memoryview(self.buf)[self.fill:
-                                                  self.fill + want]],
-                        offset)
-        if got <= 0:
-            raise OSError(errno.EIO, 'source ended early at %d' % offset)
-        return min(got, count)
 
     def _keep(self, offset: int, count: int) -> None:
         """Take the chunk just read at self.fill, file offset ``offset``."""
@@ -563,18 +554,23 @@ class _Gather:
             self.fill = at + count
 
 
+def _read_chunk(fd: int, buf: mmap.mmap, at: int, offset: int,
+                count: int) -> int:
+    """Read up to ``count`` bytes at ``offset`` into buf[at:]; how many."""
+    # O_DIRECT wants whole blocks, even past the end of the file.
+    want = -(-count // BLOCK) * BLOCK
+    got = os.preadv(fd, [memoryview(buf)[at:at + want]], offset)
+    if got <= 0:
+        raise OSError(errno.EIO, 'source ended early at %d' % offset)
+    return min(got, count)
+
+
 def _read_segment(fd: int, buf: mmap.mmap, pos: int, length: int) -> None:
     """Read [pos, pos + length) into buf, CHUNK by CHUNK."""
     done = 0
     while done < length:
-        # O_DIRECT wants whole blocks, even past the end of the file.
-        want = min(CHUNK, -(-(length - done) // BLOCK) * BLOCK)
-        got = os.preadv(fd, [memoryview(buf)[done:done + want]],
-                        pos + done)
-        if got <= 0:
-            raise OSError(errno.EIO, 'source ended early at %d'
-                          % (pos + done))
-        done += min(got, length - done)
+        done += _read_chunk(fd, buf, done, pos + done,
+                            min(CHUNK, length - done))
 
 
 def copy_fds(src: int, dst: int, thick: bool = False,

@@ -178,12 +178,12 @@ def test_gather_joins_data_across_chunks_and_reads_holes_in_one_spot(
         6 * chunk: os.urandom(BLOCK),           # two runs in one chunk
         6 * chunk + 2 * BLOCK: os.urandom(BLOCK)})
     spots = []
-    real_read = sparse_copy._Gather._read
+    real_read = sparse_copy._read_chunk
 
-    def traced(gather, fd, offset, count):
-        spots.append(gather.fill)
-        return real_read(gather, fd, offset, count)
-    monkeypatch.setattr(sparse_copy._Gather, '_read', traced)
+    def traced(fd, buf, at, offset, count):
+        spots.append(at)
+        return real_read(fd, buf, at, offset, count)
+    monkeypatch.setattr(sparse_copy, '_read_chunk', traced)
     writer = RecordedPuts()
     gather = gather_of(sparse_copy.mmap.mmap(-1, sparse_copy.SEGMENT),
                        writer)
