@@ -421,7 +421,7 @@ class FuseISCSIDriver(driver.ISCSIDriver):
             'location_info': self._location_info(),
         }
         try:
-            total, avail = self.mount.capacity()
+            total, avail = self.mount.shared_capacity()
         except exception.VolumeBackendAPIException as exc:
             LOG.error("Reporting backend %(backend)s down: %(err)s",
                       {'backend': self.backend_name, 'err': exc})

@@ -110,10 +110,10 @@ class FuseMount:
         self.check_fuse = check_fuse
         self.mounts_file = mounts_file
         self.mountinfo_file = mountinfo_file
-        # The last look of check_answers: when it ended, and its error
-        # (None: the mount answered); and the look running, if any.
-        self._look: tuple[float, Optional[Exception]] = (-float('inf'),
-                                                         None)
+        # The last look of shared_capacity: when it ended, its answer
+        # ((0, 0) with an error) and its error; the look running, if any.
+        self._look: tuple[float, tuple[int, int], Optional[Exception]] = (
+            -float('inf'), (0, 0), None)
         self._looking: Optional[threading.Event] = None
         self._looking_lock = threading.Lock()
 
@@ -302,23 +302,27 @@ class FuseMount:
         return entry
 
     def check_answers(self) -> None:
-        """Fail naming the mount unless it answers a bounded look.
+        """Fail naming the mount unless it answers a bounded look."""
+        self.shared_capacity()
+
+    def shared_capacity(self) -> tuple[int, int]:
+        """capacity(), from a look that ended after the call began.
 
         The mount table is read every time (procfs, it never blocks); a
         bounded statvfs (capacity) is the look. Callers that ask while a
-        look runs take its result, failure too, so a burst of exports
-        shares a few looks (a child process each cost a burst of 100
-        exports 3 s in the all-in-one), and on a hung mount waits for
-        one call timeout, not one each. They wait on an event, which
-        wakes them all at once: behind a lock held during the look,
-        eventlet handed it on one waiter per loop turn, and such a burst
-        queued for 10 s.
+        look runs take its result, failure too, so a burst of exports, or
+        of the statistics Cinder asks for after every deletion, shares a
+        few looks (a child process each cost a burst of 100 exports 3 s
+        in the all-in-one), and on a hung mount waits for one call
+        timeout, not one each. They wait on an event, which wakes them
+        all at once: behind a lock held during the look, eventlet handed
+        it on one waiter per loop turn, and such a burst queued for 10 s.
         """
         self.check_mounted()
         asked = time.monotonic()
         mine = False
         while True:
-            ended, error = self._look
+            ended, answer, error = self._look
             if ended >= asked:
                 break
             with self._looking_lock:    # held only to pick who looks
@@ -329,13 +333,13 @@ class FuseMount:
             if not mine:
                 running.wait()
                 continue
+            answer, error = (0, 0), None
             try:
                 try:
-                    self.capacity()
-                    error = None
+                    answer = self.capacity()
                 except Exception as exc:
                     error = exc
-                self._look = (time.monotonic(), error)
+                self._look = (time.monotonic(), answer, error)
             finally:    # interrupted too: a waiter then looks itself
                 self._looking = None
                 running.set()
@@ -343,6 +347,7 @@ class FuseMount:
         if error is not None:
             # Each waiter raises a copy: one traceback per exception.
             raise error if mine else copy.copy(error).with_traceback(None)
+        return answer
 
     def capacity(self) -> tuple[int, int]:
         """(total, available) bytes of the filesystem, from statvfs."""

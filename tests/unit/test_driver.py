@@ -781,6 +781,32 @@ def test_exports_asking_during_a_look_take_its_result(drv, fake_fs):
         assert fake_fs.programs() == ['statfs', 'statfs']
 
 
+def test_stats_asked_during_a_look_take_its_result(drv, fake_fs):
+    """Cinder refreshes the stats after every deletion: a burst shares."""
+    fake_fs.calls.clear()
+    entered, release = threading.Event(), threading.Event()
+    real_capacity = drv.mount.capacity
+
+    def capacity():
+        entered.set()
+        release.wait(30)
+        return real_capacity()
+
+    stats = []
+
+    def refresh():
+        stats.append(drv.get_volume_stats(refresh=True))
+
+    with mock.patch.object(drv.mount, 'capacity', side_effect=capacity):
+        threads = [threading.Thread(target=refresh) for _ in range(4)]
+        _while_the_first_looks(threads, entered, release)
+    assert fake_fs.programs() == ['statfs']
+    assert len(stats) == 4
+    assert {s['backend_state'] for s in stats} == {'up'}
+    assert len({s['free_capacity_gb'] for s in stats}) == 1
+    assert stats[0]['total_capacity_gb'] > 0
+
+
 def test_ensure_burst_looks_at_the_mount_once(drv, fake_fs):
     fake_fs.calls.clear()
     with mock.patch.object(drv.target_driver, 'ensure_export') as ensure:
