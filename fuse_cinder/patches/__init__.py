@@ -33,7 +33,8 @@ What they change:
     and ``volume.API.export`` / ``delete_export``: the backend's
     capabilities first (``fuse_cinder_export`` from the driver, the export
     RPC version from the volume service, ``fuse_cinder_export_readonly``
-    for a read-only volume; 400 otherwise), then the status by
+    for a read-only volume; 400 otherwise; requests that arrive while
+    one asks the scheduler take its answer), then the status by
     compare-and-swap. A timeout leaves ``error_exporting``; delete-export
     is accepted from every export status. Attach, detach,
     ``os-initialize_connection`` and ``os-terminate_connection`` refuse an

@@ -12,6 +12,8 @@
 """Volume API, REST controller and RPC client of the fuse_cinder export."""
 
 from http import HTTPStatus
+import threading
+import time
 from unittest import mock
 
 import oslo_messaging as messaging
@@ -190,6 +192,82 @@ class VolumeExportAPITestCase(test.TestCase):
         self.rpc.export_volume.assert_not_called()
 
     # -- delete-export ---------------------------------------------------
+
+    def test_concurrent_exports_share_one_pools_request(self):
+        # A burst of exports asks the scheduler once, not once each.
+        vols = [self._volume(S.AVAILABLE) for _i in range(3)]
+        shared = self.api._export_pools_request
+        waiting = []
+
+        def get_pools(ctxt):
+            # Hold the request until the other two exports wait for it.
+            done = shared._running[0]
+            real_wait = done.wait
+
+            def wait(*args):
+                waiting.append(1)
+                return real_wait(*args)
+
+            done.wait = wait
+            for vol in vols[1:]:
+                threading.Thread(target=export, args=(vol,)).start()
+            deadline = time.monotonic() + 10
+            while len(waiting) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return _pools()
+
+        results = []
+
+        def export(vol):
+            results.append(self.api.export(self.context, vol))
+
+        self.get_pools.side_effect = get_pools
+        export(vols[0])
+        deadline = time.monotonic() + 10
+        while len(results) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual([CONN] * 3, results)
+        self.assertEqual(2, len(waiting))
+        self.get_pools.assert_called_once()
+        self.assertEqual([S.EXPORTING] * 3,
+                         [v.status for v in vols])
+        # Nothing is kept: the next export asks again.
+        self.get_pools.side_effect = None
+        vol = self._volume(S.AVAILABLE)
+        self.api.export(self.context, vol)
+        self.assertEqual(2, self.get_pools.call_count)
+
+    def test_callers_waiting_for_a_failed_pools_request_fail_too(self):
+        shared = self.api._export_pools_request
+        outcome = []
+
+        def get_pools(ctxt):
+            done = shared._running[0]
+            real_wait = done.wait
+            waiting = threading.Event()
+
+            def wait(*args):
+                waiting.set()
+                return real_wait(*args)
+
+            done.wait = wait
+            waiter.start()
+            waiting.wait(10)
+            raise messaging.MessagingTimeout('scheduler gone')
+
+        def wait_for_it():
+            try:
+                shared.get_pools(self.admin)
+            except messaging.MessagingTimeout as err:
+                outcome.append(err)
+
+        waiter = threading.Thread(target=wait_for_it)
+        self.get_pools.side_effect = get_pools
+        self.assertRaises(messaging.MessagingTimeout, shared.get_pools,
+                          self.admin)
+        waiter.join(10)
+        self.assertEqual(1, len(outcome))
+        self.get_pools.assert_called_once()
 
     def test_delete_export_from_every_export_status(self):
         for status in S.EXPORT_STATUSES:
