@@ -748,13 +748,8 @@ def test_callers_during_a_failing_look_share_its_error(drv):
         assert len(calls) == 2
 
 
-def test_exports_asking_during_a_look_take_its_result(drv, fake_fs):
-    """Exports that ask while a look runs start no child of their own."""
-    vols = [volume(vol_id='%08d-2222-3333-4444-555555555555' % n)
-            for n in range(6)]
-    for vol in vols:
-        drv.create_volume(vol)
-    fake_fs.calls.clear()
+def _held_capacity(drv):
+    """A capacity() that sets ``entered``, then waits for ``release``."""
     entered, release = threading.Event(), threading.Event()
     real_capacity = drv.mount.capacity
 
@@ -763,6 +758,17 @@ def test_exports_asking_during_a_look_take_its_result(drv, fake_fs):
         release.wait(30)
         return real_capacity()
 
+    return entered, release, capacity
+
+
+def test_exports_asking_during_a_look_take_its_result(drv, fake_fs):
+    """Exports that ask while a look runs start no child of their own."""
+    vols = [volume(vol_id='%08d-2222-3333-4444-555555555555' % n)
+            for n in range(6)]
+    for vol in vols:
+        drv.create_volume(vol)
+    fake_fs.calls.clear()
+    entered, release, capacity = _held_capacity(drv)
     exported = []
 
     def export(vol):
@@ -784,14 +790,7 @@ def test_exports_asking_during_a_look_take_its_result(drv, fake_fs):
 def test_stats_asked_during_a_look_take_its_result(drv, fake_fs):
     """Cinder refreshes the stats after every deletion: a burst shares."""
     fake_fs.calls.clear()
-    entered, release = threading.Event(), threading.Event()
-    real_capacity = drv.mount.capacity
-
-    def capacity():
-        entered.set()
-        release.wait(30)
-        return real_capacity()
-
+    entered, release, capacity = _held_capacity(drv)
     stats = []
 
     def refresh():
