@@ -45,6 +45,18 @@ def _pools(caps=CAPS, name=HOST):
             {'name': name, 'capabilities': dict(caps)}]
 
 
+def _count_waiters(shared, arrived):
+    """Call arrived() as each caller starts waiting for the request."""
+    done = shared._running[0]
+    real_wait = done.wait
+
+    def wait(*args):
+        arrived()
+        return real_wait(*args)
+
+    done.wait = wait
+
+
 class VolumeExportAPITestCase(test.TestCase):
 
     def setUp(self):
@@ -191,8 +203,6 @@ class VolumeExportAPITestCase(test.TestCase):
                           self.context, vol)
         self.rpc.export_volume.assert_not_called()
 
-    # -- delete-export ---------------------------------------------------
-
     def test_concurrent_exports_share_one_pools_request(self):
         # A burst of exports asks the scheduler once, not once each.
         vols = [self._volume(S.AVAILABLE) for _i in range(3)]
@@ -201,14 +211,7 @@ class VolumeExportAPITestCase(test.TestCase):
 
         def get_pools(ctxt):
             # Hold the request until the other two exports wait for it.
-            done = shared._running[0]
-            real_wait = done.wait
-
-            def wait(*args):
-                waiting.append(1)
-                return real_wait(*args)
-
-            done.wait = wait
+            _count_waiters(shared, lambda: waiting.append(1))
             for vol in vols[1:]:
                 threading.Thread(target=export, args=(vol,)).start()
             deadline = time.monotonic() + 10
@@ -242,15 +245,8 @@ class VolumeExportAPITestCase(test.TestCase):
         outcome = []
 
         def get_pools(ctxt):
-            done = shared._running[0]
-            real_wait = done.wait
             waiting = threading.Event()
-
-            def wait(*args):
-                waiting.set()
-                return real_wait(*args)
-
-            done.wait = wait
+            _count_waiters(shared, waiting.set)
             waiter.start()
             waiting.wait(10)
             raise messaging.MessagingTimeout('scheduler gone')
@@ -268,6 +264,8 @@ class VolumeExportAPITestCase(test.TestCase):
         waiter.join(10)
         self.assertEqual(1, len(outcome))
         self.get_pools.assert_called_once()
+
+    # -- delete-export ---------------------------------------------------
 
     def test_delete_export_from_every_export_status(self):
         for status in S.EXPORT_STATUSES:
