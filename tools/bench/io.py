@@ -13,8 +13,8 @@
 
 qemu-img bench runs four workloads on every target of ``io_targets``,
 round after round, with the CPU of tgtd, bindfs and qemu-img watched on
-the default LUN. This module writes the two tables of medians;
-``io_report`` what they mean.
+the default LUN, its ceiling and the null LUN. This module writes the two
+tables of medians; ``io_report`` what they mean.
 """
 
 import collections
@@ -38,9 +38,12 @@ from bench.units import ratio
 # each far from the previous one, so neither readahead nor merging helps.
 RANDOM_STRIDE = 7919 * 4 * KiB
 
-#: (LUN, its ceiling) kinds, run side by side in every round.
-CEILING_PAIRS = ((DEFAULT_SETTING, 'file'), ('overlay', 'overlay-file'),
-                 ('plain', 'plain-file'))
+#: (LUN, its ceiling[, iSCSI alone]) kinds, side by side in every round.
+CEILING_UNITS = ((DEFAULT_SETTING, 'file', 'null'),
+                 ('overlay', 'overlay-file'), ('plain', 'plain-file'))
+
+#: The kinds whose CPU is watched: the default LUN and what it is made of.
+WATCHED_KINDS = CEILING_UNITS[0]
 
 
 def seq_flush(p):
@@ -69,9 +72,9 @@ def io_tests(p):
 
 
 def paired_order(targets, rnd):
-    """The targets of round ``rnd``: pairs adjacent, rotated by pairs."""
+    """The targets of round ``rnd``: units adjacent, rotated by units."""
     by_kind = {t.kind: t for t in targets}
-    units = [[by_kind[a], by_kind[b]] for a, b in CEILING_PAIRS]
+    units = [[by_kind[k] for k in unit] for unit in CEILING_UNITS]
     paired = {t.kind for t in itertools.chain(*units)}
     units += [[t] for t in targets if t.kind not in paired]
     if rnd % 2:
@@ -84,7 +87,8 @@ class CpuWatch:
     """CPU of the processes on the data path, per test, and the load.
 
     Each sample is a share of the test's wall time, keyed (test name,
-    process); (test name, 'load') holds the load average after it.
+    target kind, process); (test name, kind, 'load') holds the load
+    average after it.
     """
 
     def __init__(self, watched):
@@ -97,15 +101,15 @@ class CpuWatch:
         used['qemu-img'] = environment.children_cpu_seconds()
         return used
 
-    def note(self, name, used, seconds):
+    def note(self, name, kind, used, seconds):
         cpu = self.cpu
         for k, pid in self.watched.items():
-            cpu[(name, k)].append(
+            cpu[(name, kind, k)].append(
                 (environment.cpu_seconds(pid) - used[k]) / seconds)
-        cpu[(name, 'qemu-img')].append(
+        cpu[(name, kind, 'qemu-img')].append(
             (environment.children_cpu_seconds() - used['qemu-img'])
             / seconds)
-        cpu[(name, 'load')].append(os.getloadavg()[0])
+        cpu[(name, kind, 'load')].append(os.getloadavg()[0])
 
 
 def _run_test(target, test, watch):
@@ -115,8 +119,8 @@ def _run_test(target, test, watch):
         environment.fadvise_dontneed(target.caches)
     used = watch.start()
     seconds = io_targets.qemu_bench(target, args)
-    if target.kind == DEFAULT_SETTING:
-        watch.note(name, used, seconds)
+    if target.kind in WATCHED_KINDS:
+        watch.note(name, target.kind, used, seconds)
     value = amount / seconds / (1e6 if unit == 'MB/s' else 1)
     target.results[name].append(value)
 
@@ -127,7 +131,7 @@ def _rounds(targets, tests, rounds, watch):
         # One test on every target in turn, so that the runs compared
         # are close in time; the order rotates so that drift in the
         # machine's load spreads evenly. Each LUN of the ceiling table
-        # runs next to its ceiling (the pair's order alternates), which
+        # runs next to its ceiling (the unit's order alternates), which
         # is what keeps their ratio steady on a shared machine.
         order = paired_order(targets, rnd)
         for test in tests:
@@ -186,7 +190,8 @@ def bench_io(env, report, p):
     daemon = env.tgtd('io')
     untuned = env.tgtd('io-untuned', tuned=False)
     targets = io_targets.make_targets(env, daemon, untuned, p)
-    # CPU of the processes on the data path, per test, on the default LUN.
+    # CPU of the processes on the data path, per test, on the default LUN,
+    # its ceiling and the null LUN.
     watch = CpuWatch({'tgtd': daemon.proc.pid, 'bindfs': env.bindfs.pid})
     tests = io_tests(p)
     _rounds(targets, tests, p['io_rounds'], watch)

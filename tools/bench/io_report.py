@@ -12,8 +12,9 @@
 """Section 5's verdicts: the tgt setting the data supports, the ceiling.
 
 ``base`` maps each target's kind (a (write cache, bsoflags) setting, or
-'tgtd-keys', 'file', 'overlay', 'overlay-file', 'plain', 'plain-file')
-to its io_targets.IoTarget, whose results hold one figure per round.
+'tgtd-keys', 'file', 'null', 'overlay', 'overlay-file', 'plain',
+'plain-file') to its io_targets.IoTarget, whose results hold one figure
+per round; ``cpu`` is io.CpuWatch.cpu.
 """
 
 import os
@@ -124,11 +125,16 @@ def io_finding(scores, rec, base, names):
             _best_cell(scores, choice)))
 
 
+def _cpu(cpu, name, proc, kind=DEFAULT_SETTING):
+    return median(cpu[(name, kind, proc)])
+
+
 def cpu_limit(cpu, names):
-    """Which layer the CPU figures point at, in one sentence."""
-    busiest = max(((median(cpu[(n, k)]), k, n) for n in names
+    """Which process the CPU figures point at, in one sentence."""
+    busiest = max(((_cpu(cpu, n, k), k, n) for n in names
                    for k in ('tgtd', 'bindfs', 'qemu-img')))
-    load = median(v for n in names for v in cpu[(n, 'load')])
+    load = median(v for n in names
+                  for v in cpu[(n, DEFAULT_SETTING, 'load')])
     if busiest[0] >= 0.8:
         return ('%s is the limit: it kept %.0f%% of a core busy during %s.'
                 % (busiest[1], 100 * busiest[0], busiest[2]))
@@ -157,6 +163,59 @@ def _share(base, kind, ceiling, name):
     return median(pairs), min(pairs), max(pairs)
 
 
+def _hidden(lun, fuse, iscsi):
+    """Share of iSCSI's own time that the LUN overlapped with FUSE's.
+
+    From rates (work per second): the LUN's time per unit of work is
+    FUSE's plus whatever part of iSCSI's time did not run alongside it.
+    1 means iSCSI cost nothing; 0 that the layers took turns; below 0
+    that each slowed the other beyond its own time.
+    """
+    return 1 + iscsi / fuse - iscsi / lun
+
+
+def transport_overlap(base, names, cpu):
+    """Where the LUN's time goes beyond the FUSE file's, per test.
+
+    The null LUN is the same tgtd, session keys and initiator with no
+    file behind them: iSCSI's own cost, measured next to the other two.
+    """
+    lun = base[DEFAULT_SETTING].results
+    fuse = base['file'].results
+    iscsi = base['null'].results
+    parts, short = [], []
+    for n in names:
+        rounds = list(zip(lun[n], fuse[n], iscsi[n]))
+        hidden = [_hidden(*r) for r in rounds]
+        # 90% of the ceiling: the LUN's time at most FUSE's / 0.9.
+        needed = median(_hidden(0.9 * f, f, i) for _l, f, i in rounds)
+        speed = median(i / f for _l, f, i in rounds)
+        parts.append(
+            '%s: iSCSI alone ran %.1fx as fast as the FUSE file (tgtd '
+            '%.0f%%, qemu-img %.0f%% of a core), so the LUN would reach '
+            '%.0f%% of the ceiling if the two took turns; the share of '
+            'iSCSI\'s time it overlapped with the FUSE requests was %.0f%% '
+            '(rounds %.0f to %.0f%%; below 0: slower than taking turns), '
+            'where 90%% of the ceiling needs %.0f%%'
+            % (n, speed, 100 * _cpu(cpu, n, 'tgtd', 'null'),
+               100 * _cpu(cpu, n, 'qemu-img', 'null'),
+               100 * speed / (1 + speed), 100 * median(hidden),
+               100 * min(hidden), 100 * max(hidden), 100 * needed))
+        if _share(base, DEFAULT_SETTING, 'file', n)[0] < 0.9:
+            short.append(n)
+    text = ('Where the rest goes, against a LUN on tgtd\'s null backing '
+            'store (the same tgtd, login keys and initiator, no file: '
+            'iSCSI\'s own cost), run next to the default LUN and its '
+            'ceiling in every round: %s.' % '; '.join(parts))
+    if short:
+        text += (' The limit of %s is iSCSI (tgtd\'s receive and the '
+                 'initiator over loopback TCP), not FUSE: too little of '
+                 'its time runs alongside the FUSE requests, which wait '
+                 'for it on the machine\'s %d cores.'
+                 % (', '.join(short), os.cpu_count()))
+    return text
+
+
 def io_ceiling(report, base, names, cpu):
     """The LUNs against qemu-img on the same file (the ceiling), goals."""
     rows = []
@@ -173,10 +232,9 @@ def io_ceiling(report, base, names, cpu):
     cpu_text = '; '.join(
         '%s: tgtd %.0f%%, bindfs %.0f%%, qemu-img %.0f%% of a core '
         '(load average %.1f)' % (
-            n, 100 * median(cpu[(n, 'tgtd')]),
-            100 * median(cpu[(n, 'bindfs')]),
-            100 * median(cpu[(n, 'qemu-img')]),
-            median(cpu[(n, 'load')])) for n in names)
+            n, 100 * _cpu(cpu, n, 'tgtd'), 100 * _cpu(cpu, n, 'bindfs'),
+            100 * _cpu(cpu, n, 'qemu-img'), _cpu(cpu, n, 'load'))
+        for n in names)
     report.section(
         'Data path against its ceiling',
         'Each LUN\'s figure divided by that of qemu-img opening the same '
@@ -189,8 +247,9 @@ def io_ceiling(report, base, names, cpu):
         'CPU of tgtd, bindfs and the initiator while the default LUN ran '
         'each test, as a share of the wall time (median over the rounds; '
         'the machine has %d cores, and the load average counts the other '
-        'users of the machine too): %s. %s'
-        % (os.cpu_count(), cpu_text, cpu_limit(cpu, names)),
+        'users of the machine too): %s. %s %s'
+        % (os.cpu_count(), cpu_text, cpu_limit(cpu, names),
+           transport_overlap(base, names, cpu)),
         ['LUN'] + names, rows)
     for n in names:
         mid, low, high = _share(base, DEFAULT_SETTING, 'file', n)

@@ -13,7 +13,8 @@
 
 Each target is something ``qemu-img bench`` opens: a LUN exported by the
 driver (one per tgt setting, and on fuse-overlayfs), a LUN on a plain
-ext4 file set up by hand, or the file itself with O_DIRECT (the ceiling).
+ext4 file set up by hand, the file itself with O_DIRECT (the ceiling), or
+a LUN on tgtd's null backing store (iSCSI alone, with no file behind it).
 """
 
 import collections
@@ -61,20 +62,23 @@ def qemu_bench(target, args):
     return max(elapsed - target.overhead, 1e-6)
 
 
-def plain_lun(daemon, vol, path):
-    """A LUN on a file off FUSE, set up as the driver sets up its own.
+def manual_lun(daemon, vol, path, bstype='rdwr'):
+    """A LUN the driver would not make, set up as it sets up its own.
 
-    The driver's entry points refuse such a file; the benchmark, as root,
-    talks to tgtd's socket itself for this baseline. Returns its URL.
+    The driver's entry points refuse a file off FUSE, and offer no other
+    backing store than rdwr; the benchmark, as root, talks to tgtd's
+    socket itself for these baselines. Returns the LUN's URL.
     """
-    bsoflags = tgt_options.DEFAULT_SETTING[1]
+    # tgtd's null backing store takes no bsoflags.
+    bsoflags = tgt_options.DEFAULT_SETTING[1] if bstype == 'rdwr' else ''
     iqn = 'iqn.2010-10.org.openstack:' + vol.name
     user = volume_utils.generate_username()
     secret = volume_utils.generate_password()
     client = tgtd_mgmt.TgtdClient(daemon.control_port)
     tid = max((t.tid for t in client.targets().values()), default=0) + 1
     client.new_target(tid, iqn)
-    client.new_lun(tid, 1, path, bsoflags=bsoflags.replace(',', ':'))
+    client.new_lun(tid, 1, path, bstype=bstype,
+                   bsoflags=bsoflags.replace(',', ':'))
     serial = vol.id.replace('-', '')
     client.update_lun(tid, 1, 'scsi_id=%s,scsi_sn=%s' % (serial, serial))
     conf = options.CONF.backend_defaults
@@ -141,7 +145,18 @@ class Targets:
     def add_plain_lun(self, label, dirname):
         vol, path = self.lun_file(dirname)
         self.targets.append(IoTarget(
-            label, plain_lun(self.daemon, vol, path), [path], 'plain'))
+            label, manual_lun(self.daemon, vol, path), [path], 'plain'))
+
+    def add_null_lun(self, label):
+        """iSCSI alone: tgtd's null store acknowledges every command.
+
+        Writes are dropped and reads answered without reading anything,
+        so what is left is the cost of tgtd and of the initiator.
+        """
+        vol = self.env.volume(1)
+        self.targets.append(IoTarget(
+            label, manual_lun(self.daemon, vol, '/dev/null', bstype='null'),
+            [], 'null'))
 
 
 def make_targets(env, daemon, untuned, p):
@@ -169,6 +184,7 @@ def make_targets(env, daemon, untuned, p):
                  env.bindfs, home, daemon=untuned)
     made.add_file('FUSE file opened by qemu-img (no iSCSI), O_DIRECT',
                   'file', env.bindfs, home)
+    made.add_null_lun('LUN on tgtd\'s null backing store (iSCSI, no file)')
     over_home = env.home(env.overlayfs, 'io')
     made.add_lun('fuse-overlayfs LUN, driver defaults', 'overlay',
                  env.overlayfs, over_home)
