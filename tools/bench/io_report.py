@@ -163,22 +163,13 @@ def _share(base, kind, ceiling, name):
     return median(pairs), min(pairs), max(pairs)
 
 
-def _hidden(lun, fuse, iscsi):
-    """Share of iSCSI's own time that the LUN overlapped with FUSE's.
-
-    From rates (work per second): the LUN's time per unit of work is
-    FUSE's plus whatever part of iSCSI's time did not run alongside it.
-    1 means iSCSI cost nothing; 0 that the layers took turns; below 0
-    that each slowed the other beyond its own time.
-    """
-    return 1 + iscsi / fuse - iscsi / lun
-
-
 def transport_overlap(base, names, cpu):
     """Where the LUN's time goes beyond the FUSE file's, per test.
 
     The null LUN is the same tgtd, session keys and initiator with no
     file behind them: iSCSI's own cost, measured next to the other two.
+    Both costs are put as shares of the FUSE file's time per unit of
+    work, which stays well conditioned when iSCSI is much the faster.
     """
     lun = base[DEFAULT_SETTING].results
     fuse = base['file'].results
@@ -186,33 +177,33 @@ def transport_overlap(base, names, cpu):
     parts, short = [], []
     for n in names:
         rounds = list(zip(lun[n], fuse[n], iscsi[n]))
-        hidden = [_hidden(*r) for r in rounds]
-        # 90% of the ceiling: the LUN's time at most FUSE's / 0.9.
-        needed = median(_hidden(0.9 * f, f, i) for _l, f, i in rounds)
-        speed = median(i / f for _l, f, i in rounds)
+        extra = [f / lu - 1 for lu, f, _i in rounds]
+        alone = median(f / i for _l, f, i in rounds)
+        more = median(extra) > alone
         parts.append(
-            '%s: iSCSI alone ran %.1fx as fast as the FUSE file (tgtd '
-            '%.0f%%, qemu-img %.0f%% of a core), so the LUN would reach '
-            '%.0f%% of the ceiling if the two took turns; the share of '
-            'iSCSI\'s time it overlapped with the FUSE requests was %.0f%% '
-            '(rounds %.0f to %.0f%%; below 0: slower than taking turns), '
-            'where 90%% of the ceiling needs %.0f%%'
-            % (n, speed, 100 * _cpu(cpu, n, 'tgtd', 'null'),
+            '%s: the LUN took %.0f%% longer than the FUSE file (rounds '
+            '%.0f to %.0f%%), iSCSI alone %.0f%% of the FUSE file\'s time '
+            '(tgtd %.0f%%, qemu-img %.0f%% of a core): %s'
+            % (n, 100 * median(extra), 100 * min(extra), 100 * max(extra),
+               100 * alone, 100 * _cpu(cpu, n, 'tgtd', 'null'),
                100 * _cpu(cpu, n, 'qemu-img', 'null'),
-               100 * speed / (1 + speed), 100 * median(hidden),
-               100 * min(hidden), 100 * max(hidden), 100 * needed))
+               'more than the two taking turns' if more else
+               'part of iSCSI\'s time ran alongside FUSE\'s'))
         if _share(base, DEFAULT_SETTING, 'file', n)[0] < 0.9:
-            short.append(n)
+            short.append((n, more))
     text = ('Where the rest goes, against a LUN on tgtd\'s null backing '
             'store (the same tgtd, login keys and initiator, no file: '
             'iSCSI\'s own cost), run next to the default LUN and its '
-            'ceiling in every round: %s.' % '; '.join(parts))
-    if short:
-        text += (' The limit of %s is iSCSI (tgtd\'s receive and the '
-                 'initiator over loopback TCP), not FUSE: too little of '
-                 'its time runs alongside the FUSE requests, which wait '
-                 'for it on the machine\'s %d cores.'
-                 % (', '.join(short), os.cpu_count()))
+            'ceiling in every round; 90%% of the ceiling allows the LUN '
+            '11%% more time than the FUSE file: %s.' % '; '.join(parts))
+    for n, more in short:
+        text += (' %s misses 90%% because of iSCSI, not FUSE: %s'
+                 % (n[0].upper() + n[1:],
+                    'the layers slow each other beyond their own times, '
+                    'competing for the machine\'s %d cores.'
+                    % os.cpu_count() if more else
+                    'too little of its time runs alongside the FUSE '
+                    'requests, which wait for it.'))
     return text
 
 
